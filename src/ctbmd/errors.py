@@ -1,0 +1,73 @@
+"""Errors raised by ctbmd, each tied to one documented CLI exit code.
+
+Every error carries the offending path and a one-line reason, so the CLI can
+print ``ctbmd: error: <path>: <reason>`` without a traceback (the style of
+pydicom's ``InvalidDicomError``).
+
+Exit codes (also in the README):
+
+====  ==========================================================
+0     success
+2     bad usage (unknown option, missing argument, conflicting options)
+3     unreadable or invalid input (missing, corrupt, not CT, too few
+      slices, slice gaps, gantry tilt, constant image)
+4     no spine in view, or no vertebral level could be identified
+5     internal error (a bug: please report it)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INVALID_INPUT = 3
+EXIT_NO_SPINE = 4
+EXIT_INTERNAL = 5
+
+
+class CtbmdError(Exception):
+    """Base class of all expected ctbmd failures.
+
+    Parameters
+    ----------
+    reason : str
+        One line saying what is wrong, in the user's terms.
+    path : str or Path, optional
+        The file or folder the reason is about.
+    """
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, reason: str, path: str | Path | None = None):
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """Return ``"<path>: <reason>"`` (or just the reason) on one line."""
+        text = self.reason if self.path is None else f"{self.path}: {self.reason}"
+        return " ".join(text.split())
+
+
+class UsageError(CtbmdError):
+    """Bad command-line usage, e.g. ``--segmenter labels`` without ``--labels`` (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidInputError(CtbmdError):
+    """Input that cannot be read or is not a usable CT volume (exit 3)."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class NoSpineError(CtbmdError):
+    """No spine in view, or no vertebral level can be identified (exit 4)."""
+
+    exit_code = EXIT_NO_SPINE
+
+
+class BackendUnavailableError(UsageError):
+    """An optional segmentation backend (e.g. TotalSegmentator) or its weights are missing (exit 2)."""

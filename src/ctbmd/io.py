@@ -1,0 +1,525 @@
+"""Read and validate CT input; write outputs atomically.
+
+Input formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
+(``.mha``, ``.mhd``) through SimpleITK, and DICOM folders (series chosen with
+pydicom headers, pixels decoded by SimpleITK/GDCM, which reads JPEG 2000 and
+JPEG-LS as is).
+
+Every volume is returned as a :class:`ctbmd.types.CTVolume` in the canonical frame
+(array ``(nx, ny, nz)``, axes toward patient L, P, S; affine to DICOM LPS mm).
+See :mod:`ctbmd.types` for the conventions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from ctbmd.errors import InvalidInputError
+from ctbmd.types import CTVolume, Grid, ScanInfo
+
+log = logging.getLogger(__name__)
+
+#: Fewest slices and smallest cranio-caudal extent (mm) that can hold one
+#: vertebral body: lumbar bodies are ~25-30 mm tall, thoracic ~20-25 mm
+#: (Panjabi et al., Spine 1991/1992). Below this no level can be measured.
+MIN_SLICES = 5
+MIN_Z_EXTENT_MM = 30.0
+#: HU assigned to padding / outside-FOV values (air). DICOM padding is often
+#: -2000 or -3024 after rescale.
+AIR_HU = -1024.0
+#: A slice step larger than this multiple of the median step is a gap (missing slices).
+GAP_FACTOR = 1.5
+#: Tolerated in-plane shear of slice positions, degrees; more is gantry tilt.
+MAX_TILT_DEG = 0.5
+
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+_VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd",
+                    ".mha": "mha", ".mhd": "mha"}
+
+
+def _format_of(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix, fmt in sorted(_VOLUME_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def _grid_of(image: sitk.Image) -> Grid:
+    return Grid(
+        size=tuple(int(s) for s in image.GetSize()),
+        spacing_mm=tuple(float(s) for s in image.GetSpacing()),
+        origin_lps_mm=tuple(float(o) for o in image.GetOrigin()),
+        direction=tuple(float(d) for d in image.GetDirection()),
+    )
+
+
+def grid_reference_image(grid: Grid, pixel_id: int = sitk.sitkUInt8) -> sitk.Image:
+    """Return an empty SimpleITK image with ``grid``'s geometry (for resampling onto it)."""
+    ref = sitk.Image([int(s) for s in grid.size], pixel_id)
+    ref.SetSpacing(grid.spacing_mm)
+    ref.SetOrigin(grid.origin_lps_mm)
+    ref.SetDirection(grid.direction)
+    return ref
+
+
+def array_to_image(array: np.ndarray, grid: Grid) -> sitk.Image:
+    """Wrap a canonical ``(nx, ny, nz)`` array as a SimpleITK image with ``grid``'s geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
+    image.SetSpacing(grid.spacing_mm)
+    image.SetOrigin(grid.origin_lps_mm)
+    image.SetDirection(grid.direction)
+    return image
+
+
+def image_to_array(image: sitk.Image) -> np.ndarray:
+    """Return a SimpleITK image's voxels as an ``(nx, ny, nz)`` array (index order i, j, k)."""
+    return np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
+
+
+def to_canonical(image: sitk.Image) -> sitk.Image:
+    """Reorient (permute/flip, no interpolation) so the index axes point toward L, P, S."""
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def _read_volume_file(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        hint = next((line.strip() for line in detail if "rror" in line and "itk::" not in line), "")
+        raise InvalidInputError(
+            f"cannot read image: the file is corrupt, truncated or not a {_format_of(path)} volume"
+            + (f" ({hint[:120]})" if hint else ""), path) from None
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One candidate series in a DICOM folder.
+
+    Attributes
+    ----------
+    key : str
+        SeriesInstanceUID, or a derived key when the UID is empty.
+    files : tuple of str
+        Slice files, unsorted.
+    modality : str
+        Modality (0008,0060).
+    image_type : tuple of str
+        ImageType (0008,0008) of the first slice.
+    axial : bool
+        True when the slice normal is within 30 degrees of the patient z axis.
+    description : str
+        SeriesDescription.
+    """
+
+    key: str
+    files: tuple[str, ...]
+    modality: str
+    image_type: tuple[str, ...]
+    axial: bool
+    description: str
+
+    @property
+    def original_primary(self) -> bool:
+        """True for ImageType ORIGINAL\\PRIMARY."""
+        return len(self.image_type) >= 2 and self.image_type[0] == "ORIGINAL" and self.image_type[1] == "PRIMARY"
+
+
+def _iter_files(folder: Path):
+    for root, _dirs, files in os.walk(folder):
+        for name in sorted(files):
+            yield Path(root) / name
+
+
+def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
+    """Group the DICOM image files in ``folder`` (recursively) into series.
+
+    Files that are not DICOM are skipped. Series are keyed by SeriesInstanceUID;
+    slices with an empty UID are grouped by orientation and matrix size.
+    Localisers and secondary captures are left out.
+
+    Returns
+    -------
+    list of DicomSeries
+        Every image series found, in no particular order.
+
+    Raises
+    ------
+    InvalidInputError
+        If the folder holds no readable DICOM image.
+    """
+    folder = Path(folder)
+    groups: dict[str, list] = {}
+    meta: dict[str, tuple] = {}
+    for f in _iter_files(folder):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
+            continue
+        if "Rows" not in ds or "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
+            continue
+        image_type = tuple(str(v).upper() for v in ds.get("ImageType", []))
+        sop_class = str(ds.get("SOPClassUID", ""))
+        if "LOCALIZER" in image_type or sop_class.startswith(_SECONDARY_CAPTURE_PREFIX):
+            continue
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        key = uid or "no-uid/" + "/".join(
+            [str(ds.get("SeriesNumber", "")), str(np.round(iop, 3).tolist()), f"{ds.Rows}x{ds.Columns}"])
+        groups.setdefault(key, []).append(str(f))
+        if key not in meta:
+            meta[key] = (str(ds.get("Modality", "")), image_type, abs(normal[2]) > np.cos(np.radians(30)),
+                         str(ds.get("SeriesDescription", "")))
+    if not groups:
+        raise InvalidInputError("no DICOM image files found in folder", folder)
+    return [DicomSeries(k, tuple(v), *meta[k]) for k, v in groups.items()]
+
+
+def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str | None = None) -> DicomSeries:
+    """Pick the series to analyse.
+
+    Preference: ``series_uid`` when given; else among CT series, axial before
+    non-axial, ORIGINAL/PRIMARY before derived, then the most slices.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``series_uid`` is not in the folder, or no series has Modality CT.
+    """
+    if series_uid is not None:
+        for s in series:
+            if s.key == series_uid:
+                return s
+        raise InvalidInputError(f"series {series_uid} not found; available: "
+                                + ", ".join(s.key for s in series), folder)
+    ct = [s for s in series if s.modality == "CT"]
+    if not ct:
+        found = sorted({s.modality or "unknown" for s in series})
+        raise InvalidInputError(f"not a CT: no series with Modality CT (found {', '.join(found)})", folder)
+    best = max(ct, key=lambda s: (s.axial, s.original_primary, len(s.files)))
+    return best
+
+
+def _sorted_slices(files: tuple[str, ...], folder: Path) -> tuple[list[str], list]:
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    iop = np.asarray([float(v) for v in headers[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
+    order = np.argsort(pos @ normal)
+    files_sorted = [files[i] for i in order]
+    headers = [headers[i] for i in order]
+    return files_sorted, headers
+
+
+def check_slice_geometry(positions: np.ndarray, iop: np.ndarray, source: str | Path) -> list[str]:
+    """Check sorted slice positions for duplicates, gaps and gantry tilt.
+
+    Parameters
+    ----------
+    positions : numpy.ndarray
+        ImagePositionPatient of each slice, shape ``(n, 3)``, LPS mm, sorted along
+        the slice normal.
+    iop : numpy.ndarray
+        ImageOrientationPatient, shape ``(6,)``.
+    source : str or Path
+        Named in errors.
+
+    Returns
+    -------
+    list of str
+        Warnings (small spacing jitter).
+
+    Raises
+    ------
+    InvalidInputError
+        On duplicate positions, a gap (a step > 1.5x the median step), or gantry
+        tilt (slice offsets not along the slice normal by more than 0.5 degrees).
+    """
+    warnings = []
+    normal = np.cross(iop[:3], iop[3:])
+    steps = np.diff(positions @ normal)
+    if np.any(steps < 1e-3):
+        i = int(np.argmin(steps))
+        raise InvalidInputError(f"duplicate slice position at {positions[i] @ normal:.2f} mm along the slice normal", source)
+    median = float(np.median(steps))
+    if np.any(steps > GAP_FACTOR * median):
+        i = int(np.argmax(steps))
+        raise InvalidInputError(
+            f"gap in the slices: step of {steps[i]:.2f} mm after slice {i + 1} where the series steps "
+            f"{median:.2f} mm (missing slices?)", source)
+    if np.ptp(steps) > 0.05 * median:
+        warnings.append(f"slice spacing jitter {np.ptp(steps):.2f} mm around a {median:.2f} mm step")
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    shear = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    if len(positions) > 1 and along[-1] > 0:
+        tilt = float(np.degrees(np.arctan2(shear[-1], along[-1])))
+        if tilt > MAX_TILT_DEG:
+            raise InvalidInputError(
+                f"gantry tilt of {tilt:.1f} degrees (slice positions are sheared); resample the series "
+                "to an orthogonal grid first", source)
+    return warnings
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> tuple[sitk.Image, ScanInfo]:
+    """Read one CT series from a DICOM folder.
+
+    Returns
+    -------
+    image : SimpleITK.Image
+        The series in HU (RescaleSlope/Intercept applied), as stored (not reoriented).
+    info : ScanInfo
+
+    Raises
+    ------
+    InvalidInputError
+        No CT series, an unknown ``series_uid``, geometry problems (see
+        :func:`check_slice_geometry`) or undecodable pixel data.
+    """
+    folder = Path(folder)
+    series = scan_dicom_folder(folder)
+    chosen = choose_series(series, folder, series_uid)
+    notes = []
+    if len(series) > 1:
+        notes.append(f"{len(series)} series in folder; chose {chosen.key} ({chosen.description or 'no description'}, "
+                     f"{len(chosen.files)} slices, {'/'.join(chosen.image_type[:2]) or 'no ImageType'})")
+        log.info(notes[-1])
+    if chosen.modality != "CT":
+        raise InvalidInputError(f"not a CT: series Modality is {chosen.modality or 'missing'}", folder)
+    files, headers = _sorted_slices(chosen.files, folder)
+    first = headers[0]
+    iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
+    positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
+    if len(files) >= 2:
+        notes += check_slice_geometry(positions, iop, folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InvalidInputError(f"cannot decode DICOM pixel data ({str(exc).strip().splitlines()[-1][:120]})",
+                                folder) from None
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    padding = first.get("PixelPaddingValue")
+    if padding is not None:
+        slope = float(first.get("RescaleSlope", 1.0))
+        intercept = float(first.get("RescaleIntercept", 0.0))
+        pad_hu = slope * float(padding) + intercept
+        arr = sitk.GetArrayViewFromImage(image)
+        if np.any(arr == pad_hu):
+            image = sitk.Mask(image, sitk.Cast(image != pad_hu, sitk.sitkUInt8), outsideValue=AIR_HU)
+
+    def attr(name):
+        v = first.get(name)
+        if v is None or v == "":
+            return None
+        if isinstance(v, pydicom.multival.MultiValue):
+            return "\\".join(str(x) for x in v)
+        return v
+
+    info = ScanInfo(
+        path=str(folder), format="dicom", input_grid=_grid_of(image),
+        series_uid=str(first.get("SeriesInstanceUID", "") or chosen.key),
+        kvp=float(attr("KVP")) if attr("KVP") is not None else None,
+        contrast_agent=str(attr("ContrastBolusAgent")) if attr("ContrastBolusAgent") is not None else None,
+        convolution_kernel=str(attr("ConvolutionKernel")) if attr("ConvolutionKernel") is not None else None,
+        manufacturer=str(attr("Manufacturer")) if attr("Manufacturer") is not None else None,
+        patient_id=str(attr("PatientID")) if attr("PatientID") is not None else None,
+        slice_thickness_mm=float(attr("SliceThickness")) if attr("SliceThickness") is not None else None,
+        notes=tuple(notes),
+    )
+    return image, info
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_ct(hu: np.ndarray, grid: Grid, source: str | Path) -> list[str]:
+    """Check that a canonical HU array is a usable CT volume.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        ``(nx, ny, nz)`` HU in the canonical frame.
+    grid : Grid
+        Its geometry (spacing in mm).
+    source : str or Path
+        Named in errors.
+
+    Returns
+    -------
+    list of str
+        Warnings (thick slices).
+
+    Raises
+    ------
+    InvalidInputError
+        Not 3-D; fewer than :data:`MIN_SLICES` slices or less than
+        :data:`MIN_Z_EXTENT_MM` of cranio-caudal coverage; a constant image; no
+        voxel below -500 HU (no air, so not CT in HU).
+    """
+    warnings = []
+    if hu.ndim != 3:
+        raise InvalidInputError(f"expected a 3-D volume, got {hu.ndim} dimensions", source)
+    nz = hu.shape[2]
+    extent = nz * grid.spacing_mm[2]
+    if nz < MIN_SLICES or extent < MIN_Z_EXTENT_MM:
+        raise InvalidInputError(
+            f"too few slices: {nz} slices cover {extent:.1f} mm, a vertebra needs at least "
+            f"{MIN_SLICES} slices and {MIN_Z_EXTENT_MM:.0f} mm", source)
+    lo, hi = float(hu.min()), float(hu.max())
+    if hi - lo < 1.0:
+        raise InvalidInputError(f"constant image (every voxel is {lo:g}): no CT data", source)
+    if lo > -500:
+        raise InvalidInputError(
+            f"not a CT in Hounsfield units: no voxel below -500 HU (range {lo:g} to {hi:g}); "
+            "raw stored values without RescaleSlope/Intercept?", source)
+    if grid.spacing_mm[2] > 3.0:
+        warnings.append(f"slice spacing {grid.spacing_mm[2]:.1f} mm > 3 mm: partial-volume and noise raise HU spread")
+    return warnings
+
+
+def read_ct(path: str | Path, series_uid: str | None = None) -> tuple[CTVolume, list[str]]:
+    """Read a CT from a NIfTI/NRRD/MHA file or a DICOM folder, validated and canonical.
+
+    Parameters
+    ----------
+    path : str or Path
+        Volume file, or folder holding a DICOM series.
+    series_uid : str, optional
+        SeriesInstanceUID to read when a DICOM folder holds several series.
+
+    Returns
+    -------
+    ct : CTVolume
+        float32 HU, shape ``(nx, ny, nz)``, canonical L/P/S axes; values below
+        -1024 HU (padding) set to -1024.
+    warnings : list of str
+        Non-fatal remarks.
+
+    Raises
+    ------
+    InvalidInputError
+        Missing path, unknown format, unreadable or corrupt file, not CT,
+        too few slices, slice gaps, gantry tilt, constant image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError("no such file or folder", path)
+    if path.is_dir():
+        image, info = read_dicom_series(path, series_uid)
+    else:
+        fmt = _format_of(path)
+        if fmt is None:
+            try:
+                pydicom.dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError):
+                raise InvalidInputError(
+                    "unknown format: expected .nii, .nii.gz, .nrrd, .mha or a DICOM folder", path) from None
+            return read_ct(path.parent, series_uid)
+        image = _read_volume_file(path)
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise InvalidInputError(f"expected a scalar 3-D volume, got {image.GetDimension()}-D with "
+                                    f"{image.GetNumberOfComponentsPerPixel()} component(s)", path)
+        info = ScanInfo(path=str(path), format=fmt, input_grid=_grid_of(image))
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    canonical = to_canonical(image)
+    hu = image_to_array(canonical).astype(np.float32, copy=False)
+    np.maximum(hu, AIR_HU, out=hu)
+    grid = _grid_of(canonical)
+    warnings = validate_ct(hu, grid, path)
+    return CTVolume(hu=hu, grid=grid, info=info), list(info.notes) + warnings
+
+
+def read_label_map(path: str | Path, ct: CTVolume) -> np.ndarray:
+    """Read a label map and resample it (nearest neighbour) onto ``ct``'s canonical grid.
+
+    The map may be stored in any orientation (e.g. LAS or RAS NIfTI); geometry is
+    taken from its header, so it must cover the same patient space as the CT.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 or uint16 labels, shape ``ct.hu.shape``.
+
+    Raises
+    ------
+    InvalidInputError
+        Missing or unreadable file, non-integer labels, or no overlap with the CT.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError("no such label file", path)
+    image = _read_volume_file(path)
+    if image.GetDimension() != 3:
+        raise InvalidInputError(f"expected a 3-D label map, got {image.GetDimension()}-D", path)
+    image = sitk.Cast(image, sitk.sitkUInt16)
+    ref = grid_reference_image(ct.grid, sitk.sitkUInt16)
+    resampled = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    labels = image_to_array(resampled)
+    if not labels.any():
+        raise InvalidInputError("label map does not overlap the CT (check that both are the same scan)", path)
+    return labels
+
+
+def labels_on_input_grid(labels: np.ndarray, ct: CTVolume) -> sitk.Image:
+    """Resample a canonical label array back onto the input's stored grid (nearest neighbour).
+
+    The canonical grid is a permutation/flip of the input grid, so this is exact.
+    """
+    image = array_to_image(labels, ct.grid)
+    ref = grid_reference_image(ct.info.input_grid, image.GetPixelID())
+    return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+
+
+# --------------------------------------------------------------------------- atomic output
+
+
+def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Write a file via a temporary sibling and ``os.replace`` so no half-written file remains.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final destination.
+    writer : callable
+        Called with the temporary path (same folder and suffix); must create it.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        writer(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def write_image_atomic(image: sitk.Image, path: str | Path) -> Path:
+    """Write a SimpleITK image (compressed when the format allows) atomically."""
+    return write_atomic(path, lambda p: sitk.WriteImage(image, str(p), useCompression=True))

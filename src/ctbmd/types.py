@@ -1,0 +1,351 @@
+"""Typed dataclasses passed between the pipeline stages.
+
+Coordinate conventions used everywhere in ctbmd
+-----------------------------------------------
+* **World frame**: DICOM patient coordinates, **LPS**, in mm: +x toward the
+  patient's left, +y toward posterior, +z toward superior (head).
+* **Canonical voxel frame**: every volume handed between stages is a NumPy array
+  of shape ``(nx, ny, nz)`` indexed ``[i, j, k]`` whose axes point (as closely as
+  the acquisition allows) toward L, P and S. It is the input reoriented with
+  SimpleITK's ``DICOMOrient(image, "LPS")``; no resampling is involved, so voxel
+  values are the input's values. ``affine_lps`` maps ``(i, j, k, 1)`` to LPS mm.
+* Level names are ``"T11"``, ``"T12"``, ``"L1"`` ... ``"L5"``; label maps use the
+  VerSe numbering (Löffler et al., Radiol Artif Intell 2020, doi
+  10.1148/ryai.2020190138): 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 28 T13.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: VerSe label number for each level name (VerSe 2019/2020 numbering).
+VERSE_LABELS: dict[str, int] = {
+    **{f"C{i}": i for i in range(1, 8)},
+    **{f"T{i}": 7 + i for i in range(1, 13)},
+    **{f"L{i}": 19 + i for i in range(1, 7)},
+    "T13": 28,
+}
+#: Inverse of :data:`VERSE_LABELS`.
+VERSE_NAMES: dict[int, str] = {v: k for k, v in VERSE_LABELS.items()}
+#: Levels ordered from cranial to caudal (T13 and L6 are transitional and sit
+#: between T12/L1 and after L5 respectively).
+LEVEL_ORDER: tuple[str, ...] = tuple(
+    [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["T13"]
+    + [f"L{i}" for i in range(1, 7)]
+)
+
+
+def level_index(name: str) -> int:
+    """Return the cranio-caudal rank of a level name (``"T12"`` < ``"L1"``).
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is not a vertebral level name known to VerSe.
+    """
+    return LEVEL_ORDER.index(name)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of a voxel grid in the ITK/DICOM convention (LPS, mm).
+
+    Attributes
+    ----------
+    size : tuple of int
+        ``(nx, ny, nz)``, voxels along the index axes ``(i, j, k)``.
+    spacing_mm : tuple of float
+        Voxel size along ``(i, j, k)`` in mm.
+    origin_lps_mm : tuple of float
+        LPS position (mm) of the centre of voxel ``(0, 0, 0)``.
+    direction : tuple of float
+        3x3 direction-cosine matrix, row-major; column ``c`` is the LPS unit
+        vector of index axis ``c`` (the ITK ``GetDirection()`` layout).
+    """
+
+    size: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    origin_lps_mm: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @property
+    def affine_lps(self) -> np.ndarray:
+        """4x4 matrix mapping voxel index ``(i, j, k, 1)`` to LPS mm."""
+        a = np.eye(4)
+        a[:3, :3] = np.asarray(self.direction, float).reshape(3, 3) * np.asarray(self.spacing_mm, float)
+        a[:3, 3] = self.origin_lps_mm
+        return a
+
+
+@dataclass(frozen=True)
+class ScanInfo:
+    """What is known about the scan and where it came from.
+
+    Attributes
+    ----------
+    path : str
+        The file or DICOM folder given by the user.
+    format : str
+        ``"nifti"``, ``"nrrd"``, ``"mha"`` or ``"dicom"``.
+    input_grid : Grid
+        Geometry of the input as stored (before reorientation); outputs that must
+        lie "on the input's grid" are resampled onto it.
+    series_uid, kvp, contrast_agent, convolution_kernel, manufacturer, patient_id :
+        DICOM attributes when available, else ``None``. ``kvp`` is in kV.
+    slice_thickness_mm : float or None
+        DICOM SliceThickness (mm) when known.
+    notes : tuple of str
+        Human-readable remarks from reading, e.g. which DICOM series was chosen.
+    """
+
+    path: str
+    format: str
+    input_grid: Grid
+    series_uid: str | None = None
+    kvp: float | None = None
+    contrast_agent: str | None = None
+    convolution_kernel: str | None = None
+    manufacturer: str | None = None
+    patient_id: str | None = None
+    slice_thickness_mm: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CTVolume:
+    """A CT volume in Hounsfield units in the canonical LPS voxel frame.
+
+    Attributes
+    ----------
+    hu : numpy.ndarray
+        float32 array, shape ``(nx, ny, nz)``; axes point toward patient Left,
+        Posterior, Superior. RescaleSlope/Intercept are applied and padding
+        values (below -1024 HU) are set to -1024 HU (air).
+    grid : Grid
+        Geometry of ``hu`` (its ``direction`` is close to identity).
+    info : ScanInfo
+        Provenance and acquisition attributes.
+    """
+
+    hu: np.ndarray
+    grid: Grid
+    info: ScanInfo
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the canonical axes (L, P, S)."""
+        return self.grid.spacing_mm
+
+    @property
+    def affine_lps(self) -> np.ndarray:
+        """4x4 matrix mapping canonical voxel index to LPS mm."""
+        return self.grid.affine_lps
+
+    def index_to_lps(self, ijk: np.ndarray) -> np.ndarray:
+        """Map voxel indices, shape ``(..., 3)``, to LPS mm, shape ``(..., 3)``."""
+        a = self.affine_lps
+        return np.asarray(ijk, float) @ a[:3, :3].T + a[:3, 3]
+
+
+@dataclass(frozen=True)
+class SpineSegmentation:
+    """Labelled vertebrae on a :class:`CTVolume`'s canonical grid.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        uint8, shape ``(nx, ny, nz)`` of the CT; whole vertebra (body and posterior
+        arch) in VerSe numbering, 0 = background.
+    body : numpy.ndarray or None
+        Same shape and numbering, vertebral body only (no posterior elements),
+        when the backend provides it; otherwise the ROI stage derives it.
+    levels : tuple of str
+        Level names present in ``labels``, cranial to caudal.
+    backend : str
+        ``"builtin"``, ``"labels"`` or ``"totalsegmentator"``.
+    level_flags : dict
+        Level name -> flags raised by the segmenter (e.g. ``"partial"``).
+    anchors : dict
+        How the labels were anchored (``"sacrum"``, ``"lowest_rib"``), for the report.
+    warnings : tuple of str
+        Patient-level remarks, e.g. ``"transitional anatomy"``.
+    """
+
+    labels: np.ndarray
+    body: np.ndarray | None
+    levels: tuple[str, ...]
+    backend: str
+    level_flags: dict[str, list[str]] = field(default_factory=dict)
+    anchors: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LevelMeasurement:
+    """Trabecular ROI statistics of one vertebral body (HU, before calibration).
+
+    Attributes
+    ----------
+    level : str
+        Level name, e.g. ``"L1"``.
+    centroid_lps_mm : tuple of float
+        Centroid of the whole vertebra label (body and arch), LPS mm.
+    roi_voxels : int
+        Voxels in the trabecular ROI.
+    roi_volume_mm3 : float
+        ROI volume in mm^3.
+    hu_median, hu_mean, hu_sd : float or None
+        Median, mean and standard deviation of HU in the ROI; ``None`` when the
+        ROI is empty.
+    heights_mm : dict
+        Vertebral body heights ``anterior``, ``middle``, ``posterior`` in mm.
+    flags : tuple of str
+        QC flags: ``partial``, ``too_small``, ``metal``, ``suspected_fracture``,
+        ``hyperdense_focus``.
+    """
+
+    level: str
+    centroid_lps_mm: tuple[float, float, float]
+    roi_voxels: int
+    roi_volume_mm3: float
+    hu_median: float | None
+    hu_mean: float | None
+    hu_sd: float | None
+    heights_mm: dict[str, float]
+    flags: tuple[str, ...]
+
+    @property
+    def usable(self) -> bool:
+        """True when the level may enter a patient-level value (no exclusion flag)."""
+        excluding = {"partial", "too_small", "metal", "suspected_fracture"}
+        return self.hu_median is not None and not excluding.intersection(self.flags)
+
+
+@dataclass(frozen=True)
+class ReferenceTissue:
+    """HU statistics of one internal reference tissue.
+
+    Attributes
+    ----------
+    name : str
+        ``"air"``, ``"subcutaneous_fat"``, ``"paraspinal_muscle"`` or ``"aortic_blood"``.
+    hu_median, hu_iqr : float
+        Median and interquartile range of HU in the sampled region.
+    n_voxels : int
+        Voxels sampled.
+    used_in_fit : bool
+        Whether the tissue entered the calibration fit (contrast-enhanced blood
+        is measured but not used).
+    """
+
+    name: str
+    hu_median: float
+    hu_iqr: float
+    n_voxels: int
+    used_in_fit: bool = True
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Linear HU -> K2HPO4-equivalent density map from internal calibration.
+
+    ``bmd_mg_cm3 = slope * HU + intercept`` (K2HPO4); CaHA follows from
+    Faulkner et al. 1993 (see :func:`ctbmd.calibrate.k2hpo4_to_caha`).
+
+    Attributes
+    ----------
+    ok : bool
+        False when calibration could not be done; then ``reason`` says why and
+        slope/intercept are ``None``.
+    method : str
+        Name of the method.
+    slope : float or None
+        mg/cm^3 per HU.
+    intercept : float or None
+        mg/cm^3.
+    effective_energy_kev : float or None
+        Effective beam energy that best explains the reference tissue HU.
+    tissues : dict
+        Name -> :class:`ReferenceTissue`.
+    residuals_hu : dict
+        Name -> measured minus fitted HU for the tissues in the fit.
+    reason : str or None
+        Why calibration failed (``ok`` False) or a caveat.
+    """
+
+    ok: bool
+    method: str
+    slope: float | None
+    intercept: float | None
+    effective_energy_kev: float | None
+    tissues: dict[str, ReferenceTissue]
+    residuals_hu: dict[str, float]
+    reason: str | None = None
+
+    def to_mg_cm3(self, hu: float | None) -> float | None:
+        """K2HPO4-equivalent density (mg/cm^3) of a HU value; ``None`` if uncalibrated."""
+        if not self.ok or hu is None:
+            return None
+        return float(self.slope * hu + self.intercept)
+
+
+@dataclass(frozen=True)
+class ContrastPhase:
+    """Detected contrast phase.
+
+    Attributes
+    ----------
+    phase : str
+        ``"native"``, ``"contrast"`` (enhanced, phase unknown), ``"arterial"``,
+        ``"portal_venous"`` or ``"unknown"``.
+    aorta_hu : float or None
+        Median HU of aortic blood used for the decision.
+    dicom_contrast_agent : str or None
+        ContrastBolusAgent (0018,0010) when present.
+    evidence : str
+        One line saying how the phase was decided.
+    """
+
+    phase: str
+    aorta_hu: float | None
+    dicom_contrast_agent: str | None
+    evidence: str
+
+    @property
+    def enhanced(self) -> bool:
+        """True for any contrast-enhanced phase."""
+        return self.phase in {"contrast", "arterial", "portal_venous"}
+
+
+@dataclass(frozen=True)
+class PatientClassification:
+    """Patient-level BMD and category.
+
+    Attributes
+    ----------
+    bmd_mg_cm3 : float or None
+        Mean K2HPO4-equivalent BMD of ``levels_used`` (None when uncalibrated).
+    hu_mean : float or None
+        Mean trabecular median HU of ``levels_used``.
+    levels_used : tuple of str
+        Lumbar levels averaged (L1 and L2 when both are usable).
+    category : str or None
+        ``"normal"``, ``"osteopenia"`` or ``"osteoporosis"`` (ACR-QCT), None when
+        BMD is unavailable.
+    category_system : str
+        ``"ACR-QCT"``.
+    pickhardt : dict
+        L1 HU screening flag (Pickhardt et al., Ann Intern Med 2013).
+    notes : tuple of str
+        Caveats (level substitution, contrast).
+    """
+
+    bmd_mg_cm3: float | None
+    hu_mean: float | None
+    levels_used: tuple[str, ...]
+    category: str | None
+    category_system: str
+    pickhardt: dict
+    notes: tuple[str, ...] = ()
