@@ -17,7 +17,7 @@ LPS frame; labels are mapped back to the CT grid by nearest neighbour):
    e.g. Glocker et al., MICCAI 2012, as the intensity cue). Minima with a
    prominence of at least 15 HU and at least 14 mm apart are discs. Each disc
    is a plane through the centre line, perpendicular to it.
-5. **Vertebrae**: bone (> 120 HU, closed, holes filled per slice) in a box
+5. **Vertebrae**: bone (> 100 HU, closed by 4 mm, holes filled per slice) in a box
    around the centre line that is 3-D connected to the bodies, split between
    consecutive disc planes.
 6. **Labels from anatomical anchors** (the two-anchor check recommended for
@@ -57,7 +57,7 @@ WORK_SPACING_MM = 2.0
 BODY_HU = -400.0
 AXIS_BONE_HU = 150.0
 CENTRE_BONE_HU = 100.0
-VERTEBRA_HU = 120.0
+VERTEBRA_HU = 100.0
 #: Disc-to-disc distance (mm) of T10-L5: 24-48 mm (Panjabi et al., Spine 1991/1992).
 PITCH_MIN_MM = 24.0
 PITCH_MAX_MM = 48.0
@@ -333,7 +333,7 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
     for k in np.nonzero(column)[0]:
         xc, yc = centres[zc[k]]
         box[max(0, int(xc - 45 / sp)):int(xc + 45 / sp), max(0, int(yc - 30 / sp)):int(yc + 85 / sp), k] = True
-    spine = ndi.binary_closing(bone & box, iterations=1) & box
+    spine = ndi.binary_closing(bone & box, iterations=2) & box
     for k in np.nonzero(column)[0]:
         spine[:, :, k] = ndi.binary_fill_holes(spine[:, :, k])
     seeds = np.zeros_like(spine)
