@@ -1,0 +1,159 @@
+"""Stage 5: result.json, levels.csv, vertebrae.nii.gz, roi.nii.gz and report.png.
+
+Every file is written through :func:`ctbmd.io.write_atomic` (temporary file,
+then rename). ``result.json`` follows :data:`SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ctbmd import __version__  # noqa: E402
+from ctbmd.calibrate import k2hpo4_to_caha  # noqa: E402
+from ctbmd.io import labels_on_input_grid, write_atomic, write_image_atomic  # noqa: E402
+from ctbmd.types import (VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LevelMeasurement,  # noqa: E402
+                         PatientClassification, SpineSegmentation)
+
+SCHEMA_VERSION = "1.0"
+DISCLAIMER = "Research use only; not a medical device."
+
+
+@dataclass(frozen=True)
+class Result:
+    """Everything one run produced, ready to be written.
+
+    Attributes
+    ----------
+    ct, seg, levels, roi_labels, calibration, phase, patient, warnings :
+        Stage outputs; ``roi_labels`` is uint8 on the CT's canonical grid.
+    """
+
+    ct: CTVolume
+    seg: SpineSegmentation
+    levels: list[LevelMeasurement]
+    roi_labels: np.ndarray
+    calibration: Calibration
+    phase: ContrastPhase
+    patient: PatientClassification
+    warnings: list[str]
+
+
+def _r(v, nd=1):
+    return None if v is None else round(float(v), nd)
+
+
+def result_dict(res: Result) -> dict:
+    """The ``result.json`` content (schema :data:`SCHEMA_VERSION`)."""
+    cal = res.calibration
+    info = res.ct.info
+    levels = []
+    for m in res.levels:
+        bmd = cal.to_mg_cm3(m.hu_median)
+        levels.append({
+            "level": m.level, "verse_label": VERSE_LABELS[m.level], "centroid_lps_mm": list(m.centroid_lps_mm),
+            "roi_voxels": m.roi_voxels, "roi_volume_mm3": m.roi_volume_mm3,
+            "trabecular_hu_median": _r(m.hu_median), "trabecular_hu_mean": _r(m.hu_mean),
+            "trabecular_hu_sd": _r(m.hu_sd), "bmd_mg_cm3": _r(bmd), "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(bmd)),
+            "heights_mm": m.heights_mm, "flags": list(m.flags), "used_for_patient": m.level in res.patient.levels_used,
+        })
+    p = res.patient
+    return {
+        "schema_version": SCHEMA_VERSION, "ctbmd_version": __version__, "disclaimer": DISCLAIMER,
+        "input": {"path": info.path, "format": "dicom" if info.format == "dicom" else info.format,
+                  "shape": list(info.input_grid.size), "spacing_mm": [round(s, 4) for s in info.input_grid.spacing_mm],
+                  "series_uid": info.series_uid, "kvp": info.kvp, "convolution_kernel": info.convolution_kernel,
+                  "contrast_phase": res.phase.phase, "contrast_evidence": res.phase.evidence,
+                  "aorta_hu": res.phase.aorta_hu, "frame": "LPS (DICOM patient coordinates), mm"},
+        "segmentation": {"backend": res.seg.backend, "levels": list(res.seg.levels), "anchors": res.seg.anchors,
+                         "label_map": "VerSe (T12=19, L1=20 ... L5=24)"},
+        "calibration": {"ok": cal.ok, "method": cal.method, "slope": cal.slope, "intercept": cal.intercept,
+                        "units": "bmd_mg_cm3 = slope * HU + intercept (K2HPO4-equivalent)",
+                        "effective_energy_kev": cal.effective_energy_kev, "reason": cal.reason,
+                        "reference_tissues": {n: asdict(t) for n, t in cal.tissues.items()},
+                        "residuals_hu": cal.residuals_hu, "caha_conversion": "HA = 1.15 * K2HPO4 - 7.32 (Faulkner 1993)"},
+        "levels": levels,
+        "patient": {"bmd_mg_cm3": p.bmd_mg_cm3, "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(p.bmd_mg_cm3)),
+                    "trabecular_hu_mean": p.hu_mean, "levels_used": list(p.levels_used), "category": p.category,
+                    "category_system": p.category_system,
+                    "thresholds_mg_cm3": {"osteoporosis_below": 80.0, "normal_above": 120.0},
+                    "pickhardt_l1": p.pickhardt, "notes": list(p.notes)},
+        "warnings": list(res.warnings),
+    }
+
+
+CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular_hu_sd", "bmd_mg_cm3",
+              "bmd_caha_mg_cm3", "roi_voxels", "roi_volume_mm3", "centroid_lps_mm", "flags", "used_for_patient"]
+
+
+def levels_csv(result: dict) -> str:
+    """``levels.csv`` text: one row per level, :data:`CSV_FIELDS` columns."""
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for lv in result["levels"]:
+        row = {k: lv[k] for k in CSV_FIELDS}
+        row["centroid_lps_mm"] = " ".join(f"{c:.1f}" for c in lv["centroid_lps_mm"])
+        row["flags"] = ";".join(lv["flags"])
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def render_png(res: Result, result: dict, path: Path) -> None:
+    """Mid-sagittal and coronal views with level names, ROIs, BMD and the category."""
+    hu, labels, roi = res.ct.hu, res.seg.labels, res.roi_labels
+    sp = res.ct.spacing_mm
+    idx = np.nonzero(labels)
+    cx, cy = int(np.median(idx[0])), int(np.median(idx[1]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 7), facecolor="black")
+    views = [("sagittal", hu[cx].T, labels[cx].T, roi[cx].T, sp[1]), ("coronal", hu[:, cy].T, labels[:, cy].T, roi[:, cy].T, sp[0])]
+    cmap = plt.get_cmap("tab10")
+    by_level = {lv["level"]: lv for lv in result["levels"]}
+    for ax, (name, img, lab, r, s_in) in zip(axes, views):
+        ax.imshow(img, cmap="gray", vmin=-250, vmax=900, origin="lower", aspect=sp[2] / s_in)
+        for i, level in enumerate(res.seg.levels):
+            v = VERSE_LABELS[level]
+            if (lab == v).any():
+                ax.contour(lab == v, levels=[0.5], colors=[cmap(i % 10)], linewidths=0.8)
+            if (r == v).any():
+                ax.contourf(r == v, levels=[0.5, 1.5], colors=[cmap(i % 10)], alpha=0.45)
+            ys, xs = np.nonzero(lab == v)
+            if len(ys) and name == "sagittal":
+                lv = by_level[level]
+                val = f"{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else (
+                    f"{lv['trabecular_hu_median']:.0f} HU" if lv["trabecular_hu_median"] is not None else "n/a")
+                flag = " [" + ",".join(lv["flags"]) + "]" if lv["flags"] else ""
+                ax.text(xs.min() - 2, ys.mean(), f"{level} {val}{flag}", color=cmap(i % 10), ha="right",
+                        va="center", fontsize=8, fontweight="bold")
+        ax.set_title(name, color="white")
+        ax.axis("off")
+    p = result["patient"]
+    cat = p["category"] or "not classified"
+    bmd = f"{p['bmd_mg_cm3']:.0f} mg/cm³ K2HPO4" if p["bmd_mg_cm3"] is not None else "BMD n/a"
+    fig.suptitle(f"{Path(res.ct.info.path).name}: {cat.upper()} ({bmd}, {'+'.join(p['levels_used']) or '-'}, ACR-QCT)\n"
+                 f"contrast: {result['input']['contrast_phase']}   {DISCLAIMER}", color="white", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, facecolor="black", format="png")
+    plt.close(fig)
+
+
+def write_outputs(res: Result, out_dir: str | Path) -> dict:
+    """Write all outputs of a run into ``out_dir`` (each atomically); return the result dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = result_dict(res)
+    write_image_atomic(labels_on_input_grid(res.seg.labels, res.ct), out / "vertebrae.nii.gz")
+    write_image_atomic(labels_on_input_grid(res.roi_labels, res.ct), out / "roi.nii.gz")
+    write_atomic(out / "levels.csv", lambda p: p.write_text(levels_csv(result)))
+    write_atomic(out / "report.png", lambda p: render_png(res, result, p))
+    write_atomic(out / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+    return result
