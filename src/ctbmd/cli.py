@@ -60,13 +60,13 @@ def run(
                 result = run_pipeline(input, out, progress=tick, segmenter=segmenter, labels=labels,
                                       label_map=label_map, series_uid=series_uid)
     except CtbmdError as exc:
-        err.print(f"ctbmd: error: {exc.one_line()}", markup=False, highlight=False)
+        typer.echo(f"ctbmd: error: {exc.one_line()}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, distinct code
         if debug:
             raise
-        err.print(f"ctbmd: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
-                  markup=False, highlight=False)
+        detail = " ".join(str(exc).split())
+        typer.echo(f"ctbmd: internal error: {type(exc).__name__}: {detail} (rerun with --debug and report it)", err=True)
         raise typer.Exit(EXIT_INTERNAL) from None
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_median']:.0f} HU" + (

@@ -12,13 +12,16 @@ See :mod:`ctbmd.types` for the conventions.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import zlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import SimpleITK as sitk
@@ -92,7 +95,31 @@ def to_canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
+def _check_complete(path: Path) -> None:
+    """Raise InvalidInputError for a truncated gzip stream or a NIfTI shorter than its header says.
+
+    SimpleITK zero-fills some truncated files instead of failing, so this is checked first.
+    """
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InvalidInputError(f"truncated or corrupt gzip data ({exc})", path) from None
+    if name.endswith(".nii"):
+        try:
+            img = nib.load(path)
+            need = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        except Exception as exc:  # noqa: BLE001 - any header failure is a corrupt file
+            raise InvalidInputError(f"corrupt NIfTI header ({exc})", path) from None
+        if path.stat().st_size < need:
+            raise InvalidInputError(f"truncated NIfTI: {path.stat().st_size} bytes, header needs {need}", path)
+
+
 def _read_volume_file(path: Path) -> sitk.Image:
+    _check_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
