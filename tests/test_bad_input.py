@@ -92,3 +92,12 @@ def test_gap_in_dicom_series(tmp_path):
     out = tmp_path / "out"
     rc, _, se = run_cli("run", folder, "--out", out)
     assert_clean_failure(rc, se, out, EXIT_INVALID_INPUT, "gap")
+
+
+def test_totalsegmentator_backend_unavailable_is_clear(tmp_path, monkeypatch):
+    """Without the package or its weights, the backend names what is missing (exit 2)."""
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(tmp_path / "no-weights"))
+    out = tmp_path / "out"
+    rc, _, se = run_cli("run", EXAMPLE / "ct.nii.gz", "--out", out, "--segmenter", "totalsegmentator")
+    assert_clean_failure(rc, se, out, EXIT_USAGE)
+    assert "ctbmd[totalseg]" in se or "TOTALSEG_WEIGHTS_PATH" in se

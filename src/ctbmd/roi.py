@@ -39,7 +39,6 @@ MIN_ROI_VOXELS = 20
 METAL_HU = 2500.0
 HYPERDENSE_FLAG_FRACTION = 0.10
 FRACTURE_HEIGHT_RATIO = 0.75
-EXCLUDING_FLAGS = ("partial", "too_small", "metal", "suspected_fracture")
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:

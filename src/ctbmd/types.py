@@ -37,6 +37,10 @@ LEVEL_ORDER: tuple[str, ...] = tuple(
 )
 
 
+#: QC flags that keep a level out of the patient-level BMD.
+EXCLUDING_FLAGS: tuple[str, ...] = ("partial", "too_small", "metal", "suspected_fracture")
+
+
 def level_index(name: str) -> int:
     """Return the cranio-caudal rank of a level name (``"T12"`` < ``"L1"``).
 
@@ -219,8 +223,7 @@ class LevelMeasurement:
     @property
     def usable(self) -> bool:
         """True when the level may enter a patient-level value (no exclusion flag)."""
-        excluding = {"partial", "too_small", "metal", "suspected_fracture"}
-        return self.hu_median is not None and not excluding.intersection(self.flags)
+        return self.hu_median is not None and not set(EXCLUDING_FLAGS).intersection(self.flags)
 
 
 @dataclass(frozen=True)

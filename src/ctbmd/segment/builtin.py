@@ -231,7 +231,7 @@ def _find_discs(profile: np.ndarray, pedicle: np.ndarray) -> np.ndarray:
     return np.asarray(sorted(chain), int)
 
 
-def _plane_sides(shape, planes: list[tuple[np.ndarray, np.ndarray]], box: tuple[slice, ...]) -> np.ndarray:
+def _plane_sides(planes: list[tuple[np.ndarray, np.ndarray]], box: tuple[slice, ...]) -> np.ndarray:
     """Count, per voxel of ``box``, how many disc planes lie below it (0 = below the lowest disc)."""
     grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij")
     pts = np.stack(grids, axis=-1).astype(np.float32)
@@ -328,10 +328,9 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
 
     # Vertebra voxels: bone around the centre line, connected to the bodies.
     bone = hu > VERTEBRA_HU
-    zc = np.clip(np.arange(nz), 0, nz - 1)
     box = np.zeros_like(bone)
     for k in np.nonzero(column)[0]:
-        xc, yc = centres[zc[k]]
+        xc, yc = centres[k]
         box[max(0, int(xc - 45 / sp)):int(xc + 45 / sp), max(0, int(yc - 30 / sp)):int(yc + 85 / sp), k] = True
     spine = ndi.binary_closing(bone & box, iterations=2) & box
     for k in np.nonzero(column)[0]:
@@ -350,7 +349,7 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
     zz = np.nonzero(spine.any(axis=(0, 1)))[0]
     bbox = (slice(0, nx), slice(0, ny), slice(int(zz[0]), int(zz[-1]) + 1))
     sides = np.zeros(hu.shape, np.int16)
-    sides[bbox] = _plane_sides(hu.shape, planes, bbox)
+    sides[bbox] = _plane_sides(planes, bbox)
     segment_id = np.where(spine, sides + 1, 0).astype(np.int16)  # 1 = below the lowest disc
 
     n_seg = len(discs) + 1
