@@ -242,7 +242,7 @@ def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str
     return best
 
 
-def _sorted_slices(files: tuple[str, ...], folder: Path) -> tuple[list[str], list]:
+def _sorted_slices(files: tuple[str, ...]) -> tuple[list[str], list]:
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     iop = np.asarray([float(v) for v in headers[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
@@ -328,7 +328,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> tupl
         log.info(notes[-1])
     if chosen.modality != "CT":
         raise InvalidInputError(f"not a CT: series Modality is {chosen.modality or 'missing'}", folder)
-    files, headers = _sorted_slices(chosen.files, folder)
+    files, headers = _sorted_slices(chosen.files)
     first = headers[0]
     iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
     positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
