@@ -16,12 +16,12 @@ Method, after Michalski et al., Med Eng Phys 2020;78:55-63
    (the two-point air/fat form of Comp2Comp, here with an energy-dependent fat
    value); water-like tissue then reads ~0 HU. Muscle and blood vary between
    patients, so they inform E but not the scale.
-3. **Bone model**: trabecular bone is taken as K2HPO4 dissolved in water, the
+4. **Bone model**: trabecular bone is taken as K2HPO4 dissolved in water, the
    definition of the K2HPO4 rods of QCT phantoms (Cann & Genant, JCAT 1980):
    ``mu = mu_water + c * ((mu/rho)_K2HPO4 - mu_water / 2.44)``, c in g/cm^3 and
    2.44 g/cm^3 the density of K2HPO4. With steps 2-3 this gives a linear map
    ``BMD [mg/cm^3] = slope * HU + intercept``.
-4. CaHA-equivalent density: ``HA = 1.15 * K2HPO4 - 7.32`` (Faulkner et al.,
+5. CaHA-equivalent density: ``HA = 1.15 * K2HPO4 - 7.32`` (Faulkner et al.,
    Calcif Tissue Int 1993).
 
 The fit is rejected (HU-only results) when air, fat or muscle cannot be found,
@@ -36,6 +36,7 @@ import numpy as np
 import xraydb
 from scipy import ndimage as ndi
 
+from ctbmd.masks import largest_component
 from ctbmd.types import Calibration, ContrastPhase, CTVolume, ReferenceTissue, SpineSegmentation
 
 #: ICRU-44 elemental mass fractions and densities (g/cm^3), as tabulated by NIST
@@ -123,11 +124,7 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> dict[str, Referen
     z0, z1 = int(zs[0]), int(zs[-1]) + 1
     h = hu[:, :, z0:z1]
     body = h > -400
-    lab, n = ndi.label(ndi.binary_opening(body, iterations=1))
-    if n:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        body = lab == np.argmax(sizes)
+    body = largest_component(ndi.binary_opening(body, iterations=1))
     for k in range(body.shape[2]):
         body[:, :, k] = ndi.binary_fill_holes(body[:, :, k])
     outside = ndi.distance_transform_edt(~body, sampling=sp)

@@ -33,7 +33,7 @@ def run(
     input: Path = typer.Argument(..., help="CT: .nii/.nii.gz/.nrrd/.mha file or DICOM folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     segmenter: str = typer.Option("builtin", "--segmenter", help="builtin | labels | totalsegmentator"),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Label map for --segmenter labels."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Existing vertebra label map; implies --segmenter labels."),
     label_map: str = typer.Option("auto", "--label-map", help="auto | total | verse | vertebrae_pp | vertebrae_pp_refined"),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),

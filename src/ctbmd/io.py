@@ -15,8 +15,8 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import zlib
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +143,8 @@ class DicomSeries:
         SeriesInstanceUID, or a derived key when the UID is empty.
     files : tuple of str
         Slice files, unsorted.
+    headers : tuple of pydicom.Dataset
+        Their headers (no pixel data), in the same order.
     modality : str
         Modality (0008,0060).
     image_type : tuple of str
@@ -155,6 +157,7 @@ class DicomSeries:
 
     key: str
     files: tuple[str, ...]
+    headers: tuple
     modality: str
     image_type: tuple[str, ...]
     axial: bool
@@ -208,13 +211,13 @@ def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         key = uid or "no-uid/" + "/".join(
             [str(ds.get("SeriesNumber", "")), str(np.round(iop, 3).tolist()), f"{ds.Rows}x{ds.Columns}"])
-        groups.setdefault(key, []).append(str(f))
+        groups.setdefault(key, []).append((str(f), ds))
         if key not in meta:
             meta[key] = (str(ds.get("Modality", "")), image_type, abs(normal[2]) > np.cos(np.radians(30)),
                          str(ds.get("SeriesDescription", "")))
     if not groups:
         raise InvalidInputError("no DICOM image files found in folder", folder)
-    return [DicomSeries(k, tuple(v), *meta[k]) for k, v in groups.items()]
+    return [DicomSeries(k, tuple(f for f, _ in v), tuple(d for _, d in v), *meta[k]) for k, v in groups.items()]
 
 
 def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str | None = None) -> DicomSeries:
@@ -242,15 +245,13 @@ def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str
     return best
 
 
-def _sorted_slices(files: tuple[str, ...]) -> tuple[list[str], list]:
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    iop = np.asarray([float(v) for v in headers[0].ImageOrientationPatient])
+def _sorted_slices(series: DicomSeries) -> tuple[list[str], list]:
+    """Files and headers of ``series`` sorted along the slice normal (inferior to superior for axial)."""
+    iop = np.asarray([float(v) for v in series.headers[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
-    pos = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])
+    pos = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in series.headers])
     order = np.argsort(pos @ normal)
-    files_sorted = [files[i] for i in order]
-    headers = [headers[i] for i in order]
-    return files_sorted, headers
+    return [series.files[i] for i in order], [series.headers[i] for i in order]
 
 
 def check_slice_geometry(positions: np.ndarray, iop: np.ndarray, source: str | Path) -> list[str]:
@@ -328,7 +329,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> tupl
         log.info(notes[-1])
     if chosen.modality != "CT":
         raise InvalidInputError(f"not a CT: series Modality is {chosen.modality or 'missing'}", folder)
-    files, headers = _sorted_slices(chosen.files)
+    files, headers = _sorted_slices(chosen)
     first = headers[0]
     iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
     positions = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in headers])

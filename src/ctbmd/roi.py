@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ctbmd.masks import largest_component
 from ctbmd.types import VERSE_LABELS, CTVolume, LevelMeasurement, SpineSegmentation
 
 BODY_OPENING_MM = 6.0
@@ -39,15 +40,6 @@ MIN_ROI_VOXELS = 20
 METAL_HU = 2500.0
 HYPERDENSE_FLAG_FRACTION = 0.10
 FRACTURE_HEIGHT_RATIO = 0.75
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == np.argmax(sizes)
 
 
 def vertebral_body(vertebra: np.ndarray, spacing_mm: tuple[float, float, float],
@@ -74,7 +66,7 @@ def vertebral_body(vertebra: np.ndarray, spacing_mm: tuple[float, float, float],
     if not inside.any():
         return np.zeros_like(vertebra)
     opened = (ndi.distance_transform_edt(~inside, sampling=spacing_mm) <= radius_mm) & padded
-    return _largest(opened)[1:-1, 1:-1, 1:-1]
+    return largest_component(opened)[1:-1, 1:-1, 1:-1]
 
 
 def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float]

@@ -13,10 +13,13 @@ LPS frame; labels are mapped back to the CT grid by nearest neighbour):
    filtered along z.
 4. **Discs**: the mean HU in a 10 mm-radius disc around the body-centre line,
    as a function of z, dips at each intervertebral disc between the bright
-   endplates (the sagittal profile used by classical spine-labelling methods,
-   e.g. Glocker et al., MICCAI 2012, as the intensity cue). Minima with a
-   prominence of at least 15 HU and at least 14 mm apart are discs. Each disc
-   is a plane through the centre line, perpendicular to it.
+   endplates (the sagittal intensity cue of classical spine labelling, e.g.
+   Glocker et al., MICCAI 2012), but at 3 mm it dips at mid-body too. Each
+   minimum (prominence >= 10 HU) is scored by its depth, its prominence and how
+   empty the pedicle zones are (foramina at disc level, pedicles at body level),
+   and the best-scoring chain of minima 24-48 mm apart (one vertebral pitch) is
+   kept (:func:`_find_discs`). Each disc is a plane through the centre line,
+   perpendicular to it.
 5. **Vertebrae**: bone (> 100 HU, closed by 4 mm, holes filled per slice) in a box
    around the centre line that is 3-D connected to the bodies, split between
    consecutive disc planes.
@@ -51,6 +54,7 @@ from scipy.signal import find_peaks
 
 from ctbmd.errors import NoSpineError
 from ctbmd.io import array_to_image, grid_reference_image, image_to_array
+from ctbmd.masks import largest_component
 from ctbmd.types import VERSE_LABELS, CTVolume, Grid, SpineSegmentation
 
 WORK_SPACING_MM = 2.0
@@ -89,15 +93,6 @@ def _to_working_grid(ct: CTVolume) -> _Working:
     ref = grid_reference_image(grid, sitk.sitkFloat32)
     hu = image_to_array(sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32))
     return _Working(hu=hu, grid=grid)
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels = cc3d.connected_components(mask, connectivity=6)
-    if labels.max() == 0:
-        return mask
-    counts = np.bincount(labels.ravel())
-    counts[0] = 0
-    return labels == np.argmax(counts)
 
 
 def _fill_line(values: np.ndarray, window: int, sigma: float) -> np.ndarray | None:
@@ -298,7 +293,7 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
     hu = work.hu
     nx, ny, nz = hu.shape
     body = hu > BODY_HU
-    body = _largest_component(ndi.binary_opening(body, iterations=2))
+    body = largest_component(ndi.binary_opening(body, iterations=2))
     if body.sum() == 0:
         raise NoSpineError("no spine in view: no body outline found", ct.info.path)
 
