@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ctbmd.calibrate import fit_calibration, k2hpo4_to_caha, linear_attenuation
+from ctbmd.calibrate import fit_calibration, k2hpo4_to_caha
+from ctbmd.materials import hu_from_mu, linear_attenuation
 from ctbmd.classify import acr_category, pickhardt_flag
 from ctbmd.errors import UsageError
 from ctbmd.segment.labelmaps import detect_label_map, to_verse
@@ -19,18 +20,15 @@ def test_total_to_verse():
         to_verse(lab, "nonsense")
 
 
-def _theoretical_tissues(energy_index):
-    mu_w = linear_attenuation("water")[energy_index]
-    mu_a = linear_attenuation("air")[energy_index]
-    hu = {m: 1000 * (linear_attenuation(m)[energy_index] - mu_w) / (mu_w - mu_a)
+def _theoretical_tissues(energy_kev):
+    hu = {m: float(hu_from_mu(linear_attenuation(m, energy_kev), energy_kev))
           for m in ("air", "adipose", "muscle", "blood")}
     names = {"air": "air", "adipose": "subcutaneous_fat", "muscle": "paraspinal_muscle", "blood": "aortic_blood"}
     return {names[m]: ReferenceTissue(names[m], v, 10.0, 1000) for m, v in hu.items()}
 
 
 def test_calibration_recovers_energy_and_maps_water_to_zero():
-    e = 30  # 70 keV
-    cal = fit_calibration(_theoretical_tissues(e))
+    cal = fit_calibration(_theoretical_tissues(70.0))
     assert cal.ok
     assert abs(cal.effective_energy_kev - 70.0) <= 2.0
     assert abs(cal.to_mg_cm3(0.0)) < 1.0

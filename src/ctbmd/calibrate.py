@@ -6,71 +6,64 @@ Method, after Michalski et al., Med Eng Phys 2020;78:55-63
 1. **Reference tissues** are sampled automatically (:func:`reference_tissues`):
    air outside the body, subcutaneous fat, paraspinal muscle and aortic blood,
    each as a median HU.
-2. **Effective energy**: for E = 40-120 keV, the tissues' linear attenuation
-   mu(E) is computed from their ICRU-44 elemental compositions (NIST,
-   Hubbell & Seltzer, NISTIR 5632) with xraydb's elemental mass-attenuation
-   tables, and the measured HU are fitted as ``HU = a * mu(E) + b``. The E with
-   the smallest residual is kept. Contrast-enhanced blood is left out of the fit.
-3. **HU scale**: measured HU are mapped linearly so that air reads its
-   theoretical -1000 HU and subcutaneous fat the theoretical adipose HU at E
-   (the two-point air/fat form of Comp2Comp, here with an energy-dependent fat
-   value); water-like tissue then reads ~0 HU. Muscle and blood vary between
-   patients, so they inform E but not the scale.
+2. **HU scale**: the scanner's scale is trusted (CT numbers are calibrated to
+   water 0 and air -1000 HU); air must read -1000 +- 40 HU, else the
+   calibration is refused. (Rescaling so that fat reads a theoretical value,
+   the two-point form of Comp2Comp, was dropped: on the known-truth phantoms of
+   ``benchmarks/accuracy.py`` it confounds the energy with the scale and biased
+   BMD by ~20%.)
+3. **Effective energy**: for E in 40-100 keV (narrowed to the kVp's plausible
+   range when the DICOM header gives it, :func:`energy_search_range`), the
+   theoretical HU of subcutaneous fat, paraspinal muscle and native aortic
+   blood follow from their ICRU-44 compositions (NIST, Hubbell & Seltzer,
+   NISTIR 5632) and xraydb's mass-attenuation tables. E minimises the
+   squared residuals weighted by each tissue's expected spread
+   (:data:`TISSUE_SD_HU`); fat carries most of the energy information.
 4. **Bone model**: trabecular bone is taken as K2HPO4 dissolved in water, the
    definition of the K2HPO4 rods of QCT phantoms (Cann & Genant, JCAT 1980):
    ``mu = mu_water + c * ((mu/rho)_K2HPO4 - mu_water / 2.44)``, c in g/cm^3 and
-   2.44 g/cm^3 the density of K2HPO4. With steps 2-3 this gives a linear map
-   ``BMD [mg/cm^3] = slope * HU + intercept``.
+   2.44 g/cm^3 the density of K2HPO4. This gives
+   ``BMD [mg/cm^3] = slope * HU`` with ``slope = (mu_w - mu_air) / k(E)``.
 5. CaHA-equivalent density: ``HA = 1.15 * K2HPO4 - 7.32`` (Faulkner et al.,
    Calcif Tissue Int 1993).
 
 The fit is rejected (HU-only results) when air, fat or muscle cannot be found,
-when the fit residual RMS exceeds 30 HU, or when E lands on the 40/120 keV edge.
+when air is off -1000 HU, when a tissue lies more than 4 SD from its fitted
+value, or (without a kVp) when E lands on the 40/100 keV edge.
+
+Limit: the energy rests on the fat HU, so an individual's fat composition
+(water content) moves E and thus the slope; a 0.5% fat-density change moves
+BMD by about 5-8%. Real subcutaneous fat often reads below ICRU-44 adipose
+at the expected energy, which biases E low and BMD low on real scans.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
-import xraydb
 from scipy import ndimage as ndi
 
 from ctbmd.masks import largest_component
+from ctbmd.materials import K2HPO4_DENSITY, linear_attenuation, mass_attenuation
 from ctbmd.types import Calibration, ContrastPhase, CTVolume, ReferenceTissue, SpineSegmentation
 
-#: ICRU-44 elemental mass fractions and densities (g/cm^3), as tabulated by NIST
-#: (Hubbell & Seltzer 1995, "Tables of X-Ray Mass Attenuation Coefficients", Table 2).
-COMPOSITIONS: dict[str, tuple[dict[str, float], float]] = {
-    "air": ({"C": 0.000124, "N": 0.755268, "O": 0.231781, "Ar": 0.012827}, 0.001205),
-    "water": ({"H": 0.111894, "O": 0.888106}, 1.0),
-    "adipose": ({"H": 0.114, "C": 0.598, "N": 0.007, "O": 0.278, "Na": 0.001, "S": 0.001, "Cl": 0.001}, 0.95),
-    "muscle": ({"H": 0.102, "C": 0.143, "N": 0.034, "O": 0.710, "Na": 0.001, "P": 0.002, "S": 0.003,
-                "Cl": 0.001, "K": 0.004}, 1.05),
-    "blood": ({"H": 0.102, "C": 0.110, "N": 0.033, "O": 0.745, "Na": 0.001, "P": 0.001, "S": 0.002,
-               "Cl": 0.003, "K": 0.002, "Fe": 0.001}, 1.06),
-    "k2hpo4": ({"K": 2 * 39.0983 / 174.176, "H": 1.00794 / 174.176, "P": 30.97376 / 174.176,
-                "O": 4 * 15.9994 / 174.176}, 2.44),
-}
 #: Which composition models each reference tissue.
 TISSUE_MATERIAL = {"air": "air", "subcutaneous_fat": "adipose", "paraspinal_muscle": "muscle",
                    "aortic_blood": "blood"}
-ENERGIES_KEV = np.arange(40.0, 120.5, 1.0)
-MAX_FIT_RMS_HU = 30.0
-METHOD = "internal: effective-energy fit (Michalski 2020), air/fat two-point HU scale, K2HPO4-in-water model"
+ENERGIES_KEV = np.arange(40.0, 100.01, 0.25)
+#: Expected spread (HU) of each tissue's median about its ICRU-44 value at the true energy: the weights
+#: of the energy fit. Fat composition varies least and is the energy-sensitive tissue (its HU rises by
+#: ~2 HU per keV at 50-70 keV while muscle and blood change by < 0.3 HU per keV).
+TISSUE_SD_HU = {"subcutaneous_fat": 6.0, "paraspinal_muscle": 12.0, "aortic_blood": 10.0}
+#: A tissue further than this many SDs from its fitted value rejects the calibration.
+MAX_RESIDUAL_SD = 4.0
+#: Air must read -1000 HU within this, or the HU scale is not trusted.
+AIR_TOLERANCE_HU = 40.0
+METHOD = "internal: weighted effective-energy fit to ICRU-44 tissues (after Michalski 2020), K2HPO4-in-water model"
 
 
-@lru_cache(maxsize=None)
-def mass_attenuation(material: str) -> np.ndarray:
-    """(mu/rho) in cm^2/g of a :data:`COMPOSITIONS` material at :data:`ENERGIES_KEV`."""
-    fractions, _ = COMPOSITIONS[material]
-    energies_ev = ENERGIES_KEV * 1000.0
-    return sum(w * np.asarray(xraydb.mu_elam(el, energies_ev)) for el, w in fractions.items())
-
-
-def linear_attenuation(material: str) -> np.ndarray:
-    """mu in 1/cm of a :data:`COMPOSITIONS` material at :data:`ENERGIES_KEV`."""
-    return mass_attenuation(material) * COMPOSITIONS[material][1]
+def _mu(material: str) -> np.ndarray:
+    """mu in 1/cm of a :data:`ctbmd.materials.COMPOSITIONS` material at :data:`ENERGIES_KEV`."""
+    return linear_attenuation(material, ENERGIES_KEV)
 
 
 def k2hpo4_to_caha(k2hpo4_mg_cm3: float | None) -> float | None:
@@ -179,7 +172,20 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> dict[str, Referen
     return out
 
 
-def fit_calibration(tissues: dict[str, ReferenceTissue], phase: ContrastPhase | None = None) -> Calibration:
+def energy_search_range(kvp: float | None) -> tuple[float, float]:
+    """Plausible effective energies (keV) for a tube voltage; 40-100 keV when unknown.
+
+    The effective energy of a filtered clinical CT spectrum behind a patient
+    lies between about 0.38 kVp + 10 and 0.45 kVp + 20 keV (e.g. 56-74 keV at
+    120 kVp; McCollough, Radiographics 1997;17:967).
+    """
+    if not kvp:
+        return 40.0, 100.0
+    return 0.38 * float(kvp) + 10.0, 0.45 * float(kvp) + 20.0
+
+
+def fit_calibration(tissues: dict[str, ReferenceTissue], phase: ContrastPhase | None = None,
+                    kvp: float | None = None) -> Calibration:
     """Fit the effective energy and the HU -> K2HPO4 map (see module docstring).
 
     Parameters
@@ -188,6 +194,9 @@ def fit_calibration(tissues: dict[str, ReferenceTissue], phase: ContrastPhase | 
         From :func:`reference_tissues`.
     phase : ContrastPhase, optional
         When enhanced, aortic blood is measured but left out of the fit.
+    kvp : float, optional
+        Tube voltage (kV) from the DICOM header; bounds the energy search
+        (:func:`energy_search_range`).
 
     Returns
     -------
@@ -206,39 +215,41 @@ def fit_calibration(tissues: dict[str, ReferenceTissue], phase: ContrastPhase | 
         return Calibration(ok=False, method=METHOD, slope=None, intercept=None, effective_energy_kev=None,
                            tissues=tissues, residuals_hu={},
                            reason=f"reference tissue not found: {', '.join(missing)}; BMD not calibrated, HU only")
-    used = [n for n, t in tissues.items() if t.used_in_fit]
+    air = tissues["air"]
+    air = ReferenceTissue(air.name, air.hu_median, air.hu_iqr, air.n_voxels, used_in_fit=False)
+    tissues["air"] = air
+    used = [n for n, t in tissues.items() if t.used_in_fit and n in TISSUE_SD_HU]
     measured = np.array([tissues[n].hu_median for n in used])
-    mus = np.array([linear_attenuation(TISSUE_MATERIAL[n]) for n in used])  # (tissues, energies)
-    best = None
-    for e in range(len(ENERGIES_KEV)):
-        a, b = np.polyfit(mus[:, e], measured, 1)
-        resid = measured - (a * mus[:, e] + b)
-        rms = float(np.sqrt(np.mean(resid ** 2)))
-        if best is None or rms < best[0]:
-            best = (rms, e, a, b, resid)
-    rms, e, a, b, resid = best
-    energy = float(ENERGIES_KEV[e])
-    mu_w = linear_attenuation("water")[e]
-    mu_air = linear_attenuation("air")[e]
-    fat_theory = 1000.0 * (linear_attenuation("adipose")[e] - mu_w) / (mu_w - mu_air)
-    air_meas, fat_meas = tissues["air"].hu_median, tissues["subcutaneous_fat"].hu_median
-    gain = (fat_theory + 1000.0) / (fat_meas - air_meas)
-    offset = -1000.0 - gain * air_meas  # HU' = gain * HU + offset
-    k = mass_attenuation("k2hpo4")[e] - mu_w / COMPOSITIONS["k2hpo4"][1]  # d(mu)/dc, per g/cm^3
-    mg_per_hu = (mu_w - mu_air) / k  # 1 corrected HU -> mg/cm^3 K2HPO4
-    slope = gain * mg_per_hu
-    intercept = offset * mg_per_hu
+    sd = np.array([TISSUE_SD_HU[n] for n in used])
+    lo, hi = energy_search_range(kvp)
+    sel = (ENERGIES_KEV >= lo - 1e-9) & (ENERGIES_KEV <= hi + 1e-9)
+    energies = ENERGIES_KEV[sel]
+    mu_w, mu_a = _mu("water")[sel], _mu("air")[sel]
+    theory = np.array([1000.0 * (_mu(TISSUE_MATERIAL[n])[sel] - mu_w) / (mu_w - mu_a) for n in used])
+    cost = (((measured[:, None] - theory) / sd[:, None]) ** 2).sum(axis=0)
+    e = int(np.argmin(cost))
+    energy = float(energies[e])
+    resid = measured - theory[:, e]
+    k = mass_attenuation("k2hpo4", energy) - mu_w[e] / K2HPO4_DENSITY  # d(mu)/dc, per g/cm^3
+    slope = float((mu_w[e] - mu_a[e]) / k)  # mg/cm^3 K2HPO4 per HU
     residuals = {n: round(float(r), 2) for n, r in zip(used, resid)}
     reason = None
     ok = True
-    if rms > MAX_FIT_RMS_HU:
-        ok, reason = False, f"reference tissues fit poorly (residual RMS {rms:.1f} HU > {MAX_FIT_RMS_HU:.0f})"
-    elif e in (0, len(ENERGIES_KEV) - 1):
+    worst = max(used, key=lambda n: abs(residuals[n]) / TISSUE_SD_HU[n])
+    if abs(air.hu_median + 1000.0) > AIR_TOLERANCE_HU:
+        ok, reason = False, (f"air reads {air.hu_median:.0f} HU, not -1000 +- {AIR_TOLERANCE_HU:.0f}: "
+                             "the HU scale is off")
+    elif abs(residuals[worst]) > MAX_RESIDUAL_SD * TISSUE_SD_HU[worst]:
+        ok, reason = False, (f"reference tissues fit poorly ({worst} {residuals[worst]:+.0f} HU from its "
+                             f"ICRU-44 value at the best energy)")
+    elif e in (0, len(energies) - 1) and not kvp:
         ok, reason = False, f"effective energy at the search limit ({energy:.0f} keV): implausible tissue HU"
-    elif a <= 0 or fat_meas <= air_meas:
-        ok, reason = False, "reference tissue HU do not increase with attenuation"
     if not ok:
         return Calibration(ok=False, method=METHOD, slope=None, intercept=None, effective_energy_kev=energy,
                            tissues=tissues, residuals_hu=residuals, reason=reason + "; BMD not calibrated, HU only")
-    return Calibration(ok=True, method=METHOD, slope=round(float(slope), 5), intercept=round(float(intercept), 3),
-                       effective_energy_kev=energy, tissues=tissues, residuals_hu=residuals)
+    caveat = None
+    if e in (0, len(energies) - 1):
+        caveat = (f"effective energy held at the {kvp:.0f} kVp limit ({energy:.0f} keV): the fat HU suggest "
+                  "a value outside it; BMD less certain")
+    return Calibration(ok=True, method=METHOD, slope=round(slope, 5), intercept=0.0,
+                       effective_energy_kev=energy, tissues=tissues, residuals_hu=residuals, reason=caveat)

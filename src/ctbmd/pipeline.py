@@ -49,7 +49,7 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     tick("calibrate")
     tissues = reference_tissues(ct, seg)
     phase = detect_contrast_phase(ct.info, tissues)
-    calibration = fit_calibration(tissues, phase)
+    calibration = fit_calibration(tissues, phase, ct.info.kvp)
     if not calibration.ok:
         warnings.append(calibration.reason)
     tick("classify")

@@ -12,7 +12,9 @@ distance transforms that respect anisotropic voxels):
    2023; it also removes the endplates).
 3. **Hyperdense foci**: voxels above ``median + max(150 HU, 4 robust SD)`` of
    the eroded body (bone islands, sclerosis, calcified basivertebral vein walls)
-   are dropped; more than 10% dropped raises the ``hyperdense_focus`` flag.
+   are dropped; more than 10% of the deep core (>= 8 mm inside) dropped raises the
+   ``hyperdense_focus`` flag (nearer the endplates, thick slices average in
+   endplate bone, which is dropped but is not a focus).
 4. Statistics: median (the primary value: robust to noise, Jang et al.,
    Radiology 2019), mean, SD, voxel count and volume.
 
@@ -87,9 +89,11 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
     roi : numpy.ndarray
         Boolean ROI mask.
     excluded_fraction : float
-        Fraction of the eroded body removed as hyperdense.
+        Fraction of the deep core (>= 8 mm inside the body; the eroded body when
+        that is too small) removed as hyperdense.
     """
-    core = ndi.distance_transform_edt(np.pad(body, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1] >= CORTEX_EROSION_MM
+    depth = ndi.distance_transform_edt(np.pad(body, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
+    core = depth >= CORTEX_EROSION_MM
     if not core.any():
         return core, 0.0
     values = hu[core]
@@ -97,7 +101,11 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
     robust_sd = 1.4826 * float(np.median(np.abs(values - med)))
     limit = med + max(HYPERDENSE_MARGIN_HU, HYPERDENSE_ROBUST_SD * robust_sd)
     roi = core & (hu <= limit)
-    return roi, 1.0 - roi.sum() / core.sum()
+    # The flag looks at the deep core only: next to the endplates, thick slices average in
+    # endplate bone, which is excluded but is not a focus.
+    deep = depth >= 2 * CORTEX_EROSION_MM
+    region = deep if deep.sum() >= MIN_ROI_VOXELS else core
+    return roi, 1.0 - (roi & region).sum() / region.sum()
 
 
 def body_heights(body: np.ndarray, spacing_mm: tuple[float, float, float]) -> dict[str, float]:

@@ -8,19 +8,25 @@ LPS frame; labels are mapped back to the CT grid by nearest neighbour):
    in a +-30 mm band around the body's mid-line, in the posterior half of the
    body; median- and Gaussian-filtered along z. It runs between the vertebral
    bodies and the arches.
-3. **Body-centre line**: in each slice, the largest closed region above 100 HU
-   in a window from 55 mm anterior of the axis to the axis; its centroid,
+3. **Body-centre line**: in each slice, the most posterior closed region above
+   100 HU of at least 150 mm^2 (an enhanced aorta lies further anterior) in a
+   window from 55 mm anterior of the axis to the axis; its centroid,
    filtered along z.
 4. **Discs**: the mean HU in a 10 mm-radius disc around the body-centre line,
    as a function of z, dips at each intervertebral disc between the bright
    endplates (the sagittal intensity cue of classical spine labelling, e.g.
-   Glocker et al., MICCAI 2012), but at 3 mm it dips at mid-body too. Each
+   Glocker et al., MICCAI 2012), but at 3 mm it dips at mid-body too, and in
+   sparse (osteoporotic, fatty) bodies the mid-body is darker than the disc.
+   Minima are therefore also scored by the 90th-percentile HU of the anterior
+   half-disc of radius 22 mm, which holds the bright cortical rim at body level
+   and only soft tissue at disc level (:func:`_rim_profile`). Each
    minimum (prominence >= 10 HU) is scored by its depth, its prominence and how
    empty the pedicle zones are (foramina at disc level, pedicles at body level),
    and the best-scoring chain of minima 24-48 mm apart (one vertebral pitch) is
    kept (:func:`_find_discs`). Each disc is a plane through the centre line,
    perpendicular to it.
-5. **Vertebrae**: bone (> 100 HU, closed by 4 mm, holes filled per slice) in a box
+5. **Vertebrae**: bone (> 100 HU, closed by 4 mm, holes filled per slice except
+   the spinal canal) in a box
    around the centre line that is 3-D connected to the bodies, split between
    consecutive disc planes.
 6. **Labels from anatomical anchors** (the two-anchor check recommended for
@@ -141,9 +147,12 @@ def _body_centres(hu: np.ndarray, axis: np.ndarray) -> np.ndarray:
         if n == 0:
             continue
         sizes = np.bincount(lab.ravel())[1:]
-        j = int(np.argmax(sizes))
-        if sizes[j] * sp * sp < 150:
+        big = np.nonzero(sizes * sp * sp >= 150)[0]
+        if len(big) == 0:
             continue
+        # the body abuts the axis; an enhanced aorta lies further anterior: take the most posterior
+        ys_c = [ndi.center_of_mass(lab == j + 1)[1] for j in big]
+        j = int(big[int(np.argmax(ys_c))])
         c = ndi.center_of_mass(lab == j + 1)
         centres[k] = [c[0] + x0, c[1] + y0]
     return centres
@@ -161,6 +170,30 @@ def _disc_profile(hu: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> np.
         if patch.shape != disk.shape:
             continue
         prof[k] = float(patch[disk].mean())
+    return prof
+
+
+def _rim_profile(hu: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """90th-percentile HU of the anterior half-disc (radius 22 mm) around the body centre, per slice.
+
+    At body level this half-disc holds the anterior and lateral cortical rim,
+    which stays bright even when the trabecular bone inside is sparser than the
+    disc (osteoporosis, fatty marrow); at disc level it holds only disc and
+    soft tissue. So the profile dips at discs and not at mid-body.
+    """
+    sp = WORK_SPACING_MM
+    r = int(np.ceil(22 / sp))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    half = ((xx ** 2 + yy ** 2) * sp * sp <= 22.0 ** 2) & (yy <= 0)
+    prof = np.full(hu.shape[2], np.nan)
+    for k in np.nonzero(valid)[0]:
+        xc, yc = np.round(centres[k]).astype(int)
+        if xc - r < 0 or yc - r < 0:
+            continue
+        patch = hu[xc - r:xc + r + 1, yc - r:yc + r + 1, k]
+        if patch.shape != half.shape:
+            continue
+        prof[k] = float(np.percentile(patch[half], 90))
     return prof
 
 
@@ -185,12 +218,13 @@ def _pedicle_profile(hu: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> 
     return out
 
 
-def _find_discs(profile: np.ndarray, pedicle: np.ndarray) -> np.ndarray:
+def _find_discs(profile: np.ndarray, pedicle: np.ndarray, rim: np.ndarray) -> np.ndarray:
     """Choose intervertebral discs among the minima of the body-centre HU profile.
 
     Candidate minima (prominence >= 10 HU) include mid-body dips as well as discs.
-    Each gets a disc score (depth below the profile median, prominence, and how
-    empty the pedicle zones are), and the chain of candidates with the highest
+    Each gets a disc score (depth below the profile median, prominence, how
+    empty the pedicle zones are, and how dark the anterior rim is, see
+    :func:`_rim_profile`), and the chain of candidates with the highest
     total score whose consecutive members are 24-48 mm apart (one vertebral
     pitch, Panjabi et al., Spine 1992) is kept. Mid-body dips lie half a pitch
     from discs, so they cannot join a chain of discs.
@@ -202,15 +236,18 @@ def _find_discs(profile: np.ndarray, pedicle: np.ndarray) -> np.ndarray:
     z = np.arange(len(profile))
     p = ndi.gaussian_filter1d(np.interp(z, z[ok], profile[ok]), 0.75)
     q = np.interp(z, z[ok], pedicle[ok])
+    okr = ok & np.isfinite(rim)
+    g = np.interp(z, z[okr], rim[okr]) if okr.sum() >= 5 else np.zeros_like(p)
     idx, props = find_peaks(-p, prominence=10.0)
     reach = int(np.ceil(12 / sp))
     cand = [(i, pr) for i, pr in zip(idx, props["prominences"])
             if ok[max(0, i - reach):i + reach + 1].all() and p[i] < 250]
     if not cand:
         return np.array([], int)
-    p_med, q_med = float(np.median(p[ok])), float(np.median(q[ok]))
+    p_med, q_med, g_med = float(np.median(p[ok])), float(np.median(q[ok])), float(np.median(g[ok]))
     zs = np.array([c[0] for c in cand])
-    score = np.array([50.0 + (p_med - p[i]) + pr + 100.0 * (q_med - q[i]) for i, pr in cand])
+    score = np.array([50.0 + (p_med - p[i]) + pr + 100.0 * (q_med - q[i]) + 0.5 * (g_med - g[i])
+                      for i, pr in cand])
     score = np.maximum(score, 1.0)
     best = score.copy()
     prev = np.full(len(cand), -1)
@@ -224,6 +261,25 @@ def _find_discs(profile: np.ndarray, pedicle: np.ndarray) -> np.ndarray:
         chain.append(int(zs[a]))
         a = int(prev[a])
     return np.asarray(sorted(chain), int)
+
+
+def _fill_body_holes(bone: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Fill the holes of one axial bone mask except those behind the body (the spinal canal).
+
+    A low-density (osteoporotic) body is a cortical ring around marrow below
+    the bone threshold and must be filled; the canal, enclosed by the arch at
+    pedicle level, must not, or it would join the body. Holes whose centroid lies
+    more than 10 mm posterior of the body centre are left open.
+    """
+    filled = ndi.binary_fill_holes(bone)
+    holes, n = ndi.label(filled & ~bone)
+    if n == 0:
+        return filled
+    cy = ndi.center_of_mass(np.ones_like(holes), holes, range(1, n + 1))
+    for i, (_x, y) in enumerate(cy, start=1):
+        if np.isfinite(centre[1]) and (y - centre[1]) * WORK_SPACING_MM > 10.0:
+            filled[holes == i] = False
+    return filled
 
 
 def _plane_sides(planes: list[tuple[np.ndarray, np.ndarray]], box: tuple[slice, ...]) -> np.ndarray:
@@ -310,7 +366,7 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
     column = ndi.binary_closing(has_centre, structure=np.ones(int(16 / sp) + 1))
     column[has_centre] = True
     profile = _disc_profile(hu, centres, column)
-    discs = _find_discs(profile, _pedicle_profile(hu, centres, column))
+    discs = _find_discs(profile, _pedicle_profile(hu, centres, column), _rim_profile(hu, centres, column))
     if len(discs) == 0:
         raise NoSpineError("levels cannot be identified: no intervertebral disc found", ct.info.path)
 
@@ -329,7 +385,7 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
         box[max(0, int(xc - 45 / sp)):int(xc + 45 / sp), max(0, int(yc - 30 / sp)):int(yc + 85 / sp), k] = True
     spine = ndi.binary_closing(bone & box, iterations=2) & box
     for k in np.nonzero(column)[0]:
-        spine[:, :, k] = ndi.binary_fill_holes(spine[:, :, k])
+        spine[:, :, k] = _fill_body_holes(spine[:, :, k], centres[k])
     seeds = np.zeros_like(spine)
     for k in np.nonzero(has_centre)[0]:
         xc, yc = np.round(centres[k]).astype(int)

@@ -1,0 +1,401 @@
+"""Known-truth digital CT phantoms of the thoracolumbar spine (``ctbmd simulate``).
+
+A phantom is built in three steps:
+
+1. **Anatomy** (:mod:`ctbmd.simulate.anatomy`): a torso with vertebrae T10-L5
+   (optionally L6), discs, canal, ribs, sacrum, ilium, muscles, fat, aorta,
+   cava, lungs and bowel gas, as a material-label volume on a fine grid.
+2. **Physics** (:mod:`ctbmd.simulate.physics`): each material's linear
+   attenuation at the scan's effective energy, from ICRU-44 compositions and
+   xraydb. Trabecular bone is K2HPO4 (mg/cm^3, set per level) in a marrow of
+   water and fat with a settable fat fraction. The effective energy depends on
+   kVp and grows with body size (beam hardening), and a size-dependent cupping
+   lowers central attenuation. Contrast adds iodine to blood, organs, muscle and
+   marrow.
+3. **Imaging**: an in-plane Gaussian point-spread function, a box slice profile
+   of the slice thickness, sampling at the slice spacing, white Gaussian noise
+   of a set SD, clipping to the 12-bit HU range.
+
+The truth saved beside the image holds, per level, the K2HPO4 concentration
+set (``bmd_mg_cm3``) and the **QCT-equivalent** value: what an ideal
+synchronous QCT calibration (K2HPO4 solution rods at the same effective
+energy, Cann & Genant, JCAT 1980) reads in that trabecular material without
+noise, contrast or artefacts. The two differ by the marrow-fat effect, the
+known error source of single-energy QCT (Glüer & Genant, JCAT 1989;13:1023);
+``ctbmd run`` reports QCT-equivalent BMD, so that is the truth its accuracy is
+judged against, and the difference is reported separately.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from ctbmd.errors import UsageError
+from ctbmd.simulate import anatomy as an
+from ctbmd.simulate.physics import cupping_fraction, effective_energy_kev, material_table
+from ctbmd.types import VERSE_LABELS, Grid
+
+#: Levels a phantom can hold, top to bottom.
+PHANTOM_LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "L6")
+#: VerSe label of the sacrum in the truth label map (VerSe numbering: 26 = sacrum).
+SACRUM_LABEL = 26
+KVP_CHOICES = (80, 100, 120, 140)
+PHASES = ("native", "arterial", "portal_venous")
+DEFAULT_BMD_MG_CM3 = 150.0
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Everything that defines one phantom; the same spec and seed give the same volume.
+
+    Attributes
+    ----------
+    bmd_mg_cm3 : dict
+        Level name -> K2HPO4 concentration (mg/cm^3) of its trabecular bone. Levels
+        not given take the mean of those given (``DEFAULT_BMD_MG_CM3`` when none)
+        times a seeded factor of 0.95-1.05.
+    kvp : int
+        Tube voltage, one of 80, 100, 120, 140 kV.
+    noise_hu : float
+        SD of the added white Gaussian noise, HU.
+    slice_thickness_mm, slice_spacing_mm : float
+        Box slice profile width and the distance between slices (mm); spacing
+        defaults to the thickness.
+    pixel_mm : float
+        In-plane pixel size (mm).
+    psf_fwhm_mm : float
+        In-plane Gaussian point-spread function FWHM (mm).
+    marrow_fat_fraction : float
+        Volume fraction of fat in the marrow (0-1), the rest water.
+    body_width_mm : float or None
+        Left-right torso width (mm); seeded 280-400 mm when None.
+    phase : str
+        ``native``, ``arterial`` or ``portal_venous``.
+    rotation_deg : float
+        Patient rotation about the scanner z axis (degrees).
+    t12_ribs : bool
+        False drops the ribs of T12 (then T11 is the lowest rib-bearing vertebra).
+    l6 : bool
+        Add a sixth lumbar vertebra (transitional anatomy).
+    metal_level : str or None
+        Level given two titanium pedicle screws.
+    beam_hardening : bool
+        Size-dependent effective energy and cupping.
+    tissue_spread : float
+        Inter-patient SD of fat and muscle density, as a fraction (0.005 = 0.5%);
+        0 gives exact ICRU-44 tissues.
+    seed : int
+        Seed of the anatomy, the BMD factors and the noise.
+    """
+
+    bmd_mg_cm3: dict = field(default_factory=dict)
+    kvp: int = 120
+    noise_hu: float = 10.0
+    slice_thickness_mm: float = 2.0
+    slice_spacing_mm: float | None = None
+    pixel_mm: float = 1.0
+    psf_fwhm_mm: float = 1.0
+    marrow_fat_fraction: float = 0.4
+    body_width_mm: float | None = None
+    phase: str = "native"
+    rotation_deg: float = 0.0
+    t12_ribs: bool = True
+    l6: bool = False
+    metal_level: str | None = None
+    beam_hardening: bool = True
+    tissue_spread: float = 0.005
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`~ctbmd.errors.UsageError` for out-of-range settings."""
+        levels = self.levels()
+        bad = [k for k in self.bmd_mg_cm3 if k not in levels]
+        if bad:
+            raise UsageError(f"--bmd names levels the phantom does not have: {', '.join(bad)} "
+                             f"(it has {', '.join(levels)})")
+        if any(not (0.0 <= float(v) <= 1000.0) for v in self.bmd_mg_cm3.values()):
+            raise UsageError("--bmd values must be 0-1000 mg/cm3 K2HPO4")
+        if self.kvp not in KVP_CHOICES:
+            raise UsageError(f"--kvp must be one of {', '.join(map(str, KVP_CHOICES))}, not {self.kvp}")
+        if self.phase not in PHASES:
+            raise UsageError(f"--phase must be one of {', '.join(PHASES)}, not {self.phase!r}")
+        if not 0.0 <= self.marrow_fat_fraction <= 0.95:
+            raise UsageError("--marrow-fat must be between 0 and 0.95")
+        if not 0.5 <= self.slice_thickness_mm <= 10.0 or not 0.3 <= self.pixel_mm <= 3.0:
+            raise UsageError("slice thickness must be 0.5-10 mm and pixel size 0.3-3 mm")
+        if self.body_width_mm is not None and not 200.0 <= self.body_width_mm <= 550.0:
+            raise UsageError("--body-width must be 200-550 mm")
+        if not 0.0 <= self.tissue_spread <= 0.05:
+            raise UsageError("--tissue-spread must be 0-0.05 (a fraction of density)")
+        if self.noise_hu < 0:
+            raise UsageError("--noise must be >= 0 HU")
+        if self.metal_level is not None and self.metal_level not in levels:
+            raise UsageError(f"--metal-level {self.metal_level} is not one of the phantom's levels")
+
+    def levels(self) -> list[str]:
+        """Levels of this phantom, top to bottom."""
+        return [lv for lv in PHANTOM_LEVELS if lv != "L6" or self.l6]
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """A simulated CT and its ground truth.
+
+    Attributes
+    ----------
+    hu : numpy.ndarray
+        int16 ``(nx, ny, nz)`` HU volume, axes L, P, S (identity direction).
+    grid : Grid
+        Geometry of ``hu`` (LPS mm).
+    labels : numpy.ndarray
+        uint8 ``(nx, ny, nz)`` vertebra labels in VerSe numbering (T10 = 17 ...
+        L5 = 24, L6 = 25, sacrum = 26) on the same grid.
+    truth : dict
+        JSON-ready ground truth (see :func:`simulate_phantom`).
+    """
+
+    hu: np.ndarray
+    grid: Grid
+    labels: np.ndarray
+    truth: dict
+
+
+def parse_bmd(text: str) -> dict[str, float]:
+    """Parse ``"L1=95,L2=100"`` into ``{"L1": 95.0, "L2": 100.0}``.
+
+    Raises
+    ------
+    UsageError
+        On a malformed item.
+    """
+    out: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        m = re.fullmatch(r"([TL]\d{1,2})\s*=\s*([0-9]+(?:\.[0-9]*)?)", item)
+        if not m:
+            raise UsageError(f"--bmd item {item!r} is not LEVEL=VALUE (e.g. L1=95)")
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def _level_bmd(spec: PhantomSpec, rng: np.random.Generator) -> dict[str, float]:
+    given = {k: float(v) for k, v in spec.bmd_mg_cm3.items()}
+    base = float(np.mean(list(given.values()))) if given else DEFAULT_BMD_MG_CM3
+    out = {}
+    for lv in spec.levels():
+        factor = float(rng.uniform(0.95, 1.05))
+        out[lv] = given.get(lv, round(base * factor, 2))
+    return out
+
+
+def simulate_phantom(spec: PhantomSpec) -> Phantom:
+    """Build the phantom described by ``spec``.
+
+    Returns
+    -------
+    Phantom
+        ``truth`` holds ``settings`` (the spec), ``scan`` (effective energy,
+        cupping, body size, iodine), ``levels`` (per level: ``bmd_mg_cm3`` set,
+        ``qct_equivalent_mg_cm3``, the noise-free trabecular HU with and without
+        contrast, body centre and label centroid in LPS mm, ribs, metal) and
+        ``patient`` (L1-L2 means and their ACR categories).
+
+    Raises
+    ------
+    UsageError
+        Invalid settings (see :meth:`PhantomSpec.validate`).
+    """
+    spec.validate()
+    rng = np.random.default_rng(spec.seed)
+    levels = spec.levels()
+    bmd = _level_bmd(spec, rng)
+    ribs_on = ("T10", "T11") + (("T12",) if spec.t12_ribs else ())
+    anat = an.draw_anatomy(rng, levels, spec.body_width_mm, ribs_on)
+    energy = effective_energy_kev(spec.kvp, anat.width if spec.beam_hardening else 300.0)
+    table, scan = material_table(energy, spec, bmd, levels, rng)
+    scan["cupping_fraction"] = round(cupping_fraction(anat.width), 5) if spec.beam_hardening else 0.0
+
+    thick = float(spec.slice_thickness_mm)
+    spacing_z = float(spec.slice_spacing_mm or thick)
+    n_sub = int(np.ceil(thick / 1.0 - 1e-6))
+    dz = thick / n_sub
+    px = float(spec.pixel_mm)
+    half_x = anat.width / 2.0 + 25.0
+    half_y = anat.depth / 2.0 + 25.0
+    nx, ny = int(np.ceil(2 * half_x / px)), int(np.ceil(2 * half_y / px))
+    nz_fine = int(np.ceil((anat.z_max - anat.z_min) / dz)) + 1
+    origin = (-(nx - 1) * px / 2.0, -(ny - 1) * px / 2.0, anat.z_min)
+    canvas = an.Canvas((nx, ny, nz_fine), origin, (px, px, dz), spec.rotation_deg)
+    shell = max(1.0, 0.8 * px)
+
+    an.paint_torso(canvas, anat, rng)
+    reach = {lv: an.TRANSVERSE_REACH[lv] * anat.extras["scale"] for lv in levels}
+    for i, vb in enumerate(anat.vertebrae):
+        an.paint_vertebra(canvas, vb, an.TRABECULAR_BASE + i, VERSE_LABELS[vb.level], reach[vb.level], shell)
+    for i, vb in enumerate(anat.vertebrae):
+        below_top = (anat.vertebrae[i + 1].centre[2] + anat.vertebrae[i + 1].height / 2.0
+                     if i + 1 < len(anat.vertebrae) else anat.sacrum_top)
+        an.paint_disc(canvas, vb, below_top, anat)
+    an.paint_sacrum_and_pelvis(canvas, anat, shell, anat.extras["scale"])
+    for vb in anat.vertebrae:
+        if vb.ribs:
+            for side in (-1, 1):
+                path = an.rib_path(vb, side, reach[vb.level], an.RIB_LENGTH[vb.level] * anat.extras["scale"], anat)
+                canvas.stamp_tube(path, 5.0, an.RIB)
+    if spec.metal_level:
+        an.paint_screws(canvas, next(v for v in anat.vertebrae if v.level == spec.metal_level))
+
+    # physics: materials -> mu, cupping, HU
+    mu = table["mu"][canvas.mat]
+    if scan["cupping_fraction"] > 0:
+        X = (origin[0] + px * np.arange(nx))[:, None]
+        Y = (origin[1] + px * np.arange(ny))[None, :]
+        r2 = (X / (anat.width / 2.0)) ** 2 + (Y / (anat.depth / 2.0)) ** 2
+        mu *= (1.0 - scan["cupping_fraction"] * np.clip(1.0 - r2, 0.0, None))[:, :, None].astype(np.float32)
+    hu = 1000.0 * (mu - table["mu_water"]) / (table["mu_water"] - table["mu_air"])
+    del mu
+    sigma_px = spec.psf_fwhm_mm / 2.3548 / px
+    if sigma_px > 0.05:
+        hu = ndi.gaussian_filter(hu, sigma=(sigma_px, sigma_px, 0), mode="nearest")
+    if n_sub > 1:
+        hu = ndi.uniform_filter1d(hu, size=n_sub, axis=2, mode="nearest")
+    step = max(1, int(round(spacing_z / dz)))
+    first = (n_sub - 1) // 2
+    picks = np.arange(first, nz_fine - n_sub // 2, step)
+    hu = hu[:, :, picks]
+    noise_rng = np.random.default_rng([spec.seed, 7])
+    if spec.noise_hu > 0:
+        hu += noise_rng.normal(0.0, spec.noise_hu, size=hu.shape).astype(np.float32)
+    hu_i16 = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    # slice centre = centre of its box profile (scipy's even-size box covers p - n/2 ... p + n/2 - 1)
+    z_first = anat.z_min + dz * (picks[0] - (0.0 if n_sub % 2 else 0.5))
+    grid = Grid(size=hu_i16.shape, spacing_mm=(px, px, step * dz), origin_lps_mm=(origin[0], origin[1], z_first),
+                direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    labels = canvas.level[:, :, picks].copy()
+    truth = _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy)
+    return Phantom(hu=hu_i16, grid=grid, labels=labels, truth=truth)
+
+
+def _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy) -> dict:
+    from ctbmd.classify import acr_category
+
+    levels_out = []
+    for i, vb in enumerate(anat.vertebrae):
+        lab = VERSE_LABELS[vb.level]
+        idx = np.argwhere(labels == lab)
+        centroid = None
+        if len(idx):
+            centroid = [round(float(c), 2) for c in grid.affine_lps[:3, :3] @ idx.mean(0) + grid.affine_lps[:3, 3]]
+        info = table["trabecular"][vb.level]
+        centre_world = canvas.world(vb.centre)
+        levels_out.append({
+            "level": vb.level,
+            "verse_label": lab,
+            "bmd_mg_cm3": round(bmd[vb.level], 3),
+            "qct_equivalent_mg_cm3": round(info["qct_equivalent_mg_cm3"], 3),
+            "trabecular_hu_native": round(info["hu_native"], 2),
+            "trabecular_hu": round(info["hu"], 2),
+            "body_centre_lps_mm": [round(float(c), 2) for c in centre_world],
+            "label_centroid_lps_mm": centroid,
+            "body_height_mm": round(vb.height, 2),
+            "ribs": vb.ribs,
+            "metal": spec.metal_level == vb.level,
+            "in_view": bool(len(idx)),
+        })
+    by = {lv["level"]: lv for lv in levels_out}
+    patient = {}
+    if "L1" in by and "L2" in by:
+        qct = (by["L1"]["qct_equivalent_mg_cm3"] + by["L2"]["qct_equivalent_mg_cm3"]) / 2.0
+        mineral = (by["L1"]["bmd_mg_cm3"] + by["L2"]["bmd_mg_cm3"]) / 2.0
+        patient = {"levels": ["L1", "L2"], "qct_equivalent_mg_cm3": round(qct, 3),
+                   "bmd_mg_cm3": round(mineral, 3), "category": acr_category(qct),
+                   "category_mineral": acr_category(mineral)}
+    settings = asdict(spec)
+    return {
+        "schema": "ctbmd-phantom-truth 1.0",
+        "settings": settings,
+        "scan": {"effective_energy_kev": round(energy, 3), **scan,
+                 "body_width_mm": round(anat.width, 1), "body_depth_mm": round(anat.depth, 1),
+                 "subcutaneous_fat_mm": round(anat.subcut_fat, 1),
+                 "anatomy": {k: round(float(v), 3) for k, v in anat.extras.items()}},
+        "levels": levels_out,
+        "patient": patient,
+        "label_numbering": "VerSe (T10=17, T11=18, T12=19, L1=20 ... L5=24, L6=25, sacrum=26)",
+        "frame": "LPS mm; image axes (i, j, k) = (L, P, S), identity direction",
+    }
+
+
+def write_phantom(phantom: Phantom, out_dir: str | Path, dicom: bool = False) -> dict[str, Path]:
+    """Write ``ct.nii.gz`` (or a ``ct/`` DICOM series), ``labels.nii.gz`` and ``truth.json``.
+
+    Files are written atomically (temporary name, then rename).
+
+    Returns
+    -------
+    dict
+        Kind -> path written.
+    """
+    from ctbmd.io import array_to_image, write_atomic, write_image_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    image = array_to_image(phantom.hu, phantom.grid)
+    if dicom:
+        paths["ct"] = _write_dicom(image, out / "ct", phantom.truth)
+    else:
+        paths["ct"] = write_image_atomic(image, out / "ct.nii.gz")
+    paths["labels"] = write_image_atomic(array_to_image(phantom.labels, phantom.grid), out / "labels.nii.gz")
+    text = json.dumps(phantom.truth, indent=1)
+    paths["truth"] = write_atomic(out / "truth.json", lambda p: p.write_text(text))
+    return paths
+
+
+def _write_dicom(image: sitk.Image, folder: Path, truth: dict) -> Path:
+    """Write a CT DICOM series (one file per slice) with the tags ``ctbmd run`` reads."""
+    import shutil
+    import tempfile
+
+    from pydicom.uid import generate_uid
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".ct-", dir=folder.parent))
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    settings = truth["settings"]
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    common = {
+        "0008|0060": "CT", "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL", "0008|0070": "ctbmd simulate",
+        "0010|0010": "Phantom^ctbmd", "0010|0020": f"phantom-{settings['seed']}",
+        "0018|0060": str(settings["kvp"]), "0018|0050": f"{settings['slice_thickness_mm']:.3f}",
+        "0020|000d": study_uid, "0020|000e": series_uid, "0020|0052": frame_uid,
+        "0008|103e": "ctbmd digital phantom", "0028|1052": "0", "0028|1053": "1",
+        "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
+                                                      direction[1], direction[4], direction[7])),
+    }
+    if settings["phase"] != "native":
+        common["0018|0010"] = "IODINE"
+    try:
+        for k in range(image.GetDepth()):
+            sl = image[:, :, k]
+            for tag, val in common.items():
+                sl.SetMetaData(tag, val)
+            pos = image.TransformIndexToPhysicalPoint((0, 0, k))
+            sl.SetMetaData("0020|0032", "\\".join(f"{p:.4f}" for p in pos))
+            sl.SetMetaData("0020|0013", str(k + 1))
+            sl.SetMetaData("0008|0018", generate_uid())
+            writer.SetFileName(str(staging / f"slice_{k:04d}.dcm"))
+            writer.Execute(sl)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.replace(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
