@@ -399,3 +399,34 @@ def _write_dicom(image: sitk.Image, folder: Path, truth: dict) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def shift_trabecular_hu(hu: np.ndarray, bodies: np.ndarray, spacing_mm: tuple[float, float, float],
+                        delta_hu: float, cortex_mm: float = 2.0) -> np.ndarray:
+    """Add ``delta_hu`` to the trabecular bone of given vertebral bodies in a real CT.
+
+    The known-change check of a real scan: the cortex (the outer ``cortex_mm``
+    of each body) and everything outside the bodies keep their HU.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        ``(nx, ny, nz)`` HU volume.
+    bodies : numpy.ndarray
+        Boolean ``(nx, ny, nz)`` mask of the vertebral bodies to change (no arch).
+    spacing_mm : tuple of float
+        Voxel size (mm).
+    delta_hu : float
+        HU added inside.
+    cortex_mm : float
+        Shell left unchanged, mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        A float32 copy of ``hu`` with the shift applied.
+    """
+    inner = ndi.distance_transform_edt(np.pad(bodies, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1] > cortex_mm
+    out = hu.astype(np.float32, copy=True)
+    out[inner] += np.float32(delta_hu)
+    return out
