@@ -21,8 +21,9 @@ compared with its truth:
 * ACR category (120/80 mg/cm^3) agreement at patient level.
 
 It prints the tables, writes ``levels.csv``, ``patients.csv``,
-``summary.json`` and PNG plots into ``--out``. Metrics come from scipy.stats
-and scikit-learn-free numpy one-liners (MAE, RMSE, bias, Bland-Altman 1.96 SD).
+``summary.json`` and PNG plots into ``--out``. Pearson r comes from
+scipy.stats; MAE, RMSE, bias and the Bland-Altman limits (bias +- 1.96 SD)
+are computed with numpy.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pydicom
-import pytest
 import SimpleITK as sitk
 
 from conftest import DATA, EXAMPLE, run_cli

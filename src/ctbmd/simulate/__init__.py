@@ -232,7 +232,7 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     nz_fine = int(np.ceil((anat.z_max - anat.z_min) / dz)) + 1
     origin = (-(nx - 1) * px / 2.0, -(ny - 1) * px / 2.0, anat.z_min)
     canvas = an.Canvas((nx, ny, nz_fine), origin, (px, px, dz), spec.rotation_deg)
-    shell = max(1.0, 0.8 * px)
+    shell = an.shell_thickness_mm(px)
 
     an.paint_torso(canvas, anat, rng)
     reach = {lv: an.TRANSVERSE_REACH[lv] * anat.extras["scale"] for lv in levels}
@@ -242,7 +242,7 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
         below_top = (anat.vertebrae[i + 1].centre[2] + anat.vertebrae[i + 1].height / 2.0
                      if i + 1 < len(anat.vertebrae) else anat.sacrum_top)
         an.paint_disc(canvas, vb, below_top, anat)
-    an.paint_sacrum_and_pelvis(canvas, anat, shell, anat.extras["scale"])
+    an.paint_sacrum_and_pelvis(canvas, anat, anat.extras["scale"])
     for vb in anat.vertebrae:
         if vb.ribs:
             for side in (-1, 1):

@@ -57,6 +57,11 @@ SACRUM_HEIGHT_MM = 60.0
 SACRAL_ALA_REACH_MM = 55.0
 
 
+def shell_thickness_mm(pixel_mm: float) -> float:
+    """Drawn thickness (mm) of the cortical shell: 1 mm, or 0.8 pixel if wider, so that it has no gaps."""
+    return max(1.0, 0.8 * pixel_mm)
+
+
 @dataclass(frozen=True)
 class Vertebra:
     """One vertebra of the phantom, in LPS mm.
@@ -225,6 +230,18 @@ class Canvas:
         Z = gz[None, None, :]  # (1, 1, nz)
         return sl, X, Y, Z
 
+    def local_box(self, centre: np.ndarray, frame: np.ndarray, half_extent: np.ndarray):
+        """Voxels around a local frame: ``(slices, u, v, w)`` in mm along the frame's rows, or None.
+
+        ``half_extent`` (mm, along u, v, w) sizes the box; u, v, w broadcast to the box shape.
+        """
+        reach = np.abs(frame.T) @ half_extent
+        box = self.box_coords(centre - reach, centre + reach)
+        if box is None:
+            return None
+        sl, X, Y, Z = box
+        return (sl, *_local(X, Y, Z, centre, frame))
+
     def paint(self, sl, mask: np.ndarray, material: int, level: int | None = None) -> None:
         """Set ``material`` (and optionally the vertebra label) where ``mask`` is true inside box ``sl``."""
         view = self.mat[sl]
@@ -342,14 +359,10 @@ def paint_vertebra(canvas: Canvas, vb: Vertebra, material_trab: int, label: int,
                    shell_mm: float) -> None:
     """Paint one vertebra: cortical shell, trabecular core, pedicles, arch, spinous and transverse processes."""
     h, a, b, rc = vb.height, vb.half_width, vb.half_depth, vb.canal_radius
-    ext = np.array([reach + 8.0, b + 60.0, h / 2.0 + 20.0])
-    lo = vb.centre - np.abs(vb.frame.T) @ ext
-    hi = vb.centre + np.abs(vb.frame.T) @ ext
-    box = canvas.box_coords(lo, hi)
+    box = canvas.local_box(vb.centre, vb.frame, np.array([reach + 8.0, b + 60.0, h / 2.0 + 20.0]))
     if box is None:
         return
-    sl, X, Y, Z = box
-    u, v, w = _local(X, Y, Z, vb.centre, vb.frame)
+    sl, u, v, w = box
     waist = 1.0 - 0.06 * (1.0 - np.clip(2.0 * w / h, -1, 1) ** 2)
     aw = a * waist
     flat = 0.8 * b
@@ -376,7 +389,6 @@ def paint_vertebra(canvas: Canvas, vb: Vertebra, material_trab: int, label: int,
     canvas.paint(sl, body, CORTICAL_SHELL, label)
     canvas.paint(sl, core, material_trab, label)
     canvas.paint(sl, canal & ~post, CANAL, 0)
-    canvas.level[sl][canal & ~post] = 0
 
 
 def paint_disc(canvas: Canvas, upper: Vertebra, lower_centre_top: float, anat: Anatomy) -> None:
@@ -386,12 +398,10 @@ def paint_disc(canvas: Canvas, upper: Vertebra, lower_centre_top: float, anat: A
     half = (z_top - lower_centre_top) / 2.0 + 0.5
     centre, frame = column_frame(anat.column, zc)
     a, b = upper.half_width * 1.02, upper.half_depth * 1.02
-    ext = np.array([a + 5, b + 40, half + 5])
-    box = canvas.box_coords(centre - np.abs(frame.T) @ ext, centre + np.abs(frame.T) @ ext)
+    box = canvas.local_box(centre, frame, np.array([a + 5, b + 40, half + 5]))
     if box is None:
         return
-    sl, X, Y, Z = box
-    u, v, w = _local(X, Y, Z, centre, frame)
+    sl, u, v, w = box
     disc = ((u / a) ** 2 + (v / b) ** 2 <= 1.0) & (np.abs(w) <= half) & (v <= 0.8 * b)
     view = canvas.mat[sl]
     free = (view != CORTICAL_SHELL) & (view < TRABECULAR_BASE) & (view != POSTERIOR_BONE)
@@ -419,7 +429,6 @@ def rib_path(vb: Vertebra, side: int, reach: float, length: float, anat: Anatomy
     while used < length and phi < np.pi * 0.95:
         phi += 0.01
         p = np.array([side * ra * np.sin(phi), rb * np.cos(phi)])
-        # blend from the tip toward the wall ellipse over the first 40 mm
         step = float(np.linalg.norm(p - prev))
         used += step
         z -= 0.3 * step
@@ -427,6 +436,7 @@ def rib_path(vb: Vertebra, side: int, reach: float, length: float, anat: Anatomy
         path.append([p[0], p[1], z])
     if path:
         arc = np.array(path)
+        # blend from the transverse-process tip onto the wall ellipse over the first 25 points
         k = min(len(arc), 25)
         wgt = np.linspace(0, 1, k)[:, None]
         arc[:k, :2] = (1 - wgt) * tip[None, :2] + wgt * arc[:k, :2]
@@ -438,7 +448,7 @@ def rib_path(vb: Vertebra, side: int, reach: float, length: float, anat: Anatomy
     return np.stack([np.interp(s, d, pts[:, i]) for i in range(3)], axis=1)
 
 
-def paint_sacrum_and_pelvis(canvas: Canvas, anat: Anatomy, shell_mm: float, scale: float) -> None:
+def paint_sacrum_and_pelvis(canvas: Canvas, anat: Anatomy, scale: float) -> None:
     """Paint the sacrum (S1 body with alae, tapering S2-S5) and the two iliac wings."""
     top = anat.sacrum_top
     l5 = anat.vertebrae[-1]
@@ -446,12 +456,10 @@ def paint_sacrum_and_pelvis(canvas: Canvas, anat: Anatomy, shell_mm: float, scal
     a, b = l5.half_width, l5.half_depth
     H = SACRUM_HEIGHT_MM * scale
     reach = SACRAL_ALA_REACH_MM * scale
-    ext = np.array([reach + 5, b + 50, H + 10])
-    box = canvas.box_coords(centre - np.abs(frame.T) @ ext, centre + np.abs(frame.T) @ ext)
+    box = canvas.local_box(centre, frame, np.array([reach + 5, b + 50, H + 10]))
     if box is None:
         return
-    sl, X, Y, Z = box
-    u, v, w = _local(X, Y, Z, centre, frame)
+    sl, u, v, w = box
     taper = np.clip(1.0 - (14.0 - w) / H * 0.55, 0.35, 1.0)  # w runs from +14 (top) to 14 - H
     inbody = ((u / (a * taper)) ** 2 + (v / b) ** 2 <= 1.0) & (w <= 14.0) & (w >= 14.0 - H)
     ala = (np.abs(u) <= reach * np.clip(1.0 - (10.0 - w) / 40.0, 0.0, 1.0)) & (v >= -0.4 * b) \

@@ -85,7 +85,7 @@ def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str]
     def plus_iodine(base, tissue):
         return base + iodine_blood * share[tissue] * mu_i
 
-    shell_mm = max(1.0, 0.8 * spec.pixel_mm)
+    shell_mm = an.shell_thickness_mm(spec.pixel_mm)
     cort = mu("cortical_bone")
     table = np.zeros(256, np.float32)
     table[an.AIR] = mu_a
