@@ -24,3 +24,28 @@ def example_builtin(tmp_path_factory):
     rc, so, se = run_cli("run", EXAMPLE / "ct.nii.gz", "--out", out, "--quiet")
     assert rc == 0, se
     return out
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory):
+    """Three native phantoms through the CLI, one of them as DICOM.
+
+    Returns the root folder: ``ROOT/<name>/`` holds each phantom (ct, truth.json,
+    reference.csv), ``ROOT/results/<name>/`` its ``ctbmd run`` output.
+    """
+    cases = [
+        ("a", ["--bmd", "L1=95,L2=100", "--kvp", "100", "--noise", "15", "--seed", "3", "--marrow-fat", "0.3"]),
+        ("b", ["--bmd", "L1=60,L2=55", "--kvp", "80", "--noise", "10", "--seed", "11", "--marrow-fat", "0.6",
+               "--body-width", "420"]),
+        ("c", ["--bmd", "L1=200,L2=190", "--kvp", "140", "--noise", "25", "--seed", "21", "--dicom"]),
+    ]
+    root = tmp_path_factory.mktemp("cohort")
+    for name, args in cases:
+        d = root / name
+        rc, so, se = run_cli("simulate", "--out", d, "--pixel", "1.5", "--slice", "3", "--tissue-spread", "0",
+                             *args)
+        assert rc == 0, se
+        src = d / "ct" if "--dicom" in args else d / "ct.nii.gz"
+        rc, so, se = run_cli("run", src, "--out", root / "results" / name, "--quiet")
+        assert rc == 0, se
+    return root

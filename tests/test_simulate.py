@@ -73,25 +73,11 @@ def test_bad_settings_are_usage_errors():
 
 
 @pytest.fixture(scope="module")
-def small_cohort(tmp_path_factory):
-    """Three native phantoms through the CLI, one of them as DICOM: (truth, result) pairs."""
-    cases = [
-        ("a", ["--bmd", "L1=95,L2=100", "--kvp", "100", "--noise", "15", "--seed", "3", "--marrow-fat", "0.3"]),
-        ("b", ["--bmd", "L1=60,L2=55", "--kvp", "80", "--noise", "10", "--seed", "11", "--marrow-fat", "0.6",
-               "--body-width", "420"]),
-        ("c", ["--bmd", "L1=200,L2=190", "--kvp", "140", "--noise", "25", "--seed", "21", "--dicom"]),
-    ]
-    out = []
-    for name, args in cases:
-        d = tmp_path_factory.mktemp(name)
-        rc, so, se = run_cli("simulate", "--out", d, "--pixel", "1.5", "--slice", "3", "--tissue-spread", "0",
-                             *args)
-        assert rc == 0, se
-        src = d / "ct" if "--dicom" in args else d / "ct.nii.gz"
-        rc, so, se = run_cli("run", src, "--out", d / "out", "--quiet")
-        assert rc == 0, se
-        out.append((json.loads((d / "truth.json").read_text()), json.loads((d / "out" / "result.json").read_text())))
-    return out
+def small_cohort(phantom_cohort):
+    """(truth, result) pairs of the three phantoms of ``phantom_cohort``."""
+    root = phantom_cohort
+    return [(json.loads((root / name / "truth.json").read_text()),
+             json.loads((root / "results" / name / "result.json").read_text())) for name in ("a", "b", "c")]
 
 
 def test_cohort_levels_are_found_and_named(small_cohort):

@@ -1,4 +1,5 @@
-"""Command line: ``ctbmd run INPUT --out DIR`` and ``ctbmd simulate --out DIR``.
+"""Command line: ``ctbmd run INPUT --out DIR``, ``ctbmd simulate --out DIR`` and
+``ctbmd evaluate --pred PRED --ref REF.csv --out DIR``.
 
 Exit codes: 0 success, 2 bad usage, 3 unreadable or invalid input, 4 no spine
 or no identifiable level, 5 internal error (see :mod:`ctbmd.errors`).
@@ -119,6 +120,57 @@ def simulate(
                f"patient (L1+L2): {truth['patient'].get('qct_equivalent_mg_cm3', float('nan')):.1f} mg/cm³ "
                f"QCT-equivalent, {truth['patient'].get('category')}")
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of `ctbmd run` outputs (result.json each) or a CSV."),
+    ref: Path = typer.Option(..., "--ref", help="Reference CSV: patient_id + level + bmd_mg_cm3 (QCT), "
+                                                "or patient_id + t_score/category (DXA)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (metrics.json, metrics.md, PNGs)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Column naming each patient's data set "
+                                                             "(train/validation/test/external)."),
+    mapping: Optional[Path] = typer.Option(None, "--map", help="CSV with scan,patient_id: which result folder "
+                                                               "belongs to which patient."),
+    field_name: str = typer.Option("bmd_mg_cm3", "--field", help="Per-level value in result.json to evaluate "
+                                                                 "(bmd_mg_cm3, or bmd_dl_mg_cm3 of a model)."),
+    n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CIs (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+) -> None:
+    """Compare predictions with QCT or DXA references: agreement, diagnosis, ROC, with bootstrap CIs."""
+    from ctbmd import evaluate as ev
+
+    try:
+        if n_boot < 0:
+            from ctbmd.errors import UsageError
+            raise UsageError(f"--bootstrap must be >= 0, got {n_boot}")
+        reference = ev.read_reference(ref, split_column=split)
+        predictions = ev.read_predictions(pred, mapping=mapping, field_name=field_name, split_column=split)
+        paired = ev.pair(predictions, reference)
+        result = ev.evaluate(paired, n_boot=n_boot, seed=seed)
+        result["prediction"] = {"path": str(pred), "field": field_name, "failed": [list(f) for f in predictions.failed]}
+        result["reference"] = {"path": str(ref), "kind": reference.kind}
+        written = ev.write_evaluation(paired, result, out)
+    except CtbmdError as exc:
+        typer.echo(f"ctbmd: error: {exc.one_line()}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, distinct code
+        if debug:
+            raise
+        detail = " ".join(str(exc).split())
+        typer.echo(f"ctbmd: internal error: {type(exc).__name__}: {detail} (rerun with --debug and report it)", err=True)
+        raise typer.Exit(EXIT_INTERNAL) from None
+    allm = result["splits"][ev.ALL_SPLITS]
+    if reference.kind == "qct":
+        m = allm["patient"]
+        typer.echo(f"patients: n {m['n']:.0f}, r² {m['r2']:.3f}, MAE {m['mae']:.2f} mg/cm³, bias {m['bias']:+.2f}, "
+                   f"LoA {m['loa_low']:+.1f}..{m['loa_high']:+.1f}")
+    d = allm["diagnosis"]
+    typer.echo(f"diagnosis: accuracy {d['accuracy']:.3f}, AUC osteoporosis {d['auc_osteoporosis']:.3f}")
+    if result["unmatched_reference"]:
+        typer.echo(f"reference patients without a prediction: {len(result['unmatched_reference'])}")
+    typer.echo("wrote " + ", ".join(p.name for p in written) + f" to {out}")
 
 
 @app.command()

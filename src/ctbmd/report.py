@@ -71,7 +71,7 @@ def result_dict(res: Result) -> dict:
         "schema_version": SCHEMA_VERSION, "ctbmd_version": __version__, "disclaimer": DISCLAIMER,
         "input": {"path": info.path, "format": "dicom" if info.format == "dicom" else info.format,
                   "shape": list(info.input_grid.size), "spacing_mm": [round(s, 4) for s in info.input_grid.spacing_mm],
-                  "series_uid": info.series_uid, "kvp": info.kvp, "convolution_kernel": info.convolution_kernel,
+                  "series_uid": info.series_uid, "patient_id": info.patient_id, "kvp": info.kvp, "convolution_kernel": info.convolution_kernel,
                   "contrast_phase": res.phase.phase, "contrast_evidence": res.phase.evidence,
                   "aorta_hu": res.phase.aorta_hu, "frame": "LPS (DICOM patient coordinates), mm"},
         "segmentation": {"backend": res.seg.backend, "levels": list(res.seg.levels), "anchors": res.seg.anchors,

@@ -9,24 +9,26 @@ LPS frame; labels are mapped back to the CT grid by nearest neighbour):
    body; median- and Gaussian-filtered along z. It runs between the vertebral
    bodies and the arches.
 3. **Body-centre line**: in each slice, the most posterior closed region above
-   100 HU of at least 150 mm^2 (an enhanced aorta lies further anterior) in a
-   window from 55 mm anterior of the axis to the axis; its centroid,
+   100 HU (150 or 200 HU where that region is larger than any vertebral body,
+   as when it has merged with enhanced soft tissue) of at least 150 mm^2 (an enhanced aorta lies further anterior) in a
+   window 35 mm either side of the axis, from 55 mm anterior of it to 2 mm
+   posterior (wide enough to hold a whole lumbar body); its centroid,
    filtered along z.
-4. **Discs**: the mean HU in a 10 mm-radius disc around the body-centre line,
-   as a function of z, dips at each intervertebral disc between the bright
-   endplates (the sagittal intensity cue of classical spine labelling, e.g.
-   Glocker et al., MICCAI 2012), but at 3 mm it dips at mid-body too, and in
-   sparse (osteoporotic, fatty) bodies the mid-body is darker than the disc.
-   Minima are therefore also scored by the 90th-percentile HU of the anterior
-   half-disc of radius 22 mm, which holds the bright cortical rim at body level
-   and only soft tissue at disc level (:func:`_rim_profile`). Each
-   minimum (prominence >= 10 HU) is scored by its depth, its prominence and how
-   empty the pedicle zones are (foramina at disc level, pedicles at body level),
-   and the best-scoring chain of minima 24-48 mm apart (one vertebral pitch) is
-   kept (:func:`_find_discs`). Each disc is a plane through the centre line,
-   perpendicular to it.
+4. **Discs**: per slice, three cues around the body-centre line: the mean HU
+   in a 10 mm-radius disc (it dips at each intervertebral disc between the
+   bright endplates, the sagittal intensity cue of classical spine labelling,
+   e.g. Glocker et al., MICCAI 2012), the bone fraction of the pedicle zones
+   (pedicles at body level, foramina at disc level) and the 90th-percentile HU
+   of the lateral cortical rims (bright at body level, soft tissue at disc
+   level, :func:`_rim_profile`). In sparse (osteoporotic, fatty) bodies or thick
+   slices the centre is darker at mid-body than at the disc, so the centre cue
+   is weighted by its correlation with the pedicle cue, which may turn it
+   round. The best-scoring chain of candidate discs 24-48 mm apart (one
+   vertebral pitch) is kept (:func:`_find_discs`). Each disc is a plane through
+   the centre line, perpendicular to it.
 5. **Vertebrae**: bone (> 100 HU, closed by 4 mm, holes filled per slice except
-   the spinal canal) in a box
+   the spinal canal, enhanced vessels in front of the body cut off by
+   :func:`_anterior_limits`) in a box
    around the centre line that is 3-D connected to the bodies, split between
    consecutive disc planes.
 6. **Labels from anatomical anchors** (the two-anchor check recommended for
@@ -34,11 +36,13 @@ LPS frame; labels are mapped back to the CT grid by nearest neighbour):
    10.1148/radiol.10090897):
 
    * *Sacrum*: the segment below the lowest disc spans at least 24 mm along
-     the column and its bone reaches at least 100 mm from side to side
+     the column and its bone (> 100 HU) reaches at least 100 mm from side to side
      (sacral alae; an L5 with transverse processes spans about 80-90 mm);
      the segment above it is L5.
-   * *Lowest rib-bearing vertebra*: a segment with a rib, a bone piece whose
-     medial end lies within 40 mm of the column axis at that segment's height
+   * *Lowest rib-bearing vertebra*: a segment with a rib, a bone piece outside
+     the column (cut 30 mm either side of the centre line, so ribs fused with
+     transverse processes by blur keep their lateral part) whose medial end
+     lies within 40 mm of the centre line at that segment's height
      and which reaches at least 60 mm lateral (lumbar transverse processes
      reach about 35-50 mm), directly above a complete segment without ribs;
      it is T12.
@@ -67,6 +71,11 @@ WORK_SPACING_MM = 2.0
 BODY_HU = -400.0
 AXIS_BONE_HU = 150.0
 CENTRE_BONE_HU = 100.0
+#: Thresholds tried in turn for the body-centre region: contrast-enhanced soft tissue
+#: (portal venous phase, about 100 HU) merges with the body at 100 HU.
+CENTRE_BONE_HU_STEPS = (CENTRE_BONE_HU, 150.0, 200.0)
+#: Largest axial area (mm^2) of a vertebral body T10-L5 (about 50 x 40 mm).
+BODY_AREA_MAX_MM2 = 2500.0
 VERTEBRA_HU = 100.0
 #: Disc-to-disc distance (mm) of T10-L5: 24-48 mm (Panjabi et al., Spine 1991/1992).
 PITCH_MIN_MM = 24.0
@@ -75,6 +84,9 @@ SACRUM_MIN_LENGTH_MM = 24.0
 SACRUM_MIN_WIDTH_MM = 100.0
 RIB_MEDIAL_MAX_MM = 40.0
 RIB_LATERAL_MIN_MM = 60.0
+SPINE_CORE_HALF_WIDTH_MM = 30.0
+#: Cost per squared per-cent change of pitch between consecutive vertebrae (see _best_chain).
+PITCH_CHANGE_COST = 0.2
 #: Levels ctbmd reports (T11 to L5).
 REPORTED_LEVELS = ("T11", "T12", "L1", "L2", "L3", "L4", "L5")
 _LUMBAR_UP = ("L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10", "T9")
@@ -138,23 +150,27 @@ def _body_centres(hu: np.ndarray, axis: np.ndarray) -> np.ndarray:
     centres = np.full((nz, 2), np.nan)
     for k in range(nz):
         xa, ya = axis[k]
-        x0, x1 = max(0, int(xa - 25 / sp)), min(nx, int(xa + 25 / sp))
+        x0, x1 = max(0, int(xa - 35 / sp)), min(nx, int(xa + 35 / sp))
         y0, y1 = max(0, int(ya - 55 / sp)), min(ny, int(ya + 2 / sp))
         if x1 - x0 < 5 or y1 - y0 < 5:
             continue
-        m = ndi.binary_fill_holes(ndi.binary_closing(hu[x0:x1, y0:y1, k] > CENTRE_BONE_HU))
-        lab, n = ndi.label(m)
-        if n == 0:
-            continue
-        sizes = np.bincount(lab.ravel())[1:]
-        big = np.nonzero(sizes * sp * sp >= 150)[0]
-        if len(big) == 0:
-            continue
-        # the body abuts the axis; an enhanced aorta lies further anterior: take the most posterior
-        ys_c = [ndi.center_of_mass(lab == j + 1)[1] for j in big]
-        j = int(big[int(np.argmax(ys_c))])
-        c = ndi.center_of_mass(lab == j + 1)
-        centres[k] = [c[0] + x0, c[1] + y0]
+        for threshold in CENTRE_BONE_HU_STEPS:
+            m = ndi.binary_fill_holes(ndi.binary_closing(hu[x0:x1, y0:y1, k] > threshold))
+            lab, n = ndi.label(m)
+            if n == 0:
+                break
+            sizes = np.bincount(lab.ravel())[1:]
+            big = np.nonzero(sizes * sp * sp >= 150)[0]
+            if len(big) == 0:
+                break
+            # the body abuts the axis; an enhanced aorta lies further anterior: take the most posterior
+            ys_c = [ndi.center_of_mass(lab == j + 1)[1] for j in big]
+            j = int(big[int(np.argmax(ys_c))])
+            if sizes[j] * sp * sp > BODY_AREA_MAX_MM2:
+                continue  # merged with enhanced soft tissue: raise the threshold
+            c = ndi.center_of_mass(lab == j + 1)
+            centres[k] = [c[0] + x0, c[1] + y0]
+            break
     return centres
 
 
@@ -174,26 +190,29 @@ def _disc_profile(hu: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> np.
 
 
 def _rim_profile(hu: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """90th-percentile HU of the anterior half-disc (radius 22 mm) around the body centre, per slice.
+    """90th-percentile HU of the two lateral rim zones of the vertebral body, per slice.
 
-    At body level this half-disc holds the anterior and lateral cortical rim,
+    The zones lie 8-26 mm left and right of the body centre and 14 mm anterior
+    to 2 mm posterior of it. At body level they hold the lateral cortical rim,
     which stays bright even when the trabecular bone inside is sparser than the
-    disc (osteoporosis, fatty marrow); at disc level it holds only disc and
-    soft tissue. So the profile dips at discs and not at mid-body.
+    disc (osteoporosis, fatty marrow) or when thick slices blur the endplates
+    into the disc; at disc level they hold only disc and psoas. The aorta, which
+    lies further anterior, and the rib heads, which lie further posterior, are
+    kept out of the zones, so contrast and ribs do not mimic a rim.
     """
     sp = WORK_SPACING_MM
-    r = int(np.ceil(22 / sp))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    half = ((xx ** 2 + yy ** 2) * sp * sp <= 22.0 ** 2) & (yy <= 0)
+    rx, ry0, ry1 = int(np.ceil(26 / sp)), int(np.floor(-14 / sp)), int(np.ceil(2 / sp))
+    xx, yy = np.mgrid[-rx:rx + 1, ry0:ry1 + 1]
+    zone = np.abs(xx) * sp >= 8.0
     prof = np.full(hu.shape[2], np.nan)
     for k in np.nonzero(valid)[0]:
         xc, yc = np.round(centres[k]).astype(int)
-        if xc - r < 0 or yc - r < 0:
+        if xc - rx < 0 or yc + ry0 < 0:
             continue
-        patch = hu[xc - r:xc + r + 1, yc - r:yc + r + 1, k]
-        if patch.shape != half.shape:
+        patch = hu[xc - rx:xc + rx + 1, yc + ry0:yc + ry1 + 1, k]
+        if patch.shape != zone.shape:
             continue
-        prof[k] = float(np.percentile(patch[half], 90))
+        prof[k] = float(np.percentile(patch[zone], 90))
     return prof
 
 
@@ -219,15 +238,27 @@ def _pedicle_profile(hu: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> 
 
 
 def _find_discs(profile: np.ndarray, pedicle: np.ndarray, rim: np.ndarray) -> np.ndarray:
-    """Choose intervertebral discs among the minima of the body-centre HU profile.
+    """Choose intervertebral discs among the peaks of a per-slice disc-likeness signal.
 
-    Candidate minima (prominence >= 10 HU) include mid-body dips as well as discs.
-    Each gets a disc score (depth below the profile median, prominence, how
-    empty the pedicle zones are, and how dark the anterior rim is, see
-    :func:`_rim_profile`), and the chain of candidates with the highest
-    total score whose consecutive members are 24-48 mm apart (one vertebral
-    pitch, Panjabi et al., Spine 1992) is kept. Mid-body dips lie half a pitch
-    from discs, so they cannot join a chain of discs.
+    The signal adds three cues, each relative to its median over the column:
+    how dark the body-centre HU is (``profile``, weight ``w``), how empty the
+    pedicle zones are (``pedicle``, weight 100 per unit fraction) and how dark
+    the lateral rim is (``rim``, weight 0.5, see :func:`_rim_profile`). In
+    dense bodies the centre is darkest at the discs, where the pedicle zones
+    are empty too, so the centre and pedicle cues correlate. In sparse bodies,
+    or with thick slices that blur the endplates into the disc, the centre is
+    darker at mid-body than at the disc and the correlation turns negative.
+    The centre cue's weight is therefore ``w = clip(3 r, -1, 1)``, with ``r``
+    the Pearson correlation of the centre and pedicle profiles.
+
+    Candidate discs are the peaks of the signal (prominence >= 15) and the dips
+    of the centre HU (prominence >= 10 HU; the L5-S1 disc between a sparse L5
+    and a dense sacrum is a dip with no signal peak), each scored by the
+    signal's height there plus the prominence. The chain of candidates with
+    consecutive members 24-48 mm apart (one vertebral pitch, Panjabi et al.,
+    Spine 1992) and the best total score less a penalty for uneven pitch is
+    kept (:func:`_best_chain`). Mid-body candidates lie half a pitch from
+    discs, so they cannot join a chain of discs.
     """
     sp = WORK_SPACING_MM
     ok = np.isfinite(profile)
@@ -238,29 +269,74 @@ def _find_discs(profile: np.ndarray, pedicle: np.ndarray, rim: np.ndarray) -> np
     q = np.interp(z, z[ok], pedicle[ok])
     okr = ok & np.isfinite(rim)
     g = np.interp(z, z[okr], rim[okr]) if okr.sum() >= 5 else np.zeros_like(p)
-    idx, props = find_peaks(-p, prominence=10.0)
+    p_med, q_med, g_med = float(np.median(p[ok])), float(np.median(q[ok])), float(np.median(g[ok]))
+    # Dense bodies: the centre is bright where the pedicles are (mid-body), so the
+    # two cues correlate. Sparse bodies or thick slices: the centre is brighter at
+    # the disc than at mid-body, the correlation turns negative, and so does the
+    # centre cue's weight.
+    r = float(np.corrcoef(p[ok], q[ok])[0, 1]) if np.std(p[ok]) > 0 and np.std(q[ok]) > 0 else 1.0
+    w_p = float(np.clip(3.0 * r, -1.0, 1.0))
+    signal = ndi.gaussian_filter1d(w_p * (p_med - p) + 100.0 * (q_med - q) + 0.5 * (g_med - g), 0.75)
+    # Candidates: peaks of the signal, and dips of the centre HU (a disc between a
+    # dense body and the sacrum is a dip even where the signal has no peak).
+    peaks: dict[int, float] = {}
+    for values, min_prominence in ((signal, 15.0), (-p, 10.0)):
+        idx, props = find_peaks(values, prominence=min_prominence)
+        for i, pr in zip(idx, props["prominences"]):
+            peaks[int(i)] = max(peaks.get(int(i), 0.0), float(pr))
     reach = int(np.ceil(12 / sp))
-    cand = [(i, pr) for i, pr in zip(idx, props["prominences"])
+    cand = [(i, pr) for i, pr in sorted(peaks.items())
             if ok[max(0, i - reach):i + reach + 1].all() and p[i] < 250]
     if not cand:
         return np.array([], int)
-    p_med, q_med, g_med = float(np.median(p[ok])), float(np.median(q[ok])), float(np.median(g[ok]))
     zs = np.array([c[0] for c in cand])
-    score = np.array([50.0 + (p_med - p[i]) + pr + 100.0 * (q_med - q[i]) + 0.5 * (g_med - g[i])
-                      for i, pr in cand])
-    score = np.maximum(score, 1.0)
-    best = score.copy()
-    prev = np.full(len(cand), -1)
-    lo, hi = PITCH_MIN_MM / sp, PITCH_MAX_MM / sp
-    for a in range(len(cand)):
+    score = np.maximum(np.array([50.0 + signal[i] + pr for i, pr in cand]), 1.0)
+    return np.asarray(_best_chain(zs * sp, score), int)
+
+
+def _best_chain(z_mm: np.ndarray, score: np.ndarray) -> list[int]:
+    """Slice indices of the best chain of disc candidates (sorted by ``z_mm``).
+
+    A chain's value is the sum of its candidates' scores less a penalty for
+    uneven spacing: consecutive pitches must lie in 24-48 mm, and each change of
+    pitch from one vertebra to the next costs ``PITCH_CHANGE_COST`` times the
+    squared relative change in percent. Vertebral height changes by a few per
+    cent per level from T10 to L5 (Panjabi et al., Spine 1991/1992), so a false
+    split of one vertebra into two short pitches (or a missed disc) costs far
+    more than one candidate's score. Dynamic programming over candidate pairs.
+    """
+    n = len(z_mm)
+    sp = WORK_SPACING_MM
+    if n == 0:
+        return []
+    ok = np.zeros((n, n), bool)
+    for a in range(n):
         for b in range(a):
-            if lo <= zs[a] - zs[b] <= hi and best[b] + score[a] > best[a]:
-                best[a], prev[a] = best[b] + score[a], b
-    chain, a = [], int(np.argmax(best))
-    while a >= 0:
-        chain.append(int(zs[a]))
-        a = int(prev[a])
-    return np.asarray(sorted(chain), int)
+            ok[b, a] = PITCH_MIN_MM <= z_mm[a] - z_mm[b] <= PITCH_MAX_MM
+    # best[b, a]: value of the best chain whose last two members are b < a.
+    best = np.full((n, n), -np.inf)
+    prev = np.full((n, n), -1)
+    for a in range(n):
+        for b in range(a):
+            if not ok[b, a]:
+                continue
+            best[b, a] = score[b] + score[a]
+            pitch = z_mm[a] - z_mm[b]
+            for c in range(b):
+                if not np.isfinite(best[c, b]):
+                    continue
+                change = 100.0 * (pitch - (z_mm[b] - z_mm[c])) / (z_mm[b] - z_mm[c])
+                value = best[c, b] + score[a] - PITCH_CHANGE_COST * change ** 2
+                if value > best[b, a]:
+                    best[b, a], prev[b, a] = value, c
+    if not np.isfinite(best).any() or best.max() < score.max():
+        return [int(round(z_mm[int(np.argmax(score))] / sp))]
+    b, a = np.unravel_index(int(np.argmax(best)), best.shape)
+    chain = [int(a), int(b)]
+    while prev[b, a] >= 0:
+        b, a = int(prev[b, a]), int(b)
+        chain.append(b)
+    return sorted(int(round(z_mm[i] / sp)) for i in chain)
 
 
 def _fill_body_holes(bone: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -282,6 +358,34 @@ def _fill_body_holes(bone: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return filled
 
 
+def _anterior_limits(hu: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Working-grid y index of the anterior cortex of the vertebral body, per slice (NaN where unknown).
+
+    Along the mid-line (5 voxels wide) in front of the body centre, the anterior
+    cortex is the brightest point 6-30 mm anterior of the centre when it
+    exceeds 200 HU; disc slices and misses are filled from their neighbours
+    along z (median of 9 slices). Vertebra voxels more than 2 mm in front of
+    this line are dropped, which keeps out an enhanced aorta, vena cava or
+    bowel that touches the body (contrast phases).
+    """
+    sp = WORK_SPACING_MM
+    ys = np.full(hu.shape[2], np.nan)
+    for k in np.nonzero(valid)[0]:
+        xc, yc = np.round(centres[k]).astype(int)
+        y0, y1 = max(0, yc - int(30 / sp)), max(0, yc - int(6 / sp))
+        if y1 - y0 < 3 or xc - 2 < 0:
+            continue
+        line = hu[xc - 2:xc + 3, y0:y1, k].mean(axis=0)
+        j = int(np.argmax(line))
+        if line[j] > 200.0:
+            ys[k] = y0 + j
+    z = np.arange(len(ys))
+    ok = np.isfinite(ys)
+    if ok.sum() < 3:
+        return ys
+    return np.interp(z, z[ok], ndi.median_filter(ys[ok], 9, mode="nearest"))
+
+
 def _plane_sides(planes: list[tuple[np.ndarray, np.ndarray]], box: tuple[slice, ...]) -> np.ndarray:
     """Count, per voxel of ``box``, how many disc planes lie below it (0 = below the lowest disc)."""
     grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij")
@@ -292,8 +396,16 @@ def _plane_sides(planes: list[tuple[np.ndarray, np.ndarray]], box: tuple[slice, 
     return count
 
 
-def _rib_bearing(bone: np.ndarray, spine: np.ndarray, centres: np.ndarray, z_lo: int, z_hi: int) -> bool:
-    """True when a rib articulates with the vertebra spanning working slices [z_lo, z_hi]."""
+def _rib_bearing(bone: np.ndarray, spine: np.ndarray, centres: np.ndarray, z_lo: int, z_hi: int,
+                 z_top: int) -> bool:
+    """True when a rib articulates with the vertebra spanning working slices [z_lo, z_hi].
+
+    A rib is a bone piece outside ``spine`` (the column cut at 30 mm from the
+    body centre) whose medial end lies within 40 mm of the centre line,
+    behind or beside the body, between the lower disc ``z_lo`` and ``z_top``
+    (the upper disc less 6 mm: the rib of the vertebra above descends past
+    that disc as it runs laterally), and which reaches at least 60 mm lateral.
+    """
     sp = WORK_SPACING_MM
     nz = bone.shape[2]
     a = max(0, z_lo - int(40 / sp))
@@ -316,7 +428,7 @@ def _rib_bearing(bone: np.ndarray, spine: np.ndarray, centres: np.ndarray, z_lo:
         if lat.max() < RIB_LATERAL_MIN_MM:
             continue
         j = int(np.argmin(lat))
-        if lat[j] > RIB_MEDIAL_MAX_MM or not (z_lo <= zabs[sel][j] <= z_hi):
+        if lat[j] > RIB_MEDIAL_MAX_MM or not (z_lo <= zabs[sel][j] <= z_top):
             continue
         if ys[sel][j] < cy[sel][j] - 10 / sp:  # medial end must be beside/behind the body, not in front
             continue
@@ -384,8 +496,11 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
         xc, yc = centres[k]
         box[max(0, int(xc - 45 / sp)):int(xc + 45 / sp), max(0, int(yc - 30 / sp)):int(yc + 85 / sp), k] = True
     spine = ndi.binary_closing(bone & box, iterations=2) & box
+    front = _anterior_limits(hu, centres, column)
     for k in np.nonzero(column)[0]:
         spine[:, :, k] = _fill_body_holes(spine[:, :, k], centres[k])
+        if np.isfinite(front[k]):
+            spine[:, :max(0, int(np.floor(front[k] - 2 / sp))), k] = False
     seeds = np.zeros_like(spine)
     for k in np.nonzero(has_centre)[0]:
         xc, yc = np.round(centres[k]).astype(int)
@@ -419,7 +534,7 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
         sel = segment_id == 1
         lo = max(lowest[0], discs[0] - int(30 / sp))
         xs = np.nonzero(sel[:, :, lo:discs[0]].any(axis=(1, 2)))[0]
-        bone_slab = (hu[:, :, lo:discs[0]] > AXIS_BONE_HU) & body[:, :, lo:discs[0]]
+        bone_slab = (hu[:, :, lo:discs[0]] > VERTEBRA_HU) & body[:, :, lo:discs[0]]
         comp_slab = cc3d.connected_components(bone_slab, connectivity=26)
         ids = np.unique(comp_slab[sel[:, :, lo:discs[0]] & bone_slab])
         ids = ids[ids > 0]
@@ -434,11 +549,18 @@ def segment_builtin(ct: CTVolume) -> SpineSegmentation:
             anchors["sacrum"] = f"sacrum below the disc at z = {ct.index_to_lps(np.zeros(3))[2] + discs[0] * sp:.0f} mm"
     # --- rib anchor: lowest rib-bearing segment directly above a complete rib-free one.
     bone150 = (hu > AXIS_BONE_HU) & body
+    # The column itself, cut at 30 mm either side of the body centre: ribs and
+    # transverse processes that merge with it (thick slices, blur) keep their
+    # lateral parts, which start near the costotransverse joints of their own level.
     spine_core = ndi.binary_dilation(spine, iterations=1)
+    xi = np.arange(nx)[:, None]
+    for k in np.nonzero(column)[0]:
+        spine_core[:, :, k] &= np.abs(xi - centres[k, 0]) * sp <= SPINE_CORE_HALF_WIDTH_MM
     ribs = [False] * n_seg
     for s in range(1, n_seg):  # segment index s (0-based) is bounded below by disc s-1
         if seg_z[s] is not None:
-            ribs[s] = _rib_bearing(bone150, spine_core, centres, discs[s - 1], seg_z[s][1])
+            top = discs[s] - int(6 / sp) if s < len(discs) else seg_z[s][1]
+            ribs[s] = _rib_bearing(bone150, spine_core, centres, discs[s - 1], seg_z[s][1], top)
     rib_anchor = None
     for s in range(2, n_seg):  # the segment below (s-1 >= 1) must be a complete vertebra
         if ribs[s] and not ribs[s - 1] and seg_z[s - 1] is not None:

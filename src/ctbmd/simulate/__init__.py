@@ -332,9 +332,13 @@ def _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy) -> dict:
 
 
 def write_phantom(phantom: Phantom, out_dir: str | Path, dicom: bool = False) -> dict[str, Path]:
-    """Write ``ct.nii.gz`` (or a ``ct/`` DICOM series), ``labels.nii.gz`` and ``truth.json``.
+    """Write ``ct.nii.gz`` (or a ``ct/`` DICOM series), ``labels.nii.gz``, ``truth.json`` and ``reference.csv``.
 
-    Files are written atomically (temporary name, then rename).
+    ``reference.csv`` is the phantom's truth as a QCT reference table for
+    ``ctbmd evaluate``: ``patient_id`` (the output folder's name, which is also
+    the DICOM PatientID of a ``--dicom`` phantom), ``level``, ``bmd_mg_cm3``
+    (the QCT-equivalent truth) and ``k2hpo4_mg_cm3`` (the K2HPO4 set in the
+    marrow). Files are written atomically (temporary name, then rename).
 
     Returns
     -------
@@ -354,6 +358,10 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, dicom: bool = False) ->
     paths["labels"] = write_image_atomic(array_to_image(phantom.labels, phantom.grid), out / "labels.nii.gz")
     text = json.dumps(phantom.truth, indent=1)
     paths["truth"] = write_atomic(out / "truth.json", lambda p: p.write_text(text))
+    rows = "".join(f"{out.resolve().name},{lv['level']},{lv['qct_equivalent_mg_cm3']:.3f},{lv['bmd_mg_cm3']:.3f}\n"
+                   for lv in phantom.truth["levels"])
+    paths["reference"] = write_atomic(out / "reference.csv", lambda p: p.write_text(
+        "patient_id,level,bmd_mg_cm3,k2hpo4_mg_cm3\n" + rows))
     return paths
 
 
@@ -373,7 +381,7 @@ def _write_dicom(image: sitk.Image, folder: Path, truth: dict) -> Path:
     writer.KeepOriginalImageUIDOn()
     common = {
         "0008|0060": "CT", "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL", "0008|0070": "ctbmd simulate",
-        "0010|0010": "Phantom^ctbmd", "0010|0020": f"phantom-{settings['seed']}",
+        "0010|0010": "Phantom^ctbmd", "0010|0020": folder.parent.resolve().name,
         "0018|0060": str(settings["kvp"]), "0018|0050": f"{settings['slice_thickness_mm']:.3f}",
         "0020|000d": study_uid, "0020|000e": series_uid, "0020|0052": frame_uid,
         "0008|103e": "ctbmd digital phantom", "0028|1052": "0", "0028|1053": "1",
