@@ -60,7 +60,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from ctbmd.classify import ACR_LEVELS, acr_category
-from ctbmd.errors import InvalidInputError, UsageError
+from ctbmd.errors import InvalidInputError
 from ctbmd.types import VERSE_LABELS
 
 CATEGORIES = ("normal", "osteopenia", "osteoporosis")
@@ -591,53 +591,45 @@ def _flat(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _set_flat(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        d = d[p]
-    d[parts[-1]] = value
+def _level_rows(p: Paired) -> list[np.ndarray]:
+    """For each patient index, the indices of its level pairs."""
+    where: dict[str, list[int]] = {}
+    for j, pid in enumerate(p.level_patient):
+        where.setdefault(pid, []).append(j)
+    return [np.asarray(where.get(pid, []), int) for pid in p.patient_id]
 
 
-def _metrics(p: Paired, patient_sel: np.ndarray) -> dict:
-    ids = set(p.patient_id[patient_sel])
-    level_sel = np.array([x in ids for x in p.level_patient], bool)
+def _metrics(p: Paired, patients: np.ndarray, rows: list[np.ndarray]) -> dict:
+    """Agreement (QCT) and diagnosis for the patients at indices ``patients`` (repeats allowed) with their levels."""
+    levels = np.concatenate([rows[i] for i in patients] + [np.array([], int)]).astype(int)
     out: dict = {}
     if p.kind == "qct":
-        out["level"] = agreement(p.level_pred[level_sel], p.level_ref[level_sel])
-        out["patient"] = agreement(p.patient_pred[patient_sel], p.patient_ref[patient_sel])
-    out["diagnosis"] = diagnosis(p.patient_ref_category[patient_sel], p.patient_pred_category[patient_sel],
-                                 p.patient_pred[patient_sel])
+        out["level"] = agreement(p.level_pred[levels], p.level_ref[levels])
+        out["patient"] = agreement(p.patient_pred[patients], p.patient_ref[patients])
+    out["diagnosis"] = diagnosis(p.patient_ref_category[patients], p.patient_pred_category[patients],
+                                 p.patient_pred[patients])
     return out
 
 
-def _bootstrap(p: Paired, patient_idx: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict[str, list]:
+def _bootstrap(p: Paired, patients: np.ndarray, rows: list[np.ndarray], n_boot: int,
+               rng: np.random.Generator) -> dict[str, list]:
     """Percentile 95% CI per flat metric key, resampling patients (with their levels) with replacement."""
     import warnings
 
     samples: dict[str, list[float]] = {}
-    level_rows = {pid: np.nonzero(p.level_patient == pid)[0] for pid in p.patient_id[patient_idx]}
     for _ in range(n_boot):
-        pick = rng.choice(patient_idx, size=len(patient_idx), replace=True)
-        lv = np.concatenate([level_rows[p.patient_id[i]] for i in pick]) if level_rows else np.array([], int)
-        lv = lv.astype(int)
-        boot = Paired(p.kind, p.level_patient[lv], p.level_name[lv], p.level_pred[lv], p.level_ref[lv],
-                      np.arange(len(pick)).astype(object), p.patient_pred[pick], p.patient_ref[pick],
-                      p.patient_pred_category[pick], p.patient_ref_category[pick], p.patient_split[pick])
+        pick = rng.choice(patients, size=len(patients), replace=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = {}
-            if p.kind == "qct":
-                m["level"] = agreement(boot.level_pred, boot.level_ref)
-                m["patient"] = agreement(boot.patient_pred, boot.patient_ref)
-            m["diagnosis"] = diagnosis(boot.patient_ref_category, boot.patient_pred_category, boot.patient_pred)
+            m = _metrics(p, pick, rows)
         for k, v in _flat(m).items():
             samples.setdefault(k, []).append(v)
     ci = {}
     for k, v in samples.items():
         arr = np.asarray(v, float)
         arr = arr[np.isfinite(arr)]
-        ci[k] = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if len(arr) >= 10 else [math.nan,
-                                                                                                          math.nan]
+        ci[k] = ([float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if len(arr) >= 10
+                 else [math.nan, math.nan])
     return ci
 
 
@@ -663,10 +655,11 @@ def evaluate(p: Paired, n_boot: int = 1000, seed: int = 0) -> dict:
     out = {"kind": p.kind, "n_boot": n_boot, "seed": seed, "ci_method": "percentile bootstrap over patients",
            "unmatched_reference": list(p.unmatched_reference), "notes": list(p.notes), "splits": {}}
     rng = np.random.default_rng(seed)
+    rows = _level_rows(p)
     for name in names:
-        sel = np.ones(len(p.patient_id), bool) if name == ALL_SPLITS else p.patient_split == name
-        m = _metrics(p, sel)
-        m["ci"] = _bootstrap(p, np.nonzero(sel)[0], n_boot, rng) if n_boot > 0 else {}
+        members = np.arange(len(p.patient_id)) if name == ALL_SPLITS else np.nonzero(p.patient_split == name)[0]
+        m = _metrics(p, members, rows)
+        m["ci"] = _bootstrap(p, members, rows, n_boot, rng) if n_boot > 0 else {}
         out["splits"][name] = m
     return out
 
