@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +23,23 @@ from ctbmd.errors import EXIT_INTERNAL, CtbmdError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="ctbmd: vertebral BMD from routine CT (research use only, not a medical device).")
 err = Console(stderr=True)
+
+
+@contextmanager
+def _one_line_errors(debug: bool = False):
+    """Turn a :class:`CtbmdError` into ``ctbmd: error: <path>: <reason>`` and its exit code, and any
+    other exception into one ``internal error`` line and exit code 5 (re-raised with ``debug``)."""
+    try:
+        yield
+    except CtbmdError as exc:
+        typer.echo(f"ctbmd: error: {exc.one_line()}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, distinct code
+        if debug:
+            raise
+        detail = " ".join(str(exc).split())
+        typer.echo(f"ctbmd: internal error: {type(exc).__name__}: {detail} (rerun with --debug and report it)", err=True)
+        raise typer.Exit(EXIT_INTERNAL) from None
 
 
 @app.callback()
@@ -46,7 +64,7 @@ def run(
     if labels is not None and segmenter == "builtin":
         segmenter = "labels"
     logging.basicConfig(level=logging.WARNING)
-    try:
+    with _one_line_errors(debug):
         if quiet:
             result = run_pipeline(input, out, segmenter=segmenter, labels=labels, label_map=label_map,
                                   series_uid=series_uid)
@@ -60,15 +78,6 @@ def run(
 
                 result = run_pipeline(input, out, progress=tick, segmenter=segmenter, labels=labels,
                                       label_map=label_map, series_uid=series_uid)
-    except CtbmdError as exc:
-        typer.echo(f"ctbmd: error: {exc.one_line()}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, distinct code
-        if debug:
-            raise
-        detail = " ".join(str(exc).split())
-        typer.echo(f"ctbmd: internal error: {type(exc).__name__}: {detail} (rerun with --debug and report it)", err=True)
-        raise typer.Exit(EXIT_INTERNAL) from None
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_median']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
@@ -100,19 +109,15 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Random seed (anatomy, BMD factors, noise)."),
 ) -> None:
     """Write a known-truth digital phantom of the thoracolumbar spine and its truth."""
-    from ctbmd.errors import UsageError
     from ctbmd.simulate import PhantomSpec, parse_bmd, simulate_phantom, write_phantom
 
-    try:
+    with _one_line_errors():
         spec = PhantomSpec(bmd_mg_cm3=parse_bmd(bmd), kvp=kvp, noise_hu=noise, slice_thickness_mm=slice_mm,
                            pixel_mm=pixel_mm, psf_fwhm_mm=psf_mm, marrow_fat_fraction=marrow_fat,
                            body_width_mm=body_width, phase=phase, rotation_deg=rotation, t12_ribs=not no_t12_ribs,
                            l6=l6, metal_level=metal_level, tissue_spread=tissue_spread, seed=seed)
         phantom = simulate_phantom(spec)
         paths = write_phantom(phantom, out, dicom=dicom)
-    except UsageError as exc:
-        typer.echo(f"ctbmd: error: {exc.one_line()}", err=True)
-        raise typer.Exit(exc.exit_code) from None
     truth = phantom.truth
     levels = ", ".join(f"{lv['level']} {lv['bmd_mg_cm3']:.0f}/{lv['qct_equivalent_mg_cm3']:.0f}" for lv in truth["levels"])
     typer.echo(f"levels (K2HPO4 set / QCT-equivalent, mg/cm³): {levels}")
@@ -141,7 +146,7 @@ def evaluate(
     """Compare predictions with QCT or DXA references: agreement, diagnosis, ROC, with bootstrap CIs."""
     from ctbmd import evaluate as ev
 
-    try:
+    with _one_line_errors(debug):
         if n_boot < 0:
             from ctbmd.errors import UsageError
             raise UsageError(f"--bootstrap must be >= 0, got {n_boot}")
@@ -152,15 +157,6 @@ def evaluate(
         result["prediction"] = {"path": str(pred), "field": field_name, "failed": [list(f) for f in predictions.failed]}
         result["reference"] = {"path": str(ref), "kind": reference.kind}
         written = ev.write_evaluation(paired, result, out)
-    except CtbmdError as exc:
-        typer.echo(f"ctbmd: error: {exc.one_line()}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, distinct code
-        if debug:
-            raise
-        detail = " ".join(str(exc).split())
-        typer.echo(f"ctbmd: internal error: {type(exc).__name__}: {detail} (rerun with --debug and report it)", err=True)
-        raise typer.Exit(EXIT_INTERNAL) from None
     allm = result["splits"][ev.ALL_SPLITS]
     if reference.kind == "qct":
         m = allm["patient"]

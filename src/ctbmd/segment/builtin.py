@@ -291,11 +291,11 @@ def _find_discs(profile: np.ndarray, pedicle: np.ndarray, rim: np.ndarray) -> np
         return np.array([], int)
     zs = np.array([c[0] for c in cand])
     score = np.maximum(np.array([50.0 + signal[i] + pr for i, pr in cand]), 1.0)
-    return np.asarray(_best_chain(zs * sp, score), int)
+    return np.asarray(sorted(zs[_best_chain(zs * sp, score)]), int)
 
 
 def _best_chain(z_mm: np.ndarray, score: np.ndarray) -> list[int]:
-    """Slice indices of the best chain of disc candidates (sorted by ``z_mm``).
+    """Indices (into ``z_mm``, sorted ascending in z, mm) of the best chain of disc candidates.
 
     A chain's value is the sum of its candidates' scores less a penalty for
     uneven spacing: consecutive pitches must lie in 24-48 mm, and each change of
@@ -306,22 +306,17 @@ def _best_chain(z_mm: np.ndarray, score: np.ndarray) -> list[int]:
     more than one candidate's score. Dynamic programming over candidate pairs.
     """
     n = len(z_mm)
-    sp = WORK_SPACING_MM
     if n == 0:
         return []
-    ok = np.zeros((n, n), bool)
-    for a in range(n):
-        for b in range(a):
-            ok[b, a] = PITCH_MIN_MM <= z_mm[a] - z_mm[b] <= PITCH_MAX_MM
     # best[b, a]: value of the best chain whose last two members are b < a.
     best = np.full((n, n), -np.inf)
     prev = np.full((n, n), -1)
     for a in range(n):
         for b in range(a):
-            if not ok[b, a]:
+            pitch = z_mm[a] - z_mm[b]
+            if not PITCH_MIN_MM <= pitch <= PITCH_MAX_MM:
                 continue
             best[b, a] = score[b] + score[a]
-            pitch = z_mm[a] - z_mm[b]
             for c in range(b):
                 if not np.isfinite(best[c, b]):
                     continue
@@ -330,13 +325,13 @@ def _best_chain(z_mm: np.ndarray, score: np.ndarray) -> list[int]:
                 if value > best[b, a]:
                     best[b, a], prev[b, a] = value, c
     if not np.isfinite(best).any() or best.max() < score.max():
-        return [int(round(z_mm[int(np.argmax(score))] / sp))]
+        return [int(np.argmax(score))]
     b, a = np.unravel_index(int(np.argmax(best)), best.shape)
     chain = [int(a), int(b)]
     while prev[b, a] >= 0:
         b, a = int(prev[b, a]), int(b)
         chain.append(b)
-    return sorted(int(round(z_mm[i] / sp)) for i in chain)
+    return sorted(chain)
 
 
 def _fill_body_holes(bone: np.ndarray, centre: np.ndarray) -> np.ndarray:
