@@ -1,5 +1,5 @@
-"""Command line: ``ctbmd run INPUT --out DIR``, ``ctbmd simulate --out DIR`` and
-``ctbmd evaluate --pred PRED --ref REF.csv --out DIR``.
+"""Command line: ``ctbmd run INPUT --out DIR [--model MODEL_DIR]``, ``ctbmd simulate --out DIR``,
+``ctbmd evaluate --pred PRED --ref REF.csv --out DIR`` and ``ctbmd train --manifest M.csv --out MODEL_DIR``.
 
 Exit codes: 0 success, 2 bad usage, 3 unreadable or invalid input, 4 no spine
 or no identifiable level, 5 internal error (see :mod:`ctbmd.errors`).
@@ -55,6 +55,8 @@ def run(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Existing vertebra label map; implies --segmenter labels."),
     label_map: str = typer.Option("auto", "--label-map", help="auto | total | verse | vertebrae_pp | vertebrae_pp_refined"),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder from `ctbmd train`: adds "
+                                                                "bmd_dl_mg_cm3 (or t_score_dl) per level."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
 ) -> None:
@@ -65,9 +67,10 @@ def run(
         segmenter = "labels"
     logging.basicConfig(level=logging.WARNING)
     with _one_line_errors(debug):
+        loaded = _load_model(model) if model is not None else None
         if quiet:
             result = run_pipeline(input, out, segmenter=segmenter, labels=labels, label_map=label_map,
-                                  series_uid=series_uid)
+                                  series_uid=series_uid, model=loaded)
         else:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
                 task = bar.add_task("starting", total=len(STAGES))
@@ -77,7 +80,7 @@ def run(
                                completed=STAGES.index(stage))
 
                 result = run_pipeline(input, out, progress=tick, segmenter=segmenter, labels=labels,
-                                      label_map=label_map, series_uid=series_uid)
+                                      label_map=label_map, series_uid=series_uid, model=loaded)
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_median']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
@@ -85,7 +88,30 @@ def run(
     typer.echo(f"levels: {levels}")
     typer.echo(f"patient: {p['category'] or 'not classified'}"
                + (f" ({p['bmd_mg_cm3']:.1f} mg/cm³, {'+'.join(p['levels_used'])})" if p["bmd_mg_cm3"] else ""))
+    if "model" in result:
+        key = "bmd_dl_mg_cm3" if "bmd_dl_mg_cm3" in p else "t_score_dl"
+        unit = " mg/cm³" if key == "bmd_dl_mg_cm3" else ""
+        values = ", ".join(f"{lv['level']} {lv[key]:.{0 if unit else 1}f}" for lv in result["levels"]
+                           if lv.get(key) is not None)
+        origin = "trained on simulated phantoms" if result["model"]["phantom_trained"] else result["model"]["trained_on"]
+        typer.echo(f"model ({origin}): {values}; patient {p[key] if p[key] is not None else 'n/a'}{unit}, "
+                   f"{p['category_dl'] or 'not classified'}")
     typer.echo(f"outputs: {out}")
+
+
+def _load_model(path: Path):
+    """Load a model folder, with a clear error when PyTorch/MONAI are not installed."""
+    from ctbmd.errors import BackendUnavailableError
+
+    try:
+        import monai  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError("--model needs PyTorch and MONAI: pip install torch==2.13.0 && "
+                                      "pip install 'ctbmd[dl]'", path) from None
+    from ctbmd.model.store import load_model
+
+    return load_model(path)
 
 
 @app.command()
@@ -167,6 +193,74 @@ def evaluate(
     if result["unmatched_reference"]:
         typer.echo(f"reference patients without a prediction: {len(result['unmatched_reference'])}")
     typer.echo("wrote " + ", ".join(p.name for p in written) + f" to {out}")
+
+
+@app.command()
+def train(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Cohort CSV: patient_id, ct, [labels], [split], and "
+                                                                "level + bmd_mg_cm3 (QCT) or t_score (DXA)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    arch: str = typer.Option("densenet121", "--arch", help="densenet121 | densenet_small | resnet18 | resnet50"),
+    dims: str = typer.Option("3d", "--dims", help="3d (whole crop) | 2d (mid-axial slice) | 2.5d (5 axial slices)"),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds, split by patient."),
+    test_fraction: float = typer.Option(0.0, "--test-fraction", help="Patients held out as a test split "
+                                                                     "(when the manifest marks none)."),
+    epochs: int = typer.Option(60, "--epochs", help="Maximum epochs per fold."),
+    patience: int = typer.Option(10, "--patience", help="Early stopping: epochs without a better validation loss."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    classify: bool = typer.Option(False, "--classify", help="Add a 3-class (ACR or WHO) head."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, augmentation and order."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache folder (default ~/.cache/ctbmd/crops)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached crops."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    description: str = typer.Option("", "--description", help="Where the cohort came from (stored in the model)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+) -> None:
+    """Train a DL BMD model with patient-grouped k-fold cross-validation; write it with its out-of-fold report."""
+    from ctbmd.errors import BackendUnavailableError
+
+    with _one_line_errors(debug):
+        try:
+            import monai  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            raise BackendUnavailableError("ctbmd train needs PyTorch and MONAI: pip install torch==2.13.0 && "
+                                          "pip install 'ctbmd[dl]'") from None
+        from ctbmd.model.cohort import default_cache_dir
+        from ctbmd.model.train import TrainConfig
+        from ctbmd.model.workflow import train_cohort
+
+        cfg = TrainConfig(arch=arch, dims=dims, folds=folds, test_fraction=test_fraction, epochs=epochs,
+                          patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=not no_augment,
+                          seed=seed, device=device)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
+            task = bar.add_task("reading the manifest")
+
+            def tick(kind: str, info: dict) -> None:
+                if kind == "scan":
+                    bar.update(task, description=f"crops: scan {info['done']}/{info['total']} ({info['patient_id']})")
+                else:
+                    bar.update(task, description=f"fold {info['member'] + 1}/{info['folds']} epoch "
+                                                 f"{info['epoch']}/{info['epochs']}: train {info['train_loss']:.3f}, "
+                                                 f"validation {info['stop_loss']:.3f} (best epoch {info['best_epoch']})")
+
+            config = train_cohort(manifest, out, cfg, cache_dir=None if no_cache else (cache or default_cache_dir()),
+                                  resume=resume, description=description, progress=tick)
+    t = config["training"]
+    typer.echo(f"trained on {t['n_patients']} patients, {t['n_vertebrae']} vertebrae ({t['data']}); "
+               f"{t['failed_scans']} scans failed (see failed.csv)")
+    for name, figures in t["out_of_fold"].items():
+        if config["target"] == "bmd_mg_cm3":
+            for split, m in figures.items():
+                v = m["vertebra"]
+                typer.echo(f"{name:11s} {split:11s}: vertebrae n {v['n']:.0f}, r² {v['r2']:.3f}, MAE {v['mae']:.2f} "
+                           f"mg/cm³, RMSE {v['rmse']:.2f}; AUC osteoporosis {m['auc_osteoporosis']:.3f}")
+        else:
+            typer.echo(f"{name}: {figures}")
+    typer.echo(f"model: {out}")
 
 
 @app.command()

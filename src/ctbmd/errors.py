@@ -70,4 +70,4 @@ class NoSpineError(CtbmdError):
 
 
 class BackendUnavailableError(UsageError):
-    """An optional segmentation backend (e.g. TotalSegmentator) or its weights are missing (exit 2)."""
+    """An optional backend is missing (exit 2): TotalSegmentator or its weights, or PyTorch/MONAI for models."""

@@ -14,13 +14,13 @@ from ctbmd.report import Result, write_outputs
 from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
 
-STAGES = ("read", "segment", "roi", "calibrate", "classify", "report")
+STAGES = ("read", "segment", "roi", "calibrate", "classify", "model", "report")
 
 
 def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | None = None,
             label_map: str = "auto", series_uid: str | None = None,
-            progress: Callable[[str], None] | None = None) -> Result:
-    """Run stages 1-4 on one scan and return everything for the report.
+            progress: Callable[[str], None] | None = None, model=None) -> Result:
+    """Run stages 1-4 (and a learned model) on one scan and return everything for the report.
 
     Parameters
     ----------
@@ -32,6 +32,9 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
         DICOM series to read.
     progress : callable, optional
         Called with each stage name as it starts.
+    model : ctbmd.model.store.BmdModel, optional
+        A loaded model (:func:`ctbmd.model.store.load_model`); its per-level
+        values are reported beside the calibrated BMD.
 
     Raises
     ------
@@ -58,8 +61,15 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     for m in levels:
         if m.flags:
             warnings.append(f"{m.level}: {', '.join(m.flags)}")
+    dl = None
+    if model is not None:
+        tick("model")
+        from ctbmd.model.store import apply_model
+
+        dl = apply_model(model, ct, roi_labels, levels, calibration, phase)
+        warnings += [f"{lv}: no model value ({why})" for lv, why in dl.skipped.items()]
     return Result(ct=ct, seg=seg, levels=levels, roi_labels=roi_labels, calibration=calibration,
-                  phase=phase, patient=patient, warnings=warnings)
+                  phase=phase, patient=patient, warnings=warnings, dl=dl)
 
 
 def run(path: str | Path, out_dir: str | Path, progress: Callable[[str], None] | None = None, **options) -> dict:

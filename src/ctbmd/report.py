@@ -36,6 +36,8 @@ class Result:
     ----------
     ct, seg, levels, roi_labels, calibration, phase, patient, warnings :
         Stage outputs; ``roi_labels`` is uint8 on the CT's canonical grid.
+    dl : ctbmd.model.store.ModelOutput or None
+        A learned model's values (``ctbmd run --model``).
     """
 
     ct: CTVolume
@@ -46,6 +48,7 @@ class Result:
     phase: ContrastPhase
     patient: PatientClassification
     warnings: list[str]
+    dl: object = None
 
 
 def _r(v, nd=1):
@@ -67,7 +70,7 @@ def result_dict(res: Result) -> dict:
             "heights_mm": m.heights_mm, "flags": list(m.flags), "used_for_patient": m.level in res.patient.levels_used,
         })
     p = res.patient
-    return {
+    out = {
         "schema_version": SCHEMA_VERSION, "ctbmd_version": __version__, "disclaimer": DISCLAIMER,
         "input": {"path": info.path, "format": "dicom" if info.format == "dicom" else info.format,
                   "shape": list(info.input_grid.size), "spacing_mm": [round(s, 4) for s in info.input_grid.spacing_mm],
@@ -89,6 +92,32 @@ def result_dict(res: Result) -> dict:
                     "pickhardt_l1": p.pickhardt, "notes": list(p.notes)},
         "warnings": list(res.warnings),
     }
+    if res.dl is not None:
+        _add_model_values(out, res.dl)
+    return out
+
+
+def _add_model_values(result: dict, dl) -> None:
+    """Add a model's per-level value (``bmd_dl_mg_cm3`` or ``t_score_dl``), its patient mean over the levels
+    the calibrated value used (or L1-L4 for a T-score) with the category, and the ``model`` provenance block."""
+    from ctbmd.classify import acr_category
+    from ctbmd.evaluate import who_category
+
+    key = "bmd_dl_mg_cm3" if dl.target == "bmd_mg_cm3" else "t_score_dl"
+    for lv in result["levels"]:
+        pred = dl.levels.get(lv["level"])
+        lv[key] = None if pred is None else round(pred.value, 2 if key == "t_score_dl" else 1)
+        lv["dl_member_sd"] = None if pred is None else round(pred.member_sd, 2)
+        if pred is not None and pred.class_probabilities:
+            lv["dl_class_probabilities"] = {k: round(v, 3) for k, v in pred.class_probabilities.items()}
+    p = result["patient"]
+    used = p["levels_used"] if key == "bmd_dl_mg_cm3" else ["L1", "L2", "L3", "L4"]
+    vals = [dl.levels[lv].value for lv in used if lv in dl.levels]
+    value = float(np.mean(vals)) if vals else None
+    p[key] = None if value is None else round(value, 2 if key == "t_score_dl" else 1)
+    p["category_dl"] = None if value is None else (acr_category(value) if key == "bmd_dl_mg_cm3" else who_category(value))
+    p["category_dl_system"] = "ACR-QCT" if key == "bmd_dl_mg_cm3" else "WHO (T-score)"
+    result["model"] = dl.model
 
 
 CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular_hu_sd", "bmd_mg_cm3",
@@ -98,10 +127,11 @@ CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular
 def levels_csv(result: dict) -> str:
     """``levels.csv`` text: one row per level, :data:`CSV_FIELDS` columns."""
     buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    fields = CSV_FIELDS + [k for k in ("bmd_dl_mg_cm3", "t_score_dl") if result["levels"] and k in result["levels"][0]]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for lv in result["levels"]:
-        row = {k: lv[k] for k in CSV_FIELDS}
+        row = {k: lv[k] for k in fields}
         row["centroid_lps_mm"] = " ".join(f"{c:.1f}" for c in lv["centroid_lps_mm"])
         row["flags"] = ";".join(lv["flags"])
         w.writerow(row)
@@ -131,6 +161,8 @@ def render_png(res: Result, result: dict, path: Path) -> None:
                 lv = by_level[level]
                 val = f"{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else (
                     f"{lv['trabecular_hu_median']:.0f} HU" if lv["trabecular_hu_median"] is not None else "n/a")
+                if lv.get("bmd_dl_mg_cm3") is not None:
+                    val += f" (model {lv['bmd_dl_mg_cm3']:.0f})"
                 flag = " [" + ",".join(lv["flags"]) + "]" if lv["flags"] else ""
                 ax.text(xs.min() - 2, ys.mean(), f"{level} {val}{flag}", color=cmap(i % 10), ha="right",
                         va="center", fontsize=8, fontweight="bold")
@@ -140,10 +172,22 @@ def render_png(res: Result, result: dict, path: Path) -> None:
     cat = p["category"] or "not classified"
     bmd = f"{p['bmd_mg_cm3']:.0f} mg/cm³ K2HPO4" if p["bmd_mg_cm3"] is not None else "BMD n/a"
     fig.suptitle(f"{Path(res.ct.info.path).name}: {cat.upper()} ({bmd}, {'+'.join(p['levels_used']) or '-'}, ACR-QCT)\n"
-                 f"contrast: {result['input']['contrast_phase']}   {DISCLAIMER}", color="white", fontsize=10)
+                 f"contrast: {result['input']['contrast_phase']}   {DISCLAIMER}" + _model_line(result),
+                 color="white", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, facecolor="black", format="png")
     plt.close(fig)
+
+
+def _model_line(result: dict) -> str:
+    m = result.get("model")
+    if not m:
+        return ""
+    p = result["patient"]
+    value = p.get("bmd_dl_mg_cm3", p.get("t_score_dl"))
+    shown = "n/a" if value is None else (f"{value:.0f} mg/cm³" if "bmd_dl_mg_cm3" in p else f"T {value:.1f}")
+    origin = "trained on phantoms" if m["phantom_trained"] else "research model"
+    return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"
 
 
 def write_outputs(res: Result, out_dir: str | Path) -> dict:

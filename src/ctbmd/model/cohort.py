@@ -1,0 +1,247 @@
+"""The training cohort: manifest CSV, crop extraction with an on-disk cache, and the sample table.
+
+Manifest
+--------
+A CSV with one CT per patient:
+
+* ``patient_id`` and ``ct`` (a NIfTI/NRRD/MHA file or DICOM folder; relative
+  paths are relative to the manifest's folder), on every row;
+* ``labels`` (optional): an existing vertebra label map for that CT (as
+  ``ctbmd run --labels``); without it the builtin segmenter labels the levels;
+  ``label_map`` (optional) names its numbering as ``--label-map`` does
+  (``auto`` when empty; phantoms of ``ctbmd simulate`` are ``verse``);
+* ``split`` (optional): ``test`` marks patients held out of cross-validation;
+* the reference, in the forms ``ctbmd evaluate`` reads
+  (:func:`ctbmd.evaluate.read_reference`): per level, one row per level with
+  ``level`` and ``bmd_mg_cm3`` (QCT, mg/cm³), or per patient ``t_score`` (DXA),
+  which is then the target of each of the patient's ``PATIENT_TARGET_LEVELS``.
+
+Every CT goes through :func:`ctbmd.pipeline.analyse` (read, segment, ROI,
+calibrate) and :func:`ctbmd.model.crops.extract_crops`. The crops are cached as
+``<cache>/<hash>.npz``, keyed by the SHA-256 of the CT and label files and the
+crop spec (:func:`ctbmd.model.crops.input_hash`), so a second run over the same
+cohort skips the pipeline. A scan that fails is recorded with its reason and the
+rest go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctbmd import evaluate as ev
+from ctbmd.errors import CtbmdError, InvalidInputError
+from ctbmd.segment.labelmaps import LABEL_MAPS
+from ctbmd.model.crops import FEATURES, CropSpec, VertebraCrop, extract_crops, input_hash, load_crops, save_crops
+
+#: Levels that carry a per-patient (DXA) target; DXA of the lumbar spine covers L1-L4.
+PATIENT_TARGET_LEVELS: tuple[str, ...] = ("L1", "L2", "L3", "L4")
+
+
+def default_cache_dir() -> Path:
+    """``$CTBMD_CACHE`` or ``$XDG_CACHE_HOME/ctbmd/crops`` (``~/.cache/ctbmd/crops``)."""
+    if os.environ.get("CTBMD_CACHE"):
+        return Path(os.environ["CTBMD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ctbmd" / "crops"
+
+
+@dataclass(frozen=True)
+class CohortScan:
+    """One patient's CT in the manifest.
+
+    Attributes
+    ----------
+    patient_id : str
+    ct : Path
+        CT file or DICOM folder.
+    labels : Path or None
+        Label map to use instead of the builtin segmenter.
+    label_map : str
+        Its numbering (:data:`ctbmd.segment.labelmaps.LABEL_MAPS`).
+    split : str
+        ``"test"`` for held-out patients, else ``"cv"``.
+    """
+
+    patient_id: str
+    ct: Path
+    labels: Path | None
+    label_map: str
+    split: str
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A parsed manifest.
+
+    Attributes
+    ----------
+    path : Path
+        The manifest.
+    target : str
+        ``"bmd_mg_cm3"`` (per-level QCT) or ``"t_score"`` (per-patient DXA).
+    scans : tuple of CohortScan
+        One per patient, in manifest order.
+    reference : ctbmd.evaluate.Reference
+        The targets, as ``ctbmd evaluate`` reads them.
+    """
+
+    path: Path
+    target: str
+    scans: tuple[CohortScan, ...]
+    reference: ev.Reference
+
+    def targets(self) -> dict[tuple[str, str], float]:
+        """(patient_id, level) -> target value (mg/cm³ or T-score)."""
+        if self.target == "bmd_mg_cm3":
+            return {(lv.patient_id, lv.level): lv.bmd_mg_cm3 for lv in self.reference.levels}
+        return {(p.patient_id, lv): p.t_score for p in self.reference.patients if p.t_score is not None
+                for lv in PATIENT_TARGET_LEVELS}
+
+
+def read_manifest(path: str | Path) -> Cohort:
+    """Read and check a cohort manifest (see the module docstring).
+
+    Raises
+    ------
+    InvalidInputError
+        Unreadable or empty CSV, a missing ``patient_id``/``ct`` column, a CT
+        or label path that does not exist, two CTs for one patient, a ``split``
+        other than ``test``/``train``/``cv``/empty, an unknown ``label_map``, no usable target (a DXA
+        manifest needs ``t_score`` for training), or any reference problem
+        :func:`ctbmd.evaluate.read_reference` reports. One line, naming the
+        file and row.
+    """
+    path = Path(path)
+    header, rows = ev._read_csv(path)
+    ev._require(header, ("patient_id", "ct"), path)
+    reference = ev.read_reference(path)
+    if reference.kind == "dxa" and not any(p.t_score is not None for p in reference.patients):
+        raise InvalidInputError("a per-patient manifest needs a 't_score' column to train on "
+                                "(categories alone are not a regression target)", path)
+    base = path.resolve().parent
+    scans: dict[str, CohortScan] = {}
+    for i, r in enumerate(rows, start=2):
+        if not r["ct"]:
+            raise InvalidInputError(f"row {i}: empty 'ct' for patient {r['patient_id']!r}", path)
+        ct = (base / r["ct"]).resolve()
+        labels = (base / r["labels"]).resolve() if r.get("labels") else None
+        for p in (ct, labels):
+            if p is not None and not p.exists():
+                raise InvalidInputError(f"row {i}: {p} does not exist", path)
+        split = (r.get("split") or "cv").lower()
+        if split not in ("test", "train", "cv"):
+            raise InvalidInputError(f"row {i}: split {r['split']!r} is not 'test', 'train' or 'cv'", path)
+        split = "test" if split == "test" else "cv"
+        label_map = (r.get("label_map") or "auto").lower()
+        if label_map not in LABEL_MAPS:
+            raise InvalidInputError(f"row {i}: label_map {r['label_map']!r} is not one of {', '.join(LABEL_MAPS)}",
+                                    path)
+        scan = CohortScan(r["patient_id"], ct, labels, label_map, split)
+        old = scans.setdefault(r["patient_id"], scan)
+        if old != scan:
+            raise InvalidInputError(f"row {i}: patient {r['patient_id']!r} has a different ct/labels/split than on "
+                                    "an earlier row (one CT per patient)", path)
+    target = "bmd_mg_cm3" if reference.kind == "qct" else "t_score"
+    return Cohort(path=path, target=target, scans=tuple(scans.values()), reference=reference)
+
+
+def scan_crops(scan: CohortScan, spec: CropSpec, cache_dir: Path | None) -> tuple[list[VertebraCrop], dict[str, str]]:
+    """Crops of one manifest CT, from the cache when present.
+
+    Raises
+    ------
+    CtbmdError
+        Whatever :func:`ctbmd.pipeline.analyse` raises for this CT.
+    """
+    from ctbmd.pipeline import analyse
+
+    segmenter = "labels" if scan.labels else "builtin"
+    key = input_hash([scan.ct] + ([scan.labels] if scan.labels else []), spec, extra=f"{segmenter}:{scan.label_map}")
+    cached = cache_dir / f"{key}.npz" if cache_dir else None
+    if cached is not None and cached.is_file():
+        return load_crops(cached)
+    res = analyse(scan.ct, segmenter=segmenter, labels=scan.labels, label_map=scan.label_map)
+    crops, skipped = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase, spec)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_crops(cached, crops, skipped, spec)
+    return crops, skipped
+
+
+@dataclass
+class Samples:
+    """The vertebrae of a cohort as arrays (one row per vertebra with a target).
+
+    Attributes
+    ----------
+    images : numpy.ndarray
+        float32 ``(n, 3, s, s, s)``, axes (vertebra, channel, L, P, S).
+    features : numpy.ndarray
+        float32 ``(n, len(FEATURES))``, raw units.
+    baseline : numpy.ndarray
+        float32 ``(n,)``, calibration-only BMD (K2HPO4 mg/cm³).
+    target : numpy.ndarray
+        float32 ``(n,)``, mg/cm³ or T-score.
+    patient, level, split : numpy.ndarray
+        str ``(n,)``.
+    failed : list of (patient_id, reason)
+        Scans that gave no crops.
+    skipped : list of (patient_id, level, reason)
+        Target levels without a usable crop.
+    """
+
+    images: np.ndarray
+    features: np.ndarray
+    baseline: np.ndarray
+    target: np.ndarray
+    patient: np.ndarray
+    level: np.ndarray
+    split: np.ndarray
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def build_samples(cohort: Cohort, spec: CropSpec = CropSpec(), cache_dir: Path | None = None,
+                  progress: Callable[[int, int, str], None] | None = None) -> Samples:
+    """Extract (or load) the crops of every manifest CT and pair them with their targets.
+
+    Only usable crops (no ``partial``/``too_small``/``metal``/``suspected_fracture``
+    flag) with a target enter. ``progress(done, total, patient_id)`` is called
+    after each scan.
+    """
+    targets = cohort.targets()
+    rows: list[tuple[VertebraCrop, float, str, str]] = []
+    failed, skipped = [], []
+    for n, scan in enumerate(cohort.scans, start=1):
+        try:
+            crops, why = scan_crops(scan, spec, cache_dir)
+        except CtbmdError as exc:
+            failed.append((scan.patient_id, exc.one_line()))
+            crops, why = [], {}
+        by_level = {c.level: c for c in crops}
+        for (pid, level), value in targets.items():
+            if pid != scan.patient_id:
+                continue
+            c = by_level.get(level)
+            if c is None or not c.usable:
+                if crops:
+                    skipped.append((pid, level, why.get(level, "level not found" if c is None else "flagged by QC")))
+                continue
+            rows.append((c, value, pid, scan.split))
+        if progress:
+            progress(n, len(cohort.scans), scan.patient_id)
+    size = spec.size
+    return Samples(
+        images=np.stack([r[0].image for r in rows]) if rows else np.zeros((0, 3, size, size, size), np.float32),
+        features=np.stack([r[0].features for r in rows]) if rows else np.zeros((0, len(FEATURES)), np.float32),
+        baseline=np.array([r[0].bmd_calibrated_mg_cm3 for r in rows], np.float32),
+        target=np.array([r[1] for r in rows], np.float32),
+        patient=np.array([r[2] for r in rows], dtype=object), level=np.array([r[0].level for r in rows], dtype=object),
+        split=np.array([r[3] for r in rows], dtype=object), failed=failed, skipped=skipped)

@@ -1,0 +1,236 @@
+"""Vertebral-body crops and per-vertebra features for the BMD model.
+
+A crop is cut around the centre of a level's trabecular ROI (from
+:func:`ctbmd.roi.measure_levels`) on an **isotropic grid aligned with the LPS
+axes**: ``CropSpec.size`` voxels of ``CropSpec.spacing_mm`` along L, P and S
+(default 32 voxels of 1.5 mm = a 48 mm cube, which holds a lumbar body's
+trabecular core with its endplates and cortex; Peng et al. 2024 and Li et al.
+2024 use crops of the segmented body in the same way). It is resampled from the
+canonical CT with SimpleITK (linear for HU, nearest neighbour for the mask);
+outside the scan reads -1024 HU.
+
+Channels of a crop, shape ``(3, size, size, size)``, axes (channel, L, P, S):
+
+0. **HU**, window ``HU_WINDOW`` = [-250, 1250] HU mapped linearly to [-1, 1]
+   and clipped (soft tissue to dense cortex; air and metal saturate);
+1. **calibrated density**: the scan's phantomless calibration applied voxel by
+   voxel (K2HPO4 mg/cm³, :class:`ctbmd.types.Calibration`), divided by
+   ``MG_CM3_SCALE`` (200) and clipped to [-1, 6]. It makes crops of different
+   kVp and scanners comparable, which the HU channel alone is not;
+2. **trabecular ROI mask** of that level (0/1).
+
+Features, one vector per vertebra (:data:`FEATURES`, in this order): the
+calibrated ROI BMD (the calibration-only prediction, mg/cm³), the ROI median
+and SD (HU), the calibration slope (mg/cm³ per HU) and effective energy (keV),
+the subcutaneous-fat and muscle HU, the aortic HU and whether it was found,
+whether the scan is contrast-enhanced, and the slice spacing (mm). They are the
+scan context a hospital's own CT protocol varies, and they let the network learn
+what the calibration misses (iodine in the marrow, for one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ctbmd.io import array_to_image
+from ctbmd.types import VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LevelMeasurement
+
+#: HU window of channel 0: [low, high] maps to [-1, 1].
+HU_WINDOW: tuple[float, float] = (-250.0, 1250.0)
+#: Divisor of channel 1 (K2HPO4 mg/cm³).
+MG_CM3_SCALE = 200.0
+#: Names of the per-vertebra feature vector, in order.
+FEATURES: tuple[str, ...] = (
+    "bmd_calibrated_mg_cm3", "roi_hu_median", "roi_hu_sd", "calibration_slope", "effective_energy_kev",
+    "fat_hu", "muscle_hu", "aorta_hu", "aorta_found", "contrast_enhanced", "slice_spacing_mm",
+)
+#: Bump when crop or feature extraction changes, so cached crops are rebuilt.
+CROP_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """Geometry of a vertebral-body crop.
+
+    Attributes
+    ----------
+    size : int
+        Voxels along each axis (L, P, S).
+    spacing_mm : float
+        Isotropic voxel size (mm).
+    """
+
+    size: int = 32
+    spacing_mm: float = 1.5
+
+    def key(self) -> str:
+        """Short text that identifies this spec and the extraction code version."""
+        return f"v{CROP_VERSION}-s{self.size}-sp{self.spacing_mm:g}"
+
+
+@dataclass(frozen=True)
+class VertebraCrop:
+    """One vertebral body ready for the network.
+
+    Attributes
+    ----------
+    level : str
+        Level name, e.g. ``"L1"``.
+    image : numpy.ndarray
+        float32, shape ``(3, size, size, size)``, axes (channel, L, P, S); see the
+        module docstring for the channels.
+    features : numpy.ndarray
+        float32, shape ``(len(FEATURES),)``, raw units as named in :data:`FEATURES`.
+    bmd_calibrated_mg_cm3 : float
+        The calibration-only BMD of this level (K2HPO4 mg/cm³), also ``features[0]``.
+    usable : bool
+        False when the ROI stage flagged the level (``partial``, ``too_small``,
+        ``metal``, ``suspected_fracture``); such crops are not trained on.
+    """
+
+    level: str
+    image: np.ndarray
+    features: np.ndarray
+    bmd_calibrated_mg_cm3: float
+    usable: bool
+
+
+def _resample(image: sitk.Image, centre_lps: np.ndarray, spec: CropSpec, interpolator, default: float) -> np.ndarray:
+    origin = centre_lps - (spec.size - 1) / 2.0 * spec.spacing_mm
+    out = sitk.Resample(image, [spec.size] * 3, sitk.Transform(), interpolator, origin.tolist(),
+                        [spec.spacing_mm] * 3, [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], default)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def scan_features(calibration: Calibration, phase: ContrastPhase, ct: CTVolume) -> dict[str, float]:
+    """The scan-level entries of :data:`FEATURES` (NaN where a tissue was not measured).
+
+    Raises
+    ------
+    ValueError
+        If ``calibration.ok`` is False (the model builds on the calibrated scale).
+    """
+    if not calibration.ok:
+        raise ValueError(f"no calibration: {calibration.reason}")
+    t = calibration.tissues
+
+    def hu(name):
+        return t[name].hu_median if name in t else float("nan")
+
+    return {"calibration_slope": float(calibration.slope), "effective_energy_kev": float(calibration.effective_energy_kev),
+            "fat_hu": hu("subcutaneous_fat"), "muscle_hu": hu("paraspinal_muscle"),
+            "aorta_hu": float(phase.aorta_hu) if phase.aorta_hu is not None else float("nan"),
+            "aorta_found": float(phase.aorta_hu is not None), "contrast_enhanced": float(phase.enhanced),
+            "slice_spacing_mm": float(ct.spacing_mm[2])}
+
+
+def extract_crops(ct: CTVolume, roi_labels: np.ndarray, levels: list[LevelMeasurement], calibration: Calibration,
+                  phase: ContrastPhase, spec: CropSpec = CropSpec()) -> tuple[list[VertebraCrop], dict[str, str]]:
+    """Cut one crop per measured level.
+
+    Parameters
+    ----------
+    ct : CTVolume
+        The scan (canonical LPS grid, HU).
+    roi_labels : numpy.ndarray
+        uint8 ``(nx, ny, nz)`` trabecular ROIs in VerSe numbering, from
+        :func:`ctbmd.roi.measure_levels`.
+    levels : list of LevelMeasurement
+        The ROI statistics of the same run.
+    calibration, phase :
+        The scan's calibration and contrast phase.
+    spec : CropSpec
+        Crop geometry.
+
+    Returns
+    -------
+    crops : list of VertebraCrop
+        Cranial to caudal, for the levels that have a ROI.
+    skipped : dict
+        Level -> why no crop was cut (empty ROI, or no calibration).
+    """
+    skipped: dict[str, str] = {}
+    try:
+        scan = scan_features(calibration, phase, ct)
+    except ValueError as exc:
+        return [], {m.level: str(exc) for m in levels}
+    hu_img = array_to_image(ct.hu.astype(np.float32, copy=False), ct.grid)
+    roi_img = array_to_image(roi_labels, ct.grid)
+    lo, hi = HU_WINDOW
+    crops = []
+    for m in levels:
+        v = VERSE_LABELS[m.level]
+        idx = np.argwhere(roi_labels == v)
+        if m.hu_median is None or not len(idx):
+            skipped[m.level] = "no trabecular ROI"
+            continue
+        centre = ct.index_to_lps(idx.mean(0))
+        hu = _resample(hu_img, centre, spec, sitk.sitkLinear, -1024.0)
+        mask = (_resample(roi_img, centre, spec, sitk.sitkNearestNeighbor, 0) == v).astype(np.float32)
+        ch0 = np.clip((hu - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
+        ch1 = np.clip((calibration.slope * hu + calibration.intercept) / MG_CM3_SCALE, -1.0, 6.0)
+        bmd = float(calibration.to_mg_cm3(m.hu_median))
+        feats = {"bmd_calibrated_mg_cm3": bmd, "roi_hu_median": float(m.hu_median),
+                 "roi_hu_sd": float(m.hu_sd or 0.0), **scan}
+        crops.append(VertebraCrop(level=m.level, image=np.stack([ch0, ch1, mask]).astype(np.float32),
+                                  features=np.array([feats[f] for f in FEATURES], np.float32),
+                                  bmd_calibrated_mg_cm3=bmd, usable=m.usable))
+    return crops, skipped
+
+
+def input_hash(paths: list[str | Path], spec: CropSpec, extra: str = "") -> str:
+    """SHA-256 (hex, 24 characters) of the input files' bytes, the crop spec and ``extra``.
+
+    A DICOM folder is hashed file by file in sorted order. This is the key of
+    the on-disk crop cache: a changed file, spec or segmentation choice gives
+    a new key.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a path does not exist.
+    """
+    h = hashlib.sha256(f"{spec.key()}|{extra}".encode())
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise FileNotFoundError(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:24]
+
+
+def save_crops(path: Path, crops: list[VertebraCrop], skipped: dict[str, str], spec: CropSpec) -> None:
+    """Write crops to one ``.npz`` (written to a temporary name, then renamed)."""
+    from ctbmd.io import write_atomic
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh, levels=np.array([c.level for c in crops], dtype="U4"),
+                images=np.stack([c.image for c in crops]) if crops else np.zeros((0, 3, spec.size, spec.size, spec.size), np.float32),
+                features=np.stack([c.features for c in crops]) if crops else np.zeros((0, len(FEATURES)), np.float32),
+                usable=np.array([c.usable for c in crops], bool),
+                skipped=np.array([f"{k}:{v}" for k, v in skipped.items()], dtype="U200"),
+                spec=np.array(str(asdict(spec))))
+
+    write_atomic(path, writer)
+
+
+def load_crops(path: Path) -> tuple[list[VertebraCrop], dict[str, str]]:
+    """Read crops written by :func:`save_crops`."""
+    with np.load(path) as z:
+        crops = [VertebraCrop(level=str(lv), image=z["images"][i], features=z["features"][i],
+                              bmd_calibrated_mg_cm3=float(z["features"][i][0]), usable=bool(z["usable"][i]))
+                 for i, lv in enumerate(z["levels"])]
+        skipped = dict(s.split(":", 1) for s in z["skipped"])
+    return crops, skipped

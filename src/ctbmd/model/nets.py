@@ -1,0 +1,101 @@
+"""Networks: a MONAI image backbone plus a head that also sees the scan features.
+
+Backbones (``arch``), all from ``monai.networks.nets``:
+
+* ``densenet121`` (default): DenseNet-121 (Huang et al., CVPR 2017,
+  doi 10.1109/CVPR.2017.243), the network of Peng et al. 2024 and of the
+  chest-CT DenseNet study;
+* ``densenet_small``: MONAI's DenseNet with 16 initial features, growth rate 8
+  and blocks (2, 4, 4), about 0.1 M parameters instead of 11 M; it trains about
+  10x faster on a CPU and is what ``benchmarks/dl_cohort.py`` uses;
+* ``resnet18`` and ``resnet50``: ResNets (He et al., CVPR 2016,
+  doi 10.1109/CVPR.2016.90), as in the ResNet-50 sagittal-slice study.
+
+Input modes (``dims``): ``3d`` feeds the whole crop ``(3, s, s, s)``; ``2d``
+the central axial slice of each channel ``(3, s, s)`` (Yasaka et al. 2020 work
+on axial slices); ``2.5d`` the 5 central axial slices of each channel stacked as
+15 channels ``(15, s, s)``.
+
+The head concatenates the backbone's 32-value embedding with the standardised
+scan features (:data:`ctbmd.model.crops.FEATURES`) and maps them through a
+64-unit hidden layer to one regression output (plus 3 class logits with
+``n_classes=3``). Its last layer starts at zero, so an untrained network
+predicts exactly the baseline (see :mod:`ctbmd.model.train`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHS = ("densenet121", "densenet_small", "resnet18", "resnet50")
+DIMS = ("3d", "2d", "2.5d")
+EMBEDDING = 32
+SLICES_25D = 5
+
+
+def to_input(images: torch.Tensor, dims: str) -> torch.Tensor:
+    """Crops ``(n, c, L, P, S)`` -> the network input of mode ``dims`` (see the module docstring)."""
+    if dims == "3d":
+        return images
+    mid = images.shape[-1] // 2
+    if dims == "2d":
+        return images[..., mid]
+    half = SLICES_25D // 2
+    sl = images[..., mid - half: mid + half + 1]  # (n, c, L, P, 5)
+    return sl.permute(0, 1, 4, 2, 3).reshape(images.shape[0], -1, images.shape[2], images.shape[3])
+
+
+def _backbone(arch: str, dims: str, in_channels: int) -> nn.Module:
+    from monai.networks import nets
+
+    spatial = 3 if dims == "3d" else 2
+    ch = in_channels * (SLICES_25D if dims == "2.5d" else 1)
+    if arch == "densenet121":
+        return nets.DenseNet121(spatial_dims=spatial, in_channels=ch, out_channels=EMBEDDING)
+    if arch == "densenet_small":
+        return nets.DenseNet(spatial_dims=spatial, in_channels=ch, out_channels=EMBEDDING, init_features=16,
+                             growth_rate=8, block_config=(2, 4, 4))
+    if arch in ("resnet18", "resnet50"):
+        return getattr(nets, arch)(spatial_dims=spatial, n_input_channels=ch, num_classes=EMBEDDING)
+    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+class BmdNet(nn.Module):
+    """Image backbone + feature head.
+
+    Parameters
+    ----------
+    arch : str
+        One of :data:`ARCHS`.
+    dims : str
+        One of :data:`DIMS`.
+    in_channels : int
+        Channels of a crop (3).
+    n_features : int
+        Length of the feature vector.
+    n_classes : int
+        0 for regression only, 3 for an extra ACR/WHO class head.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``arch`` or ``dims``.
+    """
+
+    def __init__(self, arch: str, dims: str, in_channels: int, n_features: int, n_classes: int = 0):
+        super().__init__()
+        if dims not in DIMS:
+            raise ValueError(f"unknown dims {dims!r}; choose one of {', '.join(DIMS)}")
+        self.dims = dims
+        self.backbone = _backbone(arch, dims, in_channels)
+        self.head = nn.Sequential(nn.Linear(EMBEDDING + n_features, 64), nn.ReLU(), nn.Dropout(0.1),
+                                  nn.Linear(64, 1 + n_classes))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``images`` ``(n, c, L, P, S)``, ``features`` ``(n, f)`` -> ``(n, 1 + n_classes)``;
+        column 0 is the normalised regression output, the rest class logits."""
+        z = self.backbone(to_input(images, self.dims))
+        return self.head(torch.cat([z, features], dim=1))

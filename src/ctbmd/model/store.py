@@ -1,0 +1,214 @@
+"""A trained model on disk, loading it, and applying it to one scan's crops.
+
+Model folder (``ctbmd train --out MODEL_DIR``)
+----------------------------------------------
+``config.json``
+    ``format`` (:data:`MODEL_FORMAT`), the target, network (``arch``,
+    ``dims``), the preprocessing the model expects (crop size and spacing, HU
+    window, density scale, feature names), one entry per ensemble member
+    (weights file and its :class:`~ctbmd.model.train.Normaliser`), and
+    ``training``: what the model was trained on (``data``, ``phantom_trained``,
+    ``clinically_validated`` = false unless the user states otherwise), the
+    cohort size, the settings and the out-of-fold metrics. It is written last:
+    a folder without it is an unfinished run.
+``member_<k>.pt``
+    The weights (``state_dict``) of the network trained in fold ``k``; they
+    load with ``torch.load(weights_only=True)``. Prediction averages the
+    members (a cross-validation ensemble).
+
+Nothing else is needed to predict: no crop cache, manifest or training code
+state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ctbmd.errors import InvalidInputError, UsageError
+from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec, VertebraCrop
+
+MODEL_FORMAT = "ctbmd-bmd-model 1"
+
+
+@dataclass(frozen=True)
+class LevelPrediction:
+    """The model's value for one level.
+
+    Attributes
+    ----------
+    level : str
+    value : float
+        mg/cm³ (K2HPO4-equivalent, as the training reference) or a T-score.
+    member_sd : float
+        SD of the ensemble members' values (a spread, not a confidence interval).
+    class_probabilities : dict or None
+        ``normal``/``osteopenia``/``osteoporosis`` -> probability when the model has a class head.
+    """
+
+    level: str
+    value: float
+    member_sd: float
+    class_probabilities: dict[str, float] | None = None
+
+
+@dataclass
+class BmdModel:
+    """A loaded model folder.
+
+    Attributes
+    ----------
+    path : Path
+    config : dict
+        ``config.json``.
+    members : list of (torch.nn.Module, Normaliser)
+    spec : CropSpec
+        Crop geometry the model expects.
+    """
+
+    path: Path
+    config: dict
+    members: list
+    spec: CropSpec
+
+    @property
+    def target(self) -> str:
+        """``bmd_mg_cm3`` or ``t_score``."""
+        return self.config["target"]
+
+    def describe(self) -> dict:
+        """The ``model`` block of ``result.json``: where the model came from and what it claims."""
+        t = self.config["training"]
+        return {"path": str(self.path), "format": self.config["format"], "target": self.target,
+                "arch": self.config["arch"], "dims": self.config["dims"], "members": len(self.members),
+                "trained_on": t["data"], "phantom_trained": t["phantom_trained"],
+                "clinically_validated": t["clinically_validated"], "n_patients": t["n_patients"],
+                "n_vertebrae": t["n_vertebrae"], "description": t.get("description", ""),
+                "out_of_fold": t.get("out_of_fold", {}),
+                "note": ("Trained on simulated phantoms only: a research model, not for clinical use."
+                         if t["phantom_trained"] else "Research model; not a medical device.")}
+
+    def predict(self, crops: list[VertebraCrop]) -> list[LevelPrediction]:
+        """Predict every crop (ensemble mean over the members).
+
+        Parameters
+        ----------
+        crops : list of VertebraCrop
+            From :func:`ctbmd.model.crops.extract_crops` with :attr:`spec`.
+
+        Raises
+        ------
+        InvalidInputError
+            If the crops do not have the shape the model expects.
+        """
+        import torch
+
+        from ctbmd.model.train import predict_arrays
+
+        if not crops:
+            return []
+        images = np.stack([c.image for c in crops])
+        if images.shape[1:] != (3,) + (self.spec.size,) * 3:
+            raise InvalidInputError(f"crops of shape {images.shape[1:]} do not match the model's "
+                                    f"{(3,) + (self.spec.size,) * 3}", self.path)
+        features = np.stack([c.features for c in crops])
+        baseline = np.array([c.bmd_calibrated_mg_cm3 for c in crops], np.float32)
+        values, probs = [], []
+        for net, norm in self.members:
+            v, p = predict_arrays(net, norm, images, features, baseline, torch.device("cpu"))
+            values.append(v)
+            probs.append(p)
+        values = np.stack(values)
+        mean_p = np.mean(probs, axis=0) if probs[0] is not None else None
+        names = ("normal", "osteopenia", "osteoporosis")
+        return [LevelPrediction(c.level, float(values[:, i].mean()), float(values[:, i].std()),
+                                {n: float(mean_p[i, j]) for j, n in enumerate(names)} if mean_p is not None else None)
+                for i, c in enumerate(crops)]
+
+
+def load_model(path: str | Path) -> BmdModel:
+    """Load a model folder written by ``ctbmd train``, on the CPU.
+
+    Raises
+    ------
+    UsageError
+        The folder does not exist or holds no ``config.json`` (not a model, or
+        training did not finish).
+    InvalidInputError
+        ``config.json`` is unreadable or of another format, a weights file is
+        missing or does not fit the network, or the model's preprocessing
+        differs from this ctbmd version's (HU window, density scale, features).
+    """
+    import torch
+
+    from ctbmd.model.train import Normaliser, TrainConfig, build_net
+
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not path.is_dir():
+        raise UsageError("model folder not found", path)
+    if not cfg_path.is_file():
+        raise UsageError("no config.json: not a ctbmd model folder, or its training did not finish "
+                         "(rerun `ctbmd train ... --resume`)", path)
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"unreadable config.json ({type(exc).__name__})", cfg_path) from None
+    if config.get("format") != MODEL_FORMAT:
+        raise InvalidInputError(f"model format {config.get('format')!r} is not {MODEL_FORMAT!r}", cfg_path)
+    pre = config["preprocessing"]
+    if (tuple(pre["hu_window"]) != HU_WINDOW or pre["mg_cm3_scale"] != MG_CM3_SCALE
+            or tuple(pre["features"]) != FEATURES):
+        raise InvalidInputError("the model expects other preprocessing (HU window, density scale or features) "
+                                "than this ctbmd version makes", cfg_path)
+    tc = TrainConfig(arch=config["arch"], dims=config["dims"], classify=config["classify"])
+    members = []
+    for m in config["members"]:
+        wpath = path / m["weights"]
+        if not wpath.is_file():
+            raise InvalidInputError(f"weights file {m['weights']} is missing", path)
+        net = build_net(tc, len(FEATURES))
+        try:
+            net.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad file
+            raise InvalidInputError(f"cannot load weights ({type(exc).__name__}: {str(exc)[:120]})", wpath) from None
+        net.eval()
+        members.append((net, Normaliser(**m["normaliser"])))
+    return BmdModel(path=path, config=config, members=members,
+                    spec=CropSpec(size=pre["crop_size"], spacing_mm=pre["crop_spacing_mm"]))
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What a model added to one run.
+
+    Attributes
+    ----------
+    model : dict
+        :meth:`BmdModel.describe`.
+    target : str
+        ``bmd_mg_cm3`` or ``t_score``.
+    levels : dict
+        Level -> :class:`LevelPrediction`.
+    skipped : dict
+        Level -> why it has no model value.
+    """
+
+    model: dict
+    target: str
+    levels: dict[str, LevelPrediction]
+    skipped: dict[str, str]
+
+
+def apply_model(model: BmdModel, ct, roi_labels: np.ndarray, levels, calibration, phase) -> ModelOutput:
+    """Crop every measured level of one analysed scan and predict it (see :func:`extract_crops`
+    for the arguments)."""
+    from ctbmd.model.crops import extract_crops
+
+    crops, skipped = extract_crops(ct, roi_labels, levels, calibration, phase, model.spec)
+    preds = model.predict(crops)
+    return ModelOutput(model=model.describe(), target=model.target, levels={p.level: p for p in preds},
+                       skipped=skipped)

@@ -1,0 +1,372 @@
+"""Training: patient-grouped k-fold cross-validation with early stopping.
+
+Splits (:func:`patient_folds`)
+------------------------------
+* Patients marked ``test`` in the manifest, or a seeded ``test_fraction`` of
+  them (:class:`sklearn.model_selection.GroupShuffleSplit`), are held out.
+* The rest are split into ``folds`` folds **by patient**
+  (:class:`sklearn.model_selection.StratifiedGroupKFold`, shuffled with the
+  seed, stratified by the patient's reference category so every fold holds
+  each class): all vertebrae of a patient are in one fold.
+* Inside each fold's training patients, a seeded 15% of patients
+  (``GroupShuffleSplit``) is the **early-stopping set**; the fold's own
+  validation patients are never used to choose an epoch, so the out-of-fold
+  predictions are honest.
+
+Targets
+-------
+``bmd_mg_cm3`` (QCT): the network predicts the **residual** to the
+calibration-only BMD of the same vertebra, in units of ``TARGET_SCALE_MG_CM3``
+(20 mg/cm³); the prediction is ``baseline + 20 * output``. An untrained network
+therefore reproduces the phantomless calibration, and training learns what the
+calibration misses. ``t_score`` (DXA): the network predicts the standardised
+T-score directly. With ``classify`` an extra 3-class head (ACR-QCT categories
+of the target BMD, or WHO categories of the T-score) is trained with weight
+``CLASS_LOSS_WEIGHT``.
+
+Loss: smooth L1 (Huber, beta 1) on the normalised target. Optimiser: AdamW
+(Loshchilov & Hutter, ICLR 2019). Augmentation (training only, MONAI):
+``RandAffine`` (rotation up to 10 degrees about each axis, shift up to 2
+voxels, scale +-5%), ``RandGaussianNoise`` (SD 0.02 of the normalised
+intensity, about 15 HU), ``RandShiftIntensity`` per channel (up to 0.03, about
+20 HU of HU jitter).
+
+Reproducibility: the randomness of epoch ``e`` of member ``m`` (shuffling,
+augmentation, dropout) is seeded from ``(seed, m, e)``, so the same seed gives
+the same split and the same losses, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctbmd.model.cohort import Samples
+from ctbmd.model.nets import BmdNet
+
+TARGET_SCALE_MG_CM3 = 20.0
+CLASS_LOSS_WEIGHT = 0.2
+EARLY_STOP_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of ``ctbmd train``.
+
+    Attributes
+    ----------
+    arch, dims : str
+        Backbone and input mode (:data:`ctbmd.model.nets.ARCHS`, :data:`~ctbmd.model.nets.DIMS`).
+    folds : int
+        Cross-validation folds (>= 2).
+    test_fraction : float
+        Fraction of patients held out as a test split when the manifest marks none.
+    epochs, patience : int
+        Maximum epochs; stop after ``patience`` epochs without a lower early-stopping loss.
+    batch_size : int
+    lr, weight_decay : float
+        AdamW settings.
+    classify : bool
+        Add the 3-class head.
+    augment : bool
+        Use the MONAI augmentation.
+    seed : int
+    device : str
+        ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
+
+    arch: str = "densenet121"
+    dims: str = "3d"
+    folds: int = 5
+    test_fraction: float = 0.0
+    epochs: int = 60
+    patience: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    classify: bool = False
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Indices into :class:`~ctbmd.model.cohort.Samples` for one fold.
+
+    ``fit`` + ``stop`` = the fold's training patients (``stop`` chooses the
+    epoch); ``validation`` = its out-of-fold patients.
+    """
+
+    fit: np.ndarray
+    stop: np.ndarray
+    validation: np.ndarray
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Feature standardisation and target scaling of one trained member.
+
+    Attributes
+    ----------
+    feature_mean, feature_sd : tuple of float
+        Per feature, from the member's ``fit`` vertebrae (NaN features become 0
+        after standardising).
+    residual : bool
+        Target = baseline + scale * output (BMD) or mean + scale * output (T-score).
+    target_mean, target_scale : float
+    """
+
+    feature_mean: tuple[float, ...]
+    feature_sd: tuple[float, ...]
+    residual: bool
+    target_mean: float
+    target_scale: float
+
+    def features(self, f: np.ndarray) -> np.ndarray:
+        """Standardise ``(n, n_features)`` raw features."""
+        z = (f - np.asarray(self.feature_mean, np.float32)) / np.asarray(self.feature_sd, np.float32)
+        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+    def encode(self, target: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+        """Target -> normalised network output."""
+        centre = baseline if self.residual else self.target_mean
+        return ((target - centre) / self.target_scale).astype(np.float32)
+
+    def decode(self, output: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+        """Normalised network output -> target units."""
+        centre = baseline if self.residual else self.target_mean
+        return (centre + self.target_scale * output).astype(np.float32)
+
+
+def fit_normaliser(samples: Samples, idx: np.ndarray, target: str) -> Normaliser:
+    """Normaliser from the vertebrae ``idx`` (``target``: ``bmd_mg_cm3`` or ``t_score``)."""
+    f = samples.features[idx]
+    mean = np.nanmean(f, axis=0)
+    sd = np.nanstd(f, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    sd = np.where(np.isfinite(sd) & (sd > 1e-6), sd, 1.0)
+    if target == "bmd_mg_cm3":
+        return Normaliser(tuple(map(float, mean)), tuple(map(float, sd)), True, 0.0, TARGET_SCALE_MG_CM3)
+    t = samples.target[idx]
+    return Normaliser(tuple(map(float, mean)), tuple(map(float, sd)), False, float(t.mean()),
+                      float(max(t.std(), 0.1)))
+
+
+def categories(values: np.ndarray, target: str) -> np.ndarray:
+    """Class index 0 normal, 1 osteopenia, 2 osteoporosis: ACR-QCT (120/80 mg/cm³) or WHO (-1/-2.5)."""
+    if target == "bmd_mg_cm3":
+        return np.where(values < 80.0, 2, np.where(values <= 120.0, 1, 0))
+    return np.where(values <= -2.5, 2, np.where(values < -1.0, 1, 0))
+
+
+def patient_folds(samples: Samples, n_folds: int, seed: int, target: str,
+                  test_fraction: float = 0.0) -> tuple[list[Fold], np.ndarray]:
+    """Patient-grouped, category-stratified, seeded folds (see the module docstring).
+
+    Returns
+    -------
+    folds : list of Fold
+    test : numpy.ndarray
+        Indices of the held-out test vertebrae (manifest ``test`` split or
+        ``test_fraction``).
+
+    Raises
+    ------
+    ValueError
+        Fewer cross-validation patients than ``2 * n_folds``, or ``n_folds < 2``.
+    """
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    idx = np.arange(len(samples))
+    test = idx[samples.split == "test"]
+    cv = idx[samples.split != "test"]
+    if not len(test) and test_fraction > 0:
+        gss = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+        keep, held = next(gss.split(cv, groups=samples.patient[cv]))
+        cv, test = cv[keep], cv[held]
+    patients = samples.patient[cv]
+    if n_folds < 2 or len(set(patients)) < 2 * n_folds:
+        raise ValueError(f"{len(set(patients))} cross-validation patients are too few for {n_folds} folds "
+                         f"(need at least {2 * n_folds})")
+    # stratify by the patient's category (of its mean target), repeated on each of its vertebrae
+    mean = {p: samples.target[cv][patients == p].mean() for p in set(patients)}
+    strata = categories(np.array([mean[p] for p in patients]), target)
+    counts = np.bincount(strata, minlength=3)
+    if (counts[counts > 0] < n_folds).any():
+        strata = np.zeros_like(strata)
+    skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = []
+    for k, (tr, va) in enumerate(skf.split(cv, strata, groups=patients)):
+        gss = GroupShuffleSplit(n_splits=1, test_size=EARLY_STOP_FRACTION, random_state=seed * 1000 + k)
+        fit, stop = next(gss.split(tr, groups=patients[tr]))
+        folds.append(Fold(fit=cv[tr[fit]], stop=cv[tr[stop]], validation=cv[va]))
+    return folds, test
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU.
+
+    Raises
+    ------
+    ValueError
+        ``cuda`` asked for on a machine without CUDA, or an unknown name.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def _augmenter(seed: int):
+    from monai.transforms import Compose, RandAffine, RandGaussianNoise, RandShiftIntensity
+
+    aug = Compose([
+        RandAffine(prob=0.8, rotate_range=(math.radians(10),) * 3, translate_range=(2, 2, 2), scale_range=(0.05,) * 3,
+                   padding_mode="border", mode="bilinear"),
+        RandGaussianNoise(prob=0.5, std=0.02),
+        RandShiftIntensity(offsets=0.03, prob=0.5, channel_wise=True),
+    ])
+    aug.set_random_state(seed=seed)
+    return aug
+
+
+def build_net(cfg: TrainConfig, n_features: int) -> BmdNet:
+    """A fresh :class:`~ctbmd.model.nets.BmdNet` for ``cfg`` (3-channel crops)."""
+    return BmdNet(cfg.arch, cfg.dims, 3, n_features, 3 if cfg.classify else 0)
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+    loss = nn.functional.smooth_l1_loss(out[:, 0], y)
+    if cls is not None and out.shape[1] > 1:
+        loss = loss + CLASS_LOSS_WEIGHT * nn.functional.cross_entropy(out[:, 1:], cls)
+    return loss
+
+
+def _epoch_seed(seed: int, member: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, member, epoch + 1]).generate_state(1)[0])
+
+
+def predict_arrays(net: BmdNet, norm: Normaliser, images: np.ndarray, features: np.ndarray, baseline: np.ndarray,
+                   device: torch.device, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions of one member in target units, and class probabilities ``(n, 3)`` when it has a class head."""
+    net.eval()
+    outs = []
+    with torch.no_grad():
+        f = norm.features(features)
+        for s in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device)
+            outs.append(net(x, torch.from_numpy(f[s:s + batch_size]).to(device)).cpu().numpy())
+    out = np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+    probs = None
+    if out.shape[1] > 1:
+        e = np.exp(out[:, 1:] - out[:, 1:].max(1, keepdims=True))
+        probs = e / e.sum(1, keepdims=True)
+    return norm.decode(out[:, 0], baseline), probs
+
+
+def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: TrainConfig, target: str, member: int = 0,
+                 checkpoint=None, progress: Callable[[dict], None] | None = None) -> tuple[dict, Normaliser, list[dict]]:
+    """Train one network on the ``fit`` vertebrae, early-stopping on the ``stop`` vertebrae.
+
+    Parameters
+    ----------
+    samples : Samples
+    fit, stop : numpy.ndarray
+        Indices of the training and the early-stopping vertebrae.
+    cfg : TrainConfig
+    target : str
+        ``bmd_mg_cm3`` or ``t_score``.
+    member : int
+        Fold number (enters the seeds).
+    checkpoint : Path, optional
+        File for the resumable state, written after every epoch; training
+        resumes from it when it exists.
+    progress : callable, optional
+        Called after every epoch with ``{"member", "epoch", "epochs", "train_loss", "stop_loss", "best_epoch"}``.
+
+    Returns
+    -------
+    state_dict : dict
+        Weights of the epoch with the lowest early-stopping loss.
+    normaliser : Normaliser
+    history : list of dict
+        Per epoch: ``epoch``, ``train_loss``, ``stop_loss``.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(_epoch_seed(cfg.seed, member, -1))
+    norm = fit_normaliser(samples, fit, target)
+    net = build_net(cfg, samples.features.shape[1]).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    feats = norm.features(samples.features)
+    y = norm.encode(samples.target, samples.baseline)
+    cls = categories(samples.target, target) if cfg.classify else None
+    history: list[dict] = []
+    best = (math.inf, -1, None)
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        history, start = state["history"], state["epoch"] + 1
+        best = (state["best_loss"], state["best_epoch"], state["best_state"])
+
+    def batch(ix: np.ndarray, aug=None):
+        imgs = samples.images[ix]
+        if aug is not None:
+            imgs = np.stack([np.asarray(aug(im)) for im in imgs])
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        return to(imgs.astype(np.float32)), to(feats[ix]), to(y[ix]), (to(cls[ix]).long() if cls is not None else None)
+
+    for epoch in range(start, cfg.epochs):
+        if epoch - best[1] > cfg.patience and best[1] >= 0:
+            break
+        es = _epoch_seed(cfg.seed, member, epoch)
+        torch.manual_seed(es)
+        order = np.random.default_rng(es).permutation(fit)
+        aug = _augmenter(es % (2 ** 31)) if cfg.augment else None
+        net.train()
+        total, count = 0.0, 0
+        for s in range(0, len(order), cfg.batch_size):
+            ix = order[s:s + cfg.batch_size]
+            if len(ix) < 2:
+                continue
+            x, f, t, c = batch(ix, aug)
+            opt.zero_grad()
+            loss = _loss(net(x, f), t, c)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(ix)
+            count += len(ix)
+        net.eval()
+        with torch.no_grad():
+            stop_total = 0.0
+            for s in range(0, len(stop), 64):
+                x, f, t, c = batch(stop[s:s + 64])
+                stop_total += float(_loss(net(x, f), t, c)) * len(x)
+        rec = {"epoch": epoch, "train_loss": total / max(count, 1), "stop_loss": stop_total / max(len(stop), 1)}
+        history.append(rec)
+        if rec["stop_loss"] < best[0]:
+            best = (rec["stop_loss"], epoch, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        if checkpoint is not None:
+            _save_torch(checkpoint, {"model": net.state_dict(), "optim": opt.state_dict(), "epoch": epoch,
+                                     "history": history, "best_loss": best[0], "best_epoch": best[1],
+                                     "best_state": best[2], "config": asdict(cfg)})
+        if progress:
+            progress({**rec, "member": member, "epoch": epoch + 1, "epochs": cfg.epochs, "best_epoch": best[1] + 1})
+    return best[2], norm, history
+
+
+def _save_torch(path, obj) -> None:
+    from ctbmd.io import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda p: torch.save(obj, p))

@@ -1,0 +1,257 @@
+"""``ctbmd train``: manifest in, cross-validated model folder out.
+
+:func:`train_cohort` reads the manifest, extracts (or loads cached) crops,
+splits the patients (:func:`ctbmd.model.train.patient_folds`), trains one
+member per fold with early stopping, predicts each fold's validation patients
+(out of fold) and the held-out test patients (ensemble of all members), and
+writes the model folder (:mod:`ctbmd.model.store`) with:
+
+* ``oof_predictions.csv``: per vertebra ``patient_id``, ``level``, ``set``
+  (``out-of-fold`` or ``test``), ``fold``, the reference, the model's value and
+  the calibration-only ``bmd_calibrated_mg_cm3``;
+* ``evaluation/model/`` and ``evaluation/calibration/``: ``ctbmd evaluate``
+  reports (metrics.json, metrics.md, plots) of the model and of phantomless
+  calibration on the same vertebrae, split by ``set``; for a T-score target,
+  ``evaluation/metrics.json`` (r², MAE, RMSE, AUC) instead;
+* ``history.csv`` (loss per member and epoch), ``failed.csv`` (scans and levels
+  left out, with the reason);
+* ``member_<k>.pt`` and ``config.json``.
+
+While training, ``checkpoints/member_<k>.pt`` holds the state of the running
+fold; ``resume=True`` continues from there and skips finished folds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ctbmd import __version__
+from ctbmd.errors import InvalidInputError, UsageError
+from ctbmd.io import write_atomic
+from ctbmd.model.cohort import Cohort, Samples, build_samples, read_manifest
+from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec
+from ctbmd.model.store import MODEL_FORMAT
+from ctbmd.model.train import Normaliser, TrainConfig, build_net, patient_folds, predict_arrays, resolve_device, train_member
+
+EVAL_BOOTSTRAP = 200
+
+
+def is_phantom_cohort(cohort: Cohort) -> bool:
+    """True when every CT sits beside a ``truth.json`` written by ``ctbmd simulate``."""
+    for s in cohort.scans:
+        truth = s.ct.parent / "truth.json"
+        try:
+            if not json.loads(truth.read_text()).get("schema", "").startswith("ctbmd-phantom-truth"):
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _csv_text(header: list[str], rows: list[list]) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda p: p.write_text(text))
+
+
+def _evaluate_bmd(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarray, sets: np.ndarray) -> dict:
+    """ctbmd evaluate reports for the model and for calibration; returns the headline figures."""
+    from ctbmd import evaluate as ev
+
+    ref = out / "evaluation" / "reference.csv"
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(ref, _csv_text(["patient_id", "level", "bmd_mg_cm3", "set"],
+                               [[samples.patient[i], samples.level[i], f"{samples.target[i]:.3f}", sets[j]]
+                                for j, i in enumerate(rows)]))
+    reference = ev.read_reference(ref, split_column="set")
+    summary = {}
+    for name, values in (("model", pred), ("calibration", samples.baseline[rows])):
+        p = out / "evaluation" / f"{name}_predictions.csv"
+        _write_text(p, _csv_text(["patient_id", "level", "bmd_mg_cm3"],
+                                 [[samples.patient[i], samples.level[i], f"{values[j]:.3f}"] for j, i in enumerate(rows)]))
+        paired = ev.pair(ev.read_predictions(p), reference)
+        result = ev.evaluate(paired, n_boot=EVAL_BOOTSTRAP, seed=0)
+        ev.write_evaluation(paired, result, out / "evaluation" / name)
+        summary[name] = {s: {"vertebra": {k: m["level"][k] for k in ("n", "r2", "mae", "rmse", "bias")},
+                             "patient": {k: m["patient"][k] for k in ("n", "r2", "mae", "rmse", "bias")},
+                             "auc_osteoporosis": m["diagnosis"]["auc_osteoporosis"],
+                             "accuracy": m["diagnosis"]["accuracy"]}
+                         for s, m in result["splits"].items()}
+    return summary
+
+
+def _evaluate_t_score(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarray, sets: np.ndarray) -> dict:
+    """r², MAE, RMSE (sklearn) of patient-mean T-scores and the AUC of osteoporosis (T <= -2.5)."""
+    from sklearn import metrics as skm
+
+    summary = {}
+    for name in sorted(set(sets)):
+        sel = rows[sets == name]
+        ps = np.array(sorted(set(samples.patient[sel])))
+        ref = np.array([samples.target[sel][samples.patient[sel] == p].mean() for p in ps])
+        prd = np.array([pred[sets == name][samples.patient[sel] == p].mean() for p in ps])
+        porotic = ref <= -2.5
+        summary[name] = {"n_patients": len(ps), "r2": float(np.corrcoef(ref, prd)[0, 1] ** 2),
+                         "mae": float(skm.mean_absolute_error(ref, prd)),
+                         "rmse": float(np.sqrt(skm.mean_squared_error(ref, prd))),
+                         "auc_osteoporosis": (float(skm.roc_auc_score(porotic, -prd))
+                                              if 0 < porotic.sum() < len(ps) else None)}
+    (out / "evaluation").mkdir(parents=True, exist_ok=True)
+    _write_text(out / "evaluation" / "metrics.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(), spec: CropSpec = CropSpec(),
+                 cache_dir: Path | None = None, resume: bool = False, description: str = "",
+                 progress: Callable[[str, dict], None] | None = None) -> dict:
+    """Train and cross-validate a BMD model on a manifest; write the model folder ``out``.
+
+    Parameters
+    ----------
+    manifest : str or Path
+        Cohort CSV (:func:`ctbmd.model.cohort.read_manifest`).
+    out : str or Path
+        Model folder to create (or to resume).
+    cfg : TrainConfig
+    spec : CropSpec
+    cache_dir : Path, optional
+        Crop cache (None: no cache).
+    resume : bool
+        Continue an interrupted run in ``out``.
+    description : str
+        Free text stored in ``config.json`` (where the cohort came from).
+    progress : callable, optional
+        ``progress(kind, info)`` with kind ``"scan"`` (``done``, ``total``,
+        ``patient_id``) or ``"epoch"`` (see :func:`ctbmd.model.train.train_member`).
+
+    Returns
+    -------
+    dict
+        The ``config.json`` content.
+
+    Raises
+    ------
+    UsageError
+        ``out`` already holds a model, or an unfinished run without ``resume``;
+        bad settings; too few patients for the folds.
+    InvalidInputError
+        Manifest problems, or no usable vertebra with a target.
+    """
+    out = Path(out)
+    tick = progress or (lambda kind, info: None)
+    if (out / "config.json").exists():
+        raise UsageError("already holds a trained model (config.json); choose another --out", out)
+    if (out / "checkpoints").exists() and not resume:
+        raise UsageError("holds an unfinished training run; add --resume to continue it, or choose another --out", out)
+    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patience < 1:
+        raise UsageError("--epochs and --patience must be >= 1 and --batch-size >= 2")
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        build_net(cfg, len(FEATURES))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cohort = read_manifest(manifest)
+    t0 = time.time()
+    samples = build_samples(cohort, spec, cache_dir,
+                            lambda done, total, pid: tick("scan", {"done": done, "total": total, "patient_id": pid}))
+    if not len(samples):
+        raise InvalidInputError("no usable vertebra with a reference value in any scan"
+                                + (f" (first failure: {samples.failed[0][0]}: {samples.failed[0][1]})"
+                                   if samples.failed else ""), cohort.path)
+    extract_s = time.time() - t0
+    try:
+        folds, test = patient_folds(samples, cfg.folds, cfg.seed, cohort.target, cfg.test_fraction)
+    except ValueError as exc:
+        raise UsageError(str(exc), cohort.path) from None
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    members, history = [], []
+    oof = np.full(len(samples), np.nan, np.float32)
+    fold_of = np.full(len(samples), -1)
+    t1 = time.time()
+    for k, fold in enumerate(folds):
+        wfile, mfile = out / f"member_{k}.pt", out / f"member_{k}.json"
+        if resume and wfile.is_file() and mfile.is_file():
+            meta = json.loads(mfile.read_text())
+            norm = Normaliser(**meta["normaliser"])
+            net = build_net(cfg, len(FEATURES))
+            net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
+            hist = meta["history"]
+        else:
+            state, norm, hist = train_member(samples, fold.fit, fold.stop, cfg, cohort.target, member=k,
+                                             checkpoint=out / "checkpoints" / f"member_{k}.pt",
+                                             progress=lambda info: tick("epoch", {**info, "folds": len(folds)}))
+            net = build_net(cfg, len(FEATURES))
+            net.load_state_dict(state)
+            write_atomic(wfile, lambda p: torch.save(net.state_dict(), p))
+            _write_text(mfile, json.dumps({"normaliser": asdict(norm), "history": hist}))
+        net.to(device)
+        oof[fold.validation], _ = predict_arrays(net, norm, samples.images[fold.validation],
+                                                 samples.features[fold.validation], samples.baseline[fold.validation],
+                                                 device)
+        fold_of[fold.validation] = k
+        members.append((net, norm))
+        history += [{"member": k, **h} for h in hist]
+    if len(test):
+        oof[test] = np.mean([predict_arrays(n, nm, samples.images[test], samples.features[test],
+                                            samples.baseline[test], device)[0] for n, nm in members], axis=0)
+    train_s = time.time() - t1
+    rows = np.concatenate([np.concatenate([f.validation for f in folds]), test]).astype(int)
+    sets = np.array(["out-of-fold"] * (len(rows) - len(test)) + ["test"] * len(test), dtype=object)
+    pred = oof[rows]
+    tname = cohort.target
+    _write_text(out / "oof_predictions.csv", _csv_text(
+        ["patient_id", "level", "set", "fold", f"reference_{tname}", tname, "bmd_calibrated_mg_cm3"],
+        [[samples.patient[i], samples.level[i], sets[j], int(fold_of[i]), f"{samples.target[i]:.3f}",
+          f"{pred[j]:.3f}", f"{samples.baseline[i]:.3f}"] for j, i in enumerate(rows)]))
+    _write_text(out / "history.csv", _csv_text(["member", "epoch", "train_loss", "stop_loss"],
+                                               [[h["member"], h["epoch"], f"{h['train_loss']:.5f}",
+                                                 f"{h['stop_loss']:.5f}"] for h in history]))
+    _write_text(out / "failed.csv", _csv_text(["patient_id", "level", "reason"],
+                                              [[p, "", r] for p, r in samples.failed]
+                                              + [[p, lv, r] for p, lv, r in samples.skipped]))
+    metrics = (_evaluate_bmd if tname == "bmd_mg_cm3" else _evaluate_t_score)(out, samples, rows, pred, sets)
+    phantom = is_phantom_cohort(cohort)
+    config = {
+        "format": MODEL_FORMAT, "ctbmd_version": __version__, "target": tname,
+        "target_units": "mg/cm³ K2HPO4-equivalent (as the reference)" if tname == "bmd_mg_cm3" else "DXA T-score",
+        "arch": cfg.arch, "dims": cfg.dims, "classify": cfg.classify,
+        "preprocessing": {"crop_size": spec.size, "crop_spacing_mm": spec.spacing_mm, "hu_window": list(HU_WINDOW),
+                          "mg_cm3_scale": MG_CM3_SCALE, "features": list(FEATURES),
+                          "crop_frame": "LPS-aligned isotropic cube centred on the trabecular ROI",
+                          "segmentation": "manifest labels, else the builtin segmenter"},
+        "members": [{"weights": f"member_{k}.pt", "normaliser": asdict(nm)} for k, (_, nm) in enumerate(members)],
+        "training": {
+            "data": "simulated phantoms (ctbmd simulate)" if phantom else f"user cohort ({cohort.path.name})",
+            "phantom_trained": phantom, "clinically_validated": False, "description": description,
+            "manifest": str(cohort.path), "n_patients": int(len(set(samples.patient))),
+            "n_vertebrae": int(len(samples)), "n_test_patients": int(len(set(samples.patient[test]))),
+            "failed_scans": len(samples.failed), "config": asdict(cfg),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": {"crops": round(extract_s, 1), "training": round(train_s, 1)},
+            "out_of_fold": metrics,
+        },
+    }
+    _write_text(out / "config.json", json.dumps(config, indent=2))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return config

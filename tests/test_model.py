@@ -1,0 +1,192 @@
+"""The DL model: patient-grouped seeded splits, reproducible training, crops on real data,
+train -> reload -> `ctbmd run --model` on the real example, and bad input."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLE, run_cli
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from ctbmd.model.cohort import Samples  # noqa: E402
+from ctbmd.model.crops import HU_WINDOW  # noqa: E402
+from ctbmd.model.train import TrainConfig, patient_folds, train_member  # noqa: E402
+
+
+def synthetic_samples(n_patients=30, levels=3, size=16, seed=0, test_patients=0):
+    """Random crops whose target is the baseline plus a patient effect (enough to exercise the code)."""
+    rng = np.random.default_rng(seed)
+    n = n_patients * levels
+    patient = np.repeat([f"p{i:02d}" for i in range(n_patients)], levels).astype(object)
+    base = np.repeat(rng.uniform(40, 220, n_patients), levels).astype(np.float32)
+    split = np.array(["test" if int(p[1:]) < test_patients else "cv" for p in patient], dtype=object)
+    return Samples(images=rng.normal(size=(n, 3, size, size, size)).astype(np.float32),
+                   features=rng.normal(size=(n, 11)).astype(np.float32), baseline=base,
+                   target=(base + rng.normal(0, 5, n)).astype(np.float32), patient=patient,
+                   level=np.tile(["L1", "L2", "L3"][:levels], n_patients).astype(object), split=split)
+
+
+def test_folds_never_share_a_patient_and_are_seeded():
+    s = synthetic_samples(n_patients=40, test_patients=5)
+    folds, test = patient_folds(s, 5, seed=3, target="bmd_mg_cm3")
+    test_p = set(s.patient[test])
+    assert test_p == {f"p{i:02d}" for i in range(5)}
+    seen_validation = set()
+    for f in folds:
+        fit, stop, val = set(s.patient[f.fit]), set(s.patient[f.stop]), set(s.patient[f.validation])
+        assert fit and stop and val
+        assert not fit & val and not stop & val and not fit & stop, "a patient in two parts of one fold"
+        assert not (fit | stop | val) & test_p, "a test patient inside cross-validation"
+        assert not val & seen_validation, "a patient validated twice"
+        seen_validation |= val
+        # every vertebra of a validation patient is in the validation part
+        assert set(np.nonzero(np.isin(s.patient, list(val)))[0]) == set(f.validation)
+    assert seen_validation == set(s.patient) - test_p
+    again, _ = patient_folds(s, 5, seed=3, target="bmd_mg_cm3")
+    other, _ = patient_folds(s, 5, seed=4, target="bmd_mg_cm3")
+    assert all(np.array_equal(a.validation, b.validation) and np.array_equal(a.fit, b.fit) for a, b in zip(folds, again))
+    assert not all(np.array_equal(a.validation, b.validation) for a, b in zip(folds, other))
+
+
+def test_too_few_patients_for_the_folds():
+    with pytest.raises(ValueError, match="too few"):
+        patient_folds(synthetic_samples(n_patients=7), 5, seed=0, target="bmd_mg_cm3")
+
+
+def test_same_seed_same_first_epoch_loss():
+    s = synthetic_samples(n_patients=12)
+    folds, _ = patient_folds(s, 2, seed=0, target="bmd_mg_cm3")
+    cfg = TrainConfig(arch="densenet_small", epochs=1, batch_size=8, seed=5, device="cpu")
+    runs = [train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3")[2][0] for _ in range(2)]
+    other = train_member(s, folds[0].fit, folds[0].stop, TrainConfig(**{**cfg.__dict__, "seed": 6}), "bmd_mg_cm3")[2][0]
+    assert runs[0]["train_loss"] == runs[1]["train_loss"] and runs[0]["stop_loss"] == runs[1]["stop_loss"]
+    assert other["train_loss"] != runs[0]["train_loss"]
+
+
+def test_crops_of_the_real_example_are_centred_on_the_trabecular_roi():
+    from ctbmd.model.crops import extract_crops
+    from ctbmd.pipeline import analyse
+
+    res = analyse(EXAMPLE / "ct.nii.gz")
+    crops, skipped = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase)
+    by = {c.level: c for c in crops}
+    assert {"L1", "L2", "L3", "L4"} <= set(by)
+    lo, hi = HU_WINDOW
+    for m in res.levels:
+        if m.level not in by:
+            continue
+        c = by[m.level]
+        assert c.image.shape == (3, 32, 32, 32) and c.image.dtype == np.float32
+        mask = c.image[2] > 0.5
+        centre = np.argwhere(mask).mean(0)
+        assert np.all(np.abs(centre - 15.5) < 2.0), (m.level, centre)
+        # HU inside the resampled ROI reads the ROI stage's median (linear interpolation blurs the edge a little)
+        hu = (c.image[0][mask] + 1.0) / 2.0 * (hi - lo) + lo
+        assert abs(np.median(hu) - m.hu_median) < 15.0, (m.level, np.median(hu), m.hu_median)
+        assert c.bmd_calibrated_mg_cm3 == pytest.approx(res.calibration.to_mg_cm3(m.hu_median))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """Four small phantoms, a manifest, and a 1-epoch 2-fold densenet_small model (through the CLI)."""
+    root = tmp_path_factory.mktemp("dl")
+    rows = []
+    for i, (l1, kvp, phase) in enumerate([(60, 100, "native"), (100, 120, "native"), (150, 80, "arterial"),
+                                          (200, 140, "native")]):
+        d = root / f"q{i}"
+        rc, so, se = run_cli("simulate", "--out", d, "--bmd", f"L1={l1}", "--kvp", kvp, "--phase", phase, "--pixel",
+                             "2", "--slice", "3", "--seed", i + 30)
+        assert rc == 0, se
+        truth = json.loads((d / "truth.json").read_text())
+        rows += [[f"q{i}", f"q{i}/ct.nii.gz", f"q{i}/labels.nii.gz", "verse", lv["level"],
+                  lv["qct_equivalent_mg_cm3"]] for lv in truth["levels"] if lv["level"] in ("L1", "L2", "L3", "L4")]
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient_id", "ct", "labels", "label_map", "level", "bmd_mg_cm3"])
+        w.writerows(rows)
+    cache = root / "cache"
+    rc, so, se = run_cli("train", "--manifest", root / "manifest.csv", "--out", root / "model", "--arch",
+                         "densenet_small", "--folds", "2", "--epochs", "1", "--cache", cache, "--seed", "1")
+    assert rc == 0, se
+    return root
+
+
+def test_train_writes_a_self_contained_model(tiny_model):
+    model = tiny_model / "model"
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["training"]["phantom_trained"] is True
+    assert cfg["training"]["clinically_validated"] is False
+    assert cfg["training"]["n_patients"] == 4 and cfg["training"]["n_vertebrae"] == 16
+    assert [m["weights"] for m in cfg["members"]] == ["member_0.pt", "member_1.pt"]
+    assert len(list((tiny_model / "cache").glob("*.npz"))) == 4
+    with open(model / "oof_predictions.csv") as fh:
+        oof = list(csv.DictReader(fh))
+    assert len(oof) == 16
+    folds = {}
+    for r in oof:
+        folds.setdefault(r["patient_id"], set()).add(r["fold"])
+    assert all(len(f) == 1 for f in folds.values()), "a patient's vertebrae in two folds"
+    assert {r["set"] for r in oof} == {"out-of-fold"}
+    for name in ("model", "calibration"):
+        m = json.loads((model / "evaluation" / name / "metrics.json").read_text())
+        assert m["splits"]["all"]["level"]["n"] == 16
+    assert not (model / "checkpoints").exists()
+
+
+def test_model_reloads_without_caches_and_runs_on_the_real_example(tiny_model, tmp_path):
+    moved = tmp_path / "shipped_model"
+    shutil.copytree(tiny_model / "model", moved)
+    shutil.rmtree(tiny_model / "cache")
+    from ctbmd.model.store import load_model
+
+    model = load_model(moved)
+    assert len(model.members) == 2 and model.target == "bmd_mg_cm3"
+    out = tmp_path / "run"
+    rc, so, se = run_cli("run", EXAMPLE / "ct.nii.gz", "--out", out, "--model", moved, "--quiet")
+    assert rc == 0, se
+    assert "model (trained on simulated phantoms)" in so
+    res = json.loads((out / "result.json").read_text())
+    by = {lv["level"]: lv for lv in res["levels"]}
+    for level in ("L1", "L2", "L3", "L4"):
+        assert np.isfinite(by[level]["bmd_dl_mg_cm3"]), level
+        assert by[level]["bmd_mg_cm3"] is not None
+    assert res["model"]["phantom_trained"] is True and res["model"]["clinically_validated"] is False
+    assert "phantoms" in res["model"]["note"]
+    assert res["patient"]["category_dl"] in ("normal", "osteopenia", "osteoporosis")
+    assert "bmd_dl_mg_cm3" in (out / "levels.csv").read_text().splitlines()[0]
+
+
+def test_train_refuses_to_overwrite_and_too_few_patients(tiny_model, tmp_path):
+    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tiny_model / "model",
+                         "--arch", "densenet_small", "--no-cache")
+    assert rc == 2 and "already holds a trained model" in se and "Traceback" not in se
+    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "m", "--folds", "5",
+                         "--arch", "densenet_small", "--cache", tiny_model / "cache")
+    assert rc == 2 and "too few" in se and "Traceback" not in se
+
+
+@pytest.mark.parametrize("content, message", [
+    ("patient_id,level,bmd_mg_cm3\na,L1,100\n", "missing column 'ct'"),
+    ("patient_id,ct,level,bmd_mg_cm3\na,nowhere.nii.gz,L1,100\n", "does not exist"),
+    ("patient_id,ct,level,bmd_mg_cm3\na,{ct},L9,100\n", "unknown level"),
+    ("patient_id,ct,category\na,{ct},osteoporosis\n", "needs a 't_score'"),
+    ("patient_id,ct,labels,label_map,level,bmd_mg_cm3\na,{ct},{ct},weird,L1,100\n", "label_map"),
+])
+def test_bad_manifest_is_one_line_exit_3(tmp_path, content, message):
+    m = tmp_path / "manifest.csv"
+    m.write_text(content.format(ct=EXAMPLE / "ct.nii.gz"))
+    rc, so, se = run_cli("train", "--manifest", m, "--out", tmp_path / "model", "--no-cache")
+    assert rc == 3, se
+    assert message in se and str(m) in se and "Traceback" not in se
+    assert not (tmp_path / "model").exists()
+
+
+def test_run_with_a_folder_that_is_not_a_model(tmp_path):
+    rc, so, se = run_cli("run", EXAMPLE / "ct.nii.gz", "--out", tmp_path / "o", "--model", tmp_path)
+    assert rc == 2 and "no config.json" in se and "Traceback" not in se
+    assert not (tmp_path / "o").exists()
