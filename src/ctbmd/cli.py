@@ -259,7 +259,10 @@ def train(
                 typer.echo(f"{name:11s} {split:11s}: vertebrae n {v['n']:.0f}, r² {v['r2']:.3f}, MAE {v['mae']:.2f} "
                            f"mg/cm³, RMSE {v['rmse']:.2f}; AUC osteoporosis {m['auc_osteoporosis']:.3f}")
         else:
-            typer.echo(f"{name}: {figures}")
+            auc = figures["auc_osteoporosis"]
+            typer.echo(f"{name:11s}: patients n {figures['n_patients']}, r² {figures['r2']:.3f}, MAE "
+                       f"{figures['mae']:.2f}, RMSE {figures['rmse']:.2f} (T-score); AUC osteoporosis "
+                       + ("n/a" if auc is None else f"{auc:.3f}"))
     typer.echo(f"model: {out}")
 
 
