@@ -190,3 +190,17 @@ def test_run_with_a_folder_that_is_not_a_model(tmp_path):
     rc, so, se = run_cli("run", EXAMPLE / "ct.nii.gz", "--out", tmp_path / "o", "--model", tmp_path)
     assert rc == 2 and "no config.json" in se and "Traceback" not in se
     assert not (tmp_path / "o").exists()
+
+
+def test_resumed_training_continues_exactly(tmp_path):
+    s = synthetic_samples(n_patients=12)
+    folds, _ = patient_folds(s, 2, seed=0, target="bmd_mg_cm3")
+    cfg = TrainConfig(arch="densenet_small", epochs=2, batch_size=8, seed=2, device="cpu", patience=5)
+    _, _, straight = train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3", checkpoint=tmp_path / "a.pt")
+    # "interrupted" after one epoch, then resumed from the checkpoint
+    first = TrainConfig(**{**cfg.__dict__, "epochs": 1})
+    train_member(s, folds[0].fit, folds[0].stop, first, "bmd_mg_cm3", checkpoint=tmp_path / "b.pt")
+    _, _, resumed = train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3", checkpoint=tmp_path / "b.pt")
+    assert [h["epoch"] for h in resumed] == [0, 1]
+    assert resumed[1]["train_loss"] == pytest.approx(straight[1]["train_loss"], rel=1e-5)
+    assert resumed[1]["stop_loss"] == pytest.approx(straight[1]["stop_loss"], rel=1e-5)

@@ -99,16 +99,20 @@ def run(
     typer.echo(f"outputs: {out}")
 
 
-def _load_model(path: Path):
-    """Load a model folder, with a clear error when PyTorch/MONAI are not installed."""
+def _require_dl(what: str, path: Path | None = None) -> None:
+    """Raise :class:`BackendUnavailableError` (exit 2) naming ``what`` when torch or MONAI is not installed."""
+    import importlib.util
+
     from ctbmd.errors import BackendUnavailableError
 
-    try:
-        import monai  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        raise BackendUnavailableError("--model needs PyTorch and MONAI: pip install torch==2.13.0 && "
-                                      "pip install 'ctbmd[dl]'", path) from None
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("monai") is None:
+        raise BackendUnavailableError(f"{what} needs PyTorch and MONAI: pip install torch==2.13.0 && "
+                                      "pip install 'ctbmd[dl]'", path)
+
+
+def _load_model(path: Path):
+    """Load a model folder, with a clear error when PyTorch/MONAI are not installed."""
+    _require_dl("--model", path)
     from ctbmd.model.store import load_model
 
     return load_model(path)
@@ -220,15 +224,8 @@ def train(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
 ) -> None:
     """Train a DL BMD model with patient-grouped k-fold cross-validation; write it with its out-of-fold report."""
-    from ctbmd.errors import BackendUnavailableError
-
     with _one_line_errors(debug):
-        try:
-            import monai  # noqa: F401
-            import torch  # noqa: F401
-        except ImportError:
-            raise BackendUnavailableError("ctbmd train needs PyTorch and MONAI: pip install torch==2.13.0 && "
-                                          "pip install 'ctbmd[dl]'") from None
+        _require_dl("ctbmd train")
         from ctbmd.model.cohort import default_cache_dir
         from ctbmd.model.train import TrainConfig
         from ctbmd.model.workflow import train_cohort
