@@ -35,8 +35,8 @@ import numpy as np
 
 from ctbmd import evaluate as ev
 from ctbmd.errors import CtbmdError, InvalidInputError
-from ctbmd.segment.labelmaps import LABEL_MAPS
 from ctbmd.model.crops import FEATURES, CropSpec, VertebraCrop, extract_crops, input_hash, load_crops, save_crops
+from ctbmd.segment.labelmaps import LABEL_MAPS
 
 #: Levels that carry a per-patient (DXA) target; DXA of the lumbar spine covers L1-L4.
 PATIENT_TARGET_LEVELS: tuple[str, ...] = ("L1", "L2", "L3", "L4")
@@ -216,7 +216,9 @@ def build_samples(cohort: Cohort, spec: CropSpec = CropSpec(), cache_dir: Path |
     flag) with a target enter. ``progress(done, total, patient_id)`` is called
     after each scan.
     """
-    targets = cohort.targets()
+    targets: dict[str, dict[str, float]] = {}
+    for (pid, level), value in cohort.targets().items():
+        targets.setdefault(pid, {})[level] = value
     rows: list[tuple[VertebraCrop, float, str, str]] = []
     failed, skipped = [], []
     for n, scan in enumerate(cohort.scans, start=1):
@@ -226,9 +228,8 @@ def build_samples(cohort: Cohort, spec: CropSpec = CropSpec(), cache_dir: Path |
             failed.append((scan.patient_id, exc.one_line()))
             crops, why = [], {}
         by_level = {c.level: c for c in crops}
-        for (pid, level), value in targets.items():
-            if pid != scan.patient_id:
-                continue
+        pid = scan.patient_id
+        for level, value in targets.get(pid, {}).items():
             c = by_level.get(level)
             if c is None or not c.usable:
                 if crops:

@@ -86,8 +86,6 @@ class VertebraCrop:
         module docstring for the channels.
     features : numpy.ndarray
         float32, shape ``(len(FEATURES),)``, raw units as named in :data:`FEATURES`.
-    bmd_calibrated_mg_cm3 : float
-        The calibration-only BMD of this level (K2HPO4 mg/cm³), also ``features[0]``.
     usable : bool
         False when the ROI stage flagged the level (``partial``, ``too_small``,
         ``metal``, ``suspected_fracture``); such crops are not trained on.
@@ -96,8 +94,12 @@ class VertebraCrop:
     level: str
     image: np.ndarray
     features: np.ndarray
-    bmd_calibrated_mg_cm3: float
     usable: bool
+
+    @property
+    def bmd_calibrated_mg_cm3(self) -> float:
+        """The calibration-only BMD of this level (K2HPO4 mg/cm³), ``features[0]``."""
+        return float(self.features[0])
 
 
 def _resample(image: sitk.Image, centre_lps: np.ndarray, spec: CropSpec, interpolator, default: float) -> np.ndarray:
@@ -179,7 +181,7 @@ def extract_crops(ct: CTVolume, roi_labels: np.ndarray, levels: list[LevelMeasur
                  "roi_hu_sd": float(m.hu_sd or 0.0), **scan}
         crops.append(VertebraCrop(level=m.level, image=np.stack([ch0, ch1, mask]).astype(np.float32),
                                   features=np.array([feats[f] for f in FEATURES], np.float32),
-                                  bmd_calibrated_mg_cm3=bmd, usable=m.usable))
+                                  usable=m.usable))
     return crops, skipped
 
 
@@ -230,7 +232,7 @@ def load_crops(path: Path) -> tuple[list[VertebraCrop], dict[str, str]]:
     """Read crops written by :func:`save_crops`."""
     with np.load(path) as z:
         crops = [VertebraCrop(level=str(lv), image=z["images"][i], features=z["features"][i],
-                              bmd_calibrated_mg_cm3=float(z["features"][i][0]), usable=bool(z["usable"][i]))
+                              usable=bool(z["usable"][i]))
                  for i, lv in enumerate(z["levels"])]
         skipped = dict(s.split(":", 1) for s in z["skipped"])
     return crops, skipped

@@ -257,7 +257,28 @@ def _epoch_seed(seed: int, member: int, epoch: int) -> int:
 
 def predict_arrays(net: BmdNet, norm: Normaliser, images: np.ndarray, features: np.ndarray, baseline: np.ndarray,
                    device: torch.device, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions of one member in target units, and class probabilities ``(n, 3)`` when it has a class head."""
+    """Predictions of one member.
+
+    Parameters
+    ----------
+    net, norm :
+        A trained member and its normaliser.
+    images : numpy.ndarray
+        float32 ``(n, 3, s, s, s)`` crops, axes (vertebra, channel, L, P, S).
+    features : numpy.ndarray
+        ``(n, len(FEATURES))`` raw features.
+    baseline : numpy.ndarray
+        ``(n,)`` calibration-only BMD (K2HPO4 mg/cm³).
+    device : torch.device
+    batch_size : int
+
+    Returns
+    -------
+    values : numpy.ndarray
+        float32 ``(n,)`` in target units (mg/cm³ or T-score).
+    probabilities : numpy.ndarray or None
+        ``(n, 3)`` normal/osteopenia/osteoporosis when the member has a class head.
+    """
     net.eval()
     outs = []
     with torch.no_grad():
@@ -274,7 +295,7 @@ def predict_arrays(net: BmdNet, norm: Normaliser, images: np.ndarray, features: 
 
 
 def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: TrainConfig, target: str, member: int = 0,
-                 checkpoint=None, progress: Callable[[dict], None] | None = None) -> tuple[dict, Normaliser, list[dict]]:
+                 checkpoint=None, progress: Callable[[dict], None] | None = None) -> tuple[BmdNet, Normaliser, list[dict]]:
     """Train one network on the ``fit`` vertebrae, early-stopping on the ``stop`` vertebrae.
 
     Parameters
@@ -295,8 +316,8 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
 
     Returns
     -------
-    state_dict : dict
-        Weights of the epoch with the lowest early-stopping loss.
+    net : BmdNet
+        The network with the weights of the epoch with the lowest early-stopping loss, in eval mode.
     normaliser : Normaliser
     history : list of dict
         Per epoch: ``epoch``, ``train_loss``, ``stop_loss``.
@@ -362,7 +383,8 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
                                      "best_state": best[2], "config": asdict(cfg)})
         if progress:
             progress({**rec, "member": member, "epoch": epoch + 1, "epochs": cfg.epochs, "best_epoch": best[1] + 1})
-    return best[2], norm, history
+    net.load_state_dict(best[2])
+    return net.eval(), norm, history
 
 
 def _save_torch(path, obj) -> None:

@@ -40,6 +40,7 @@ from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.io import write_atomic
 from ctbmd.model.cohort import Cohort, Samples, build_samples, read_manifest
 from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec
+from ctbmd.model.nets import ARCHS, DIMS
 from ctbmd.model.store import MODEL_FORMAT
 from ctbmd.model.train import Normaliser, TrainConfig, build_net, patient_folds, predict_arrays, resolve_device, train_member
 
@@ -165,10 +166,9 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         device = resolve_device(cfg.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        build_net(cfg, len(FEATURES))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    if cfg.arch not in ARCHS or cfg.dims not in DIMS:
+        raise UsageError(f"--arch must be one of {', '.join(ARCHS)} and --dims one of {', '.join(DIMS)} "
+                         f"(got {cfg.arch!r}, {cfg.dims!r})")
     cohort = read_manifest(manifest)
     t0 = time.time()
     samples = build_samples(cohort, spec, cache_dir,
@@ -198,11 +198,9 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
             net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
             hist = meta["history"]
         else:
-            state, norm, hist = train_member(samples, fold.fit, fold.stop, cfg, cohort.target, member=k,
-                                             checkpoint=out / "checkpoints" / f"member_{k}.pt",
-                                             progress=lambda info: tick("epoch", {**info, "folds": len(folds)}))
-            net = build_net(cfg, len(FEATURES))
-            net.load_state_dict(state)
+            net, norm, hist = train_member(samples, fold.fit, fold.stop, cfg, cohort.target, member=k,
+                                           checkpoint=out / "checkpoints" / f"member_{k}.pt",
+                                           progress=lambda info: tick("epoch", {**info, "folds": len(folds)}))
             write_atomic(wfile, lambda p: torch.save(net.state_dict(), p))
             _write_text(mfile, json.dumps({"normaliser": asdict(norm), "history": hist}))
         net.to(device)
