@@ -5,6 +5,13 @@ A phantom is built in three steps:
 1. **Anatomy** (:mod:`ctbmd.simulate.anatomy`): a torso with vertebrae T10-L5
    (optionally L6), discs, canal, ribs, sacrum, ilium, muscles, fat, aorta,
    cava, lungs and bowel gas, as a material-label volume on a fine grid.
+   ``fov="chest"`` draws a chest CT instead (:mod:`ctbmd.simulate.thorax`,
+   :mod:`ctbmd.simulate.chest_wall`): C6-L2 with thoracic kyphosis, 12 rib
+   pairs with costal cartilage, sternum, clavicles, scapulae, humeral heads,
+   lungs, heart, aorta with its arch, airway and upper abdominal organs.
+   Variants (:mod:`ctbmd.simulate.variants`): 11 or 13 rib pairs, a
+   lumbarised S1 or sacralised L5 with a segmented sacrum, hypoplastic T12
+   ribs and an aortic stent graft.
 2. **Physics** (:mod:`ctbmd.simulate.physics`): each material's linear
    attenuation at the scan's effective energy, from ICRU-44 compositions and
    xraydb. Trabecular bone is K2HPO4 (mg/cm^3, set per level) in a marrow of
@@ -39,11 +46,20 @@ from scipy import ndimage as ndi
 
 from ctbmd.errors import UsageError
 from ctbmd.simulate import anatomy as an
-from ctbmd.simulate.physics import cupping_fraction, effective_energy_kev, material_table
+from ctbmd.simulate import chest_wall, thorax, variants
+from ctbmd.simulate.physics import cupping_fraction, effective_energy_kev, material_table, stent_attenuation
 from ctbmd.types import VERSE_LABELS, Grid
 
-#: Levels a phantom can hold, top to bottom.
+#: Levels an abdomen phantom can hold, top to bottom (T13 sits between T12 and L1 with 13 rib pairs).
 PHANTOM_LEVELS = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "L6")
+#: Levels of a chest phantom with 12 rib pairs, top to bottom.
+CHEST_LEVELS = thorax.CHEST_LEVELS
+FOVS = ("abdomen", "chest")
+RIB_PAIRS = (11, 12, 13)
+TRANSITIONS = ("none", "lumbarised_s1", "sacralised_l5")
+SACRUM_STYLES = ("simple", "segmented")
+#: Second seed word of the generator that draws the variants (``default_rng([seed, 11])``).
+VARIANT_STREAM = 11
 #: VerSe label of the sacrum in the truth label map (VerSe numbering: 26 = sacrum).
 SACRUM_LABEL = 26
 KVP_CHOICES = (80, 100, 120, 140)
@@ -81,9 +97,10 @@ class PhantomSpec:
     rotation_deg : float
         Patient rotation about the scanner z axis (degrees).
     t12_ribs : bool
-        False drops the ribs of T12 (then T11 is the lowest rib-bearing vertebra).
+        False drops the ribs of T12 (then T11 is the lowest rib-bearing vertebra); the same as
+        ``rib_pairs=11``.
     l6 : bool
-        Add a sixth lumbar vertebra (transitional anatomy).
+        Add a sixth lumbar vertebra: the same as ``transition="lumbarised_s1"``.
     metal_level : str or None
         Level given two titanium pedicle screws.
     beam_hardening : bool
@@ -93,6 +110,26 @@ class PhantomSpec:
         0 gives exact ICRU-44 tissues.
     seed : int
         Seed of the anatomy, the BMD factors and the noise.
+    fov : str
+        ``abdomen`` (T10-L5 and the sacrum) or ``chest`` (C6 at the top edge to part of L2, no pelvis).
+    rib_pairs : int
+        11 (no ribs on T12), 12, or 13 (a T13, VerSe 28, with short floating ribs, between T12 and L1).
+    transition : str
+        ``none``, ``lumbarised_s1`` (a mobile L6, VerSe 25, with a disc below, the sacrum one segment
+        lower) or ``sacralised_l5`` (L5 fused with the sacrum by ala-like transverse processes, on one
+        or both sides, and a disc that is absent or a thin sliver). Abdomen only.
+    sacrum : str or None
+        ``segmented`` (the default: fused S1-S5 bodies with disc remnants, sacral canal, alae, SI
+        joints and ilia) or ``simple`` (the block sacrum, without canal or endplates, that phantoms
+        had before the labeller was checked on real sacra); None chooses ``segmented``.
+    stent : bool
+        An aortic stent graft: the distal arch and descending aorta (chest) or the infrarenal aorta
+        above the bifurcation (abdomen).
+    t12_rib_length_mm : float or None
+        Hypoplastic T12 ribs: their bony length from the head (mm), e.g. 15-40.
+
+    Random draws of the variants come from ``np.random.default_rng([seed, 11])``; with the default
+    options a phantom is the same as before these options existed.
     """
 
     bmd_mg_cm3: dict = field(default_factory=dict)
@@ -112,9 +149,16 @@ class PhantomSpec:
     beam_hardening: bool = True
     tissue_spread: float = 0.005
     seed: int = 0
+    fov: str = "abdomen"
+    rib_pairs: int = 12
+    transition: str = "none"
+    sacrum: str | None = None
+    stent: bool = False
+    t12_rib_length_mm: float | None = None
 
     def validate(self) -> None:
-        """Raise :class:`~ctbmd.errors.UsageError` for out-of-range settings."""
+        """Raise :class:`~ctbmd.errors.UsageError` for out-of-range settings or clashing variants."""
+        self._validate_variant()
         levels = self.levels()
         bad = [k for k in self.bmd_mg_cm3 if k not in levels]
         if bad:
@@ -137,11 +181,61 @@ class PhantomSpec:
         if self.noise_hu < 0:
             raise UsageError("--noise must be >= 0 HU")
         if self.metal_level is not None and self.metal_level not in levels:
-            raise UsageError(f"--metal-level {self.metal_level} is not one of the phantom's levels")
+            raise UsageError(f"--metal-level {self.metal_level} is not one of the phantom's levels "
+                             f"({', '.join(levels)})")
+
+    def _validate_variant(self) -> None:
+        if self.fov not in FOVS:
+            raise UsageError(f"--fov must be one of {', '.join(FOVS)}, not {self.fov!r}")
+        if self.rib_pairs not in RIB_PAIRS:
+            raise UsageError(f"--rib-pairs must be 11, 12 or 13, not {self.rib_pairs}")
+        if not self.t12_ribs and self.rib_pairs == 13:
+            raise UsageError("--no-t12-ribs (11 rib pairs) contradicts --rib-pairs 13; give one of them")
+        if self.transition not in TRANSITIONS:
+            raise UsageError(f"--transition must be one of {', '.join(TRANSITIONS)}, not {self.transition!r}")
+        if self.l6 and self.transition == "sacralised_l5":
+            raise UsageError("--l6 (a lumbarised S1) contradicts --transition sacralised_l5; give one of them")
+        if self.sacrum is not None and self.sacrum not in SACRUM_STYLES:
+            raise UsageError(f"--sacrum must be one of {', '.join(SACRUM_STYLES)}, not {self.sacrum!r}")
+        if self.fov == "chest" and (self.drawn_transition() != "none" or self.sacrum is not None):
+            raise UsageError("--transition, --l6 and --sacrum need --fov abdomen: the chest field of view "
+                             "ends at L2 and holds no sacrum")
+        if self.drawn_transition() != "none" and self.sacrum == "simple":
+            raise UsageError("--transition draws the segmented sacrum; drop --sacrum simple")
+        if self.t12_rib_length_mm is not None:
+            if self.drawn_rib_pairs() == 11:
+                raise UsageError("--t12-rib-length needs ribs on T12: drop --no-t12-ribs / --rib-pairs 11")
+            if not 5.0 <= self.t12_rib_length_mm <= 120.0:
+                raise UsageError(f"--t12-rib-length must be 5-120 mm, not {self.t12_rib_length_mm:g}")
+
+    def drawn_rib_pairs(self) -> int:
+        """Rib pairs drawn: ``rib_pairs``, or 11 when ``t12_ribs`` is False."""
+        return 11 if not self.t12_ribs else int(self.rib_pairs)
+
+    def drawn_transition(self) -> str:
+        """Lumbosacral transition drawn: ``transition``, or ``lumbarised_s1`` when ``l6`` is set."""
+        return "lumbarised_s1" if self.l6 else self.transition
+
+    def drawn_sacrum(self) -> str | None:
+        """Sacrum style drawn (None on the chest field of view, which has no sacrum)."""
+        if self.fov == "chest":
+            return None
+        return self.sacrum if self.sacrum is not None else "segmented"
 
     def levels(self) -> list[str]:
         """Levels of this phantom, top to bottom."""
-        return [lv for lv in PHANTOM_LEVELS if lv != "L6" or self.l6]
+        t13 = ["T13"] if self.drawn_rib_pairs() == 13 else []
+        if self.fov == "chest":
+            return [*CHEST_LEVELS[:14], *t13, *CHEST_LEVELS[14:]]
+        if not t13:
+            return [lv for lv in PHANTOM_LEVELS if lv != "L6" or self.drawn_transition() == "lumbarised_s1"]
+        return ["T10", "T11", "T12", "T13"] + [lv for lv in PHANTOM_LEVELS[3:]
+                                               if lv != "L6" or self.drawn_transition() == "lumbarised_s1"]
+
+    def rib_levels(self) -> tuple[str, ...]:
+        """Levels that carry a pair of ribs (T1/T10 to the lowest rib-bearing vertebra)."""
+        return tuple(lv for lv in self.levels() if lv.startswith("T")
+                     and not (lv == "T12" and self.drawn_rib_pairs() == 11))
 
 
 @dataclass(frozen=True)
@@ -155,8 +249,9 @@ class Phantom:
     grid : Grid
         Geometry of ``hu`` (LPS mm).
     labels : numpy.ndarray
-        uint8 ``(nx, ny, nz)`` vertebra labels in VerSe numbering (T10 = 17 ...
-        L5 = 24, L6 = 25, sacrum = 26) on the same grid.
+        uint8 ``(nx, ny, nz)`` vertebra labels in VerSe numbering (C6 = 6, C7 = 7,
+        T1 = 8 ... T12 = 19, T13 = 28, L1 = 20 ... L5 = 24, L6 = 25, sacrum = 26)
+        on the same grid.
     truth : dict
         JSON-ready ground truth (see :func:`simulate_phantom`).
     """
@@ -177,7 +272,7 @@ def parse_bmd(text: str) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
-        m = re.fullmatch(r"([TL]\d{1,2})\s*=\s*([0-9]+(?:\.[0-9]*)?)", item)
+        m = re.fullmatch(r"([CTL]\d{1,2})\s*=\s*([0-9]+(?:\.[0-9]*)?)", item)
         if not m:
             raise UsageError(f"--bmd item {item!r} is not LEVEL=VALUE (e.g. L1=95)")
         out[m.group(1)] = float(m.group(2))
@@ -201,10 +296,20 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     -------
     Phantom
         ``truth`` holds ``settings`` (the spec), ``scan`` (effective energy,
-        cupping, body size, iodine), ``levels`` (per level: ``bmd_mg_cm3`` set,
+        cupping, body size, iodine), ``levels`` (every vertebra drawn, top to
+        bottom: ``level``, ``verse_label``, ``bmd_mg_cm3`` set,
         ``qct_equivalent_mg_cm3``, the noise-free trabecular HU with and without
-        contrast, body centre and label centroid in LPS mm, ribs, metal) and
-        ``patient`` (L1-L2 means and their ACR categories).
+        contrast, ``body_centre_lps_mm``, ``label_centroid_lps_mm``,
+        ``body_height_mm``, ``ribs``, ``rib_length_mm`` (bony length from the
+        head, None without ribs), ``metal``, ``in_view``, ``cut_by_edge``),
+        ``discs`` (``above``, ``below``, ``centre_lps_mm``, ``height_mm``,
+        ``kind``: normal, remnant or absent for a sacralised L5's disc,
+        sacral_remnant inside the segmented sacrum), ``variant`` (``fov``,
+        ``rib_pairs``, ``rib_levels``, ``transition``, ``sacralised_sides``,
+        ``sacrum``, ``stent``, ``stent_graft`` (None, or metal, wire, rings,
+        radius, length, ``proximal_lps_mm``, ``distal_lps_mm``,
+        ``centre_line_lps_mm``), ``t12_rib_length_mm``) and ``patient``
+        (L1-L2 means and their ACR categories).
 
     Raises
     ------
@@ -213,18 +318,26 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     """
     spec.validate()
     rng = np.random.default_rng(spec.seed)
+    vrng = np.random.default_rng([spec.seed, VARIANT_STREAM])
     levels = spec.levels()
     bmd = _level_bmd(spec, rng)
-    ribs_on = ("T10", "T11") + (("T12",) if spec.t12_ribs else ())
-    anat = an.draw_anatomy(rng, levels, spec.body_width_mm, ribs_on)
+    ribs_on = spec.rib_levels()
+    chest = spec.fov == "chest"
+    transition = spec.drawn_transition()
+    sacral_disc = None
+    if chest:
+        anat = thorax.draw_chest_anatomy(rng, levels, spec.body_width_mm, ribs_on)
+    else:
+        if transition == "sacralised_l5":
+            sacral_disc = variants.SACRALISED_DISC_MM if vrng.uniform() > 0.35 else 0.0
+        anat = an.draw_anatomy(rng, levels, spec.body_width_mm, ribs_on,
+                               disc_below_mm=None if sacral_disc is None else {"L5": sacral_disc})
     energy = effective_energy_kev(spec.kvp, anat.width if spec.beam_hardening else 300.0)
     table, scan = material_table(energy, spec, bmd, levels, rng)
     scan["cupping_fraction"] = round(cupping_fraction(anat.width), 5) if spec.beam_hardening else 0.0
 
     thick = float(spec.slice_thickness_mm)
-    spacing_z = float(spec.slice_spacing_mm or thick)
-    n_sub = int(np.ceil(thick / 1.0 - 1e-6))
-    dz = thick / n_sub
+    dz = thick / int(np.ceil(thick / 1.0 - 1e-6))  # fine slices of at most 1 mm inside each slice
     px = float(spec.pixel_mm)
     half_x = anat.width / 2.0 + 25.0
     half_y = anat.depth / 2.0 + 25.0
@@ -234,24 +347,34 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     canvas = an.Canvas((nx, ny, nz_fine), origin, (px, px, dz), spec.rotation_deg)
     shell = an.shell_thickness_mm(px)
 
-    an.paint_torso(canvas, anat, rng)
-    reach = {lv: an.TRANSVERSE_REACH[lv] * anat.extras["scale"] for lv in levels}
-    for i, vb in enumerate(anat.vertebrae):
-        an.paint_vertebra(canvas, vb, an.TRABECULAR_BASE + i, VERSE_LABELS[vb.level], reach[vb.level], shell)
-    for i, vb in enumerate(anat.vertebrae):
-        below_top = (anat.vertebrae[i + 1].centre[2] + anat.vertebrae[i + 1].height / 2.0
-                     if i + 1 < len(anat.vertebrae) else anat.sacrum_top)
-        an.paint_disc(canvas, vb, below_top, anat)
-    an.paint_sacrum_and_pelvis(canvas, anat, anat.extras["scale"])
-    for vb in anat.vertebrae:
-        if vb.ribs:
-            for side in (-1, 1):
-                path = an.rib_path(vb, side, reach[vb.level], an.RIB_LENGTH[vb.level] * anat.extras["scale"], anat)
-                canvas.stamp_tube(path, 5.0, an.RIB)
-    if spec.metal_level:
-        an.paint_screws(canvas, next(v for v in anat.vertebrae if v.level == spec.metal_level))
+    if chest:
+        drawn = _paint_chest(canvas, anat, spec, rng, vrng, shell)
+    else:
+        drawn = _paint_abdomen(canvas, anat, spec, rng, vrng, shell, sacral_disc)
+    stent = drawn.get("stent")
+    if stent is not None:
+        table["mu"][an.STENT_WIRE], table["mu"][an.STENT_GRAFT] = stent_attenuation(
+            energy, stent["wire_fill"], stent["graft_fill"], float(table["mu"][an.AORTA]))
 
-    # physics: materials -> mu, cupping, HU
+    hu_i16, grid, picks = _image(canvas, anat, spec, table, scan)
+    labels = canvas.level[:, :, picks].copy()
+    truth = _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy)
+    _add_variant_truth(truth, spec, anat, canvas, grid, drawn)
+    return Phantom(hu=hu_i16, grid=grid, labels=labels, truth=truth)
+
+
+def _image(canvas, anat, spec: PhantomSpec, table: dict, scan: dict) -> tuple[np.ndarray, Grid, np.ndarray]:
+    """Materials -> attenuation -> cupping -> HU -> PSF, slice profile, sampling, noise.
+
+    Returns the int16 ``(nx, ny, nz)`` HU volume, its :class:`~ctbmd.types.Grid` and the indices of
+    the fine slices it samples (for the label map).
+    """
+    nx, ny, nz_fine = canvas.mat.shape
+    px, dz = float(canvas.spacing[0]), float(canvas.spacing[2])
+    origin = [float(o) for o in canvas.origin]
+    thick = float(spec.slice_thickness_mm)
+    spacing_z = float(spec.slice_spacing_mm or thick)
+    n_sub = int(np.ceil(thick / 1.0 - 1e-6))
     mu = table["mu"][canvas.mat]
     if scan["cupping_fraction"] > 0:
         X = (origin[0] + px * np.arange(nx))[:, None]
@@ -277,9 +400,116 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     z_first = anat.z_min + dz * (picks[0] - (0.0 if n_sub % 2 else 0.5))
     grid = Grid(size=hu_i16.shape, spacing_mm=(px, px, step * dz), origin_lps_mm=(origin[0], origin[1], z_first),
                 direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    labels = canvas.level[:, :, picks].copy()
-    truth = _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy)
-    return Phantom(hu=hu_i16, grid=grid, labels=labels, truth=truth)
+    return hu_i16, grid, picks
+
+
+def _paint_abdomen(canvas, anat, spec, rng, vrng, shell, sacral_disc) -> dict:
+    """Paint the abdomen phantom; the default options take exactly the original steps and draws.
+
+    Returns what the truth needs beyond ``anat``: rib lengths, discs, sacralised sides, stent.
+    """
+    levels = [vb.level for vb in anat.vertebrae]
+    scale = anat.extras["scale"]
+    transition = spec.drawn_transition()
+    an.paint_torso(canvas, anat, rng)
+    reach = {lv: an.TRANSVERSE_REACH[lv] * scale for lv in levels}
+    for i, vb in enumerate(anat.vertebrae):
+        an.paint_vertebra(canvas, vb, an.TRABECULAR_BASE + i, VERSE_LABELS[vb.level], reach[vb.level], shell)
+    discs = []
+    for i, vb in enumerate(anat.vertebrae):
+        last = i + 1 == len(anat.vertebrae)
+        below_top = anat.vertebrae[i + 1].centre[2] + anat.vertebrae[i + 1].height / 2.0 if not last \
+            else anat.sacrum_top
+        z_top = vb.centre[2] - vb.height / 2.0
+        kind = "normal"
+        if last and transition == "sacralised_l5":
+            kind = "remnant" if sacral_disc else "absent"
+        else:
+            an.paint_disc(canvas, vb, below_top, anat)
+        discs.append({"above": vb.level, "below": "sacrum" if last else anat.vertebrae[i + 1].level,
+                      "centre_anat_mm": an.column_frame(anat.column, (z_top + below_top) / 2.0)[0],
+                      "height_mm": z_top - below_top, "kind": kind})
+    sides: tuple[int, ...] = ()
+    if spec.drawn_sacrum() == "simple":
+        an.paint_sacrum_and_pelvis(canvas, anat, scale)
+    else:
+        lumbarised = transition == "lumbarised_s1"
+        ala = 0.85 if lumbarised else 1.0
+        segs = variants.paint_segmented_sacrum(canvas, anat, scale, first=2 if lumbarised else 1, ala_scale=ala)
+        for upper, lower in zip(segs, segs[1:]):
+            if upper["remnant_below"] > 0 and upper["name"] in ("S1", "S2"):
+                bottom = upper["centre"] - upper["frame"][2] * upper["height"] / 2.0
+                discs.append({"above": upper["name"], "below": lower["name"], "centre_anat_mm": bottom
+                              - upper["frame"][2] * upper["remnant_below"] / 2.0,
+                              "height_mm": upper["remnant_below"], "kind": "sacral_remnant"})
+        if transition == "sacralised_l5":
+            draw = vrng.uniform()
+            sides = (-1, 1) if draw < 0.5 else ((-1,) if draw < 0.75 else (1,))
+            variants.paint_sacralised_l5(canvas, anat, an.SACRAL_ALA_REACH_MM * scale * ala, sides,
+                                         0.55 if sacral_disc else 0.0)
+    rib_len = {}
+    for vb in anat.vertebrae:
+        if vb.ribs:
+            for side in (-1, 1):
+                path = an.rib_path(vb, side, reach[vb.level], an.RIB_LENGTH[vb.level] * scale, anat)
+                if vb.level == "T12" and spec.t12_rib_length_mm is not None:
+                    path = chest_wall.cut_path(path, float(spec.t12_rib_length_mm))
+                canvas.stamp_tube(path, 5.0, an.RIB)
+                rib_len[vb.level] = float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+    if spec.metal_level:
+        an.paint_screws(canvas, next(v for v in anat.vertebrae if v.level == spec.metal_level))
+    out = {"rib_length_mm": rib_len, "discs": discs, "sacralised_sides": sides}
+    if spec.stent:
+        z_top = next(v for v in anat.vertebrae if v.level == "L1").centre[2] - 5.0 * scale
+        z_bif = next((v.centre[2] for v in anat.vertebrae if v.level == "L4"), anat.z_min)
+        z_len = float(vrng.uniform(70.0, 100.0)) * scale
+        line = variants.abdominal_aorta_line(anat, z_top, max(z_bif + 6.0, z_top - z_len))
+        out["stent"] = variants.paint_stent_graft(canvas, line, vrng)
+    return out
+
+
+def _paint_chest(canvas, anat, spec, rng, vrng, shell) -> dict:
+    """Paint the chest phantom: soft tissue, column, discs, ribs, sternum, shoulder girdle, variants."""
+    lay = anat.chest
+    scale = anat.extras["scale"]
+    verts = anat.vertebrae
+    thorax.paint_chest_soft_tissue(canvas, anat, rng)
+    reach = {vb.level: thorax.transverse_reach(vb.level) * scale for vb in verts}
+    for i, vb in enumerate(verts):
+        an.paint_vertebra(canvas, vb, an.TRABECULAR_BASE + i, VERSE_LABELS[vb.level], reach[vb.level], shell)
+    discs = []
+    for upper, lower in zip(verts, verts[1:]):
+        centre, gap = an.paint_disc_between(canvas, upper, lower)
+        discs.append({"above": upper.level, "below": lower.level, "centre_anat_mm": centre, "height_mm": gap,
+                      "kind": "normal"})
+    thoracic = [i for i, vb in enumerate(verts) if vb.level.startswith("T")]
+    pitch = (lay.z_level["T1"] - lay.z_level["T12"]) / 11.0
+    rib_len = {}
+    for number, i in enumerate(thoracic, start=1):
+        vb = verts[i]
+        if not vb.ribs:
+            continue
+        length = an.RIB_LENGTH.get(f"T{number}") if number >= 11 else None
+        length = None if length is None else length * scale
+        if vb.level == "T12" and spec.t12_rib_length_mm is not None:
+            length = float(spec.t12_rib_length_mm)
+        for side in (-1, 1):
+            rib = chest_wall.chest_rib(lay, verts, i, number, side, reach[vb.level], pitch, length)
+            chest_wall.paint_rib(canvas, rib, number)
+            rib_len[vb.level] = rib.length_mm
+    chest_wall.paint_sternum(canvas, lay)
+    chest_wall.paint_shoulder_girdle(canvas, lay)
+    if spec.metal_level:
+        an.paint_screws(canvas, next(v for v in verts if v.level == spec.metal_level))
+    out = {"rib_length_mm": rib_len, "discs": discs, "sacralised_sides": ()}
+    if spec.stent:
+        arch, desc = lay.tubes["aortic_arch"], lay.tubes["descending_aorta"]
+        start = int(float(vrng.uniform(0.55, 0.75)) * (len(arch) - 1))
+        line = np.vstack([arch[start:], desc])
+        keep = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(line[:, :3], axis=0), axis=1))] \
+            <= float(vrng.uniform(120.0, 200.0)) * scale
+        out["stent"] = variants.paint_stent_graft(canvas, line[keep], vrng)
+    return out
 
 
 def _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy) -> dict:
@@ -326,8 +556,48 @@ def _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy) -> dict:
                  "anatomy": {k: round(float(v), 3) for k, v in anat.extras.items()}},
         "levels": levels_out,
         "patient": patient,
-        "label_numbering": "VerSe (T10=17, T11=18, T12=19, L1=20 ... L5=24, L6=25, sacrum=26)",
+        "label_numbering": ("VerSe (T10=17, T11=18, T12=19, L1=20 ... L5=24, L6=25, sacrum=26)"
+                            if spec.fov == "abdomen" and spec.drawn_rib_pairs() != 13 else
+                            "VerSe (C6=6, C7=7, T1=8 ... T12=19, T13=28, L1=20 ... L5=24, L6=25, sacrum=26)"),
         "frame": "LPS mm; image axes (i, j, k) = (L, P, S), identity direction",
+    }
+
+
+def _add_variant_truth(truth: dict, spec: PhantomSpec, anat, canvas, grid: Grid, drawn: dict) -> None:
+    """Add the keys that describe the variant (new keys only: the default phantom's values stay)."""
+    def lps(p):
+        return [round(float(c), 2) for c in canvas.world(np.asarray(p, float))]
+
+    z_lo = grid.origin_lps_mm[2] - grid.spacing_mm[2] / 2.0
+    z_hi = z_lo + grid.spacing_mm[2] * grid.size[2]
+    by = {vb.level: vb for vb in anat.vertebrae}
+    for lv in truth["levels"]:
+        vb = by[lv["level"]]
+        half = vb.height / 2.0 * abs(float(vb.frame[2][2])) + vb.half_depth * abs(float(vb.frame[1][2]))
+        length = drawn["rib_length_mm"].get(lv["level"])
+        lv["rib_length_mm"] = None if length is None else round(length, 1)
+        lv["cut_by_edge"] = bool(vb.centre[2] + half > z_hi or vb.centre[2] - half < z_lo)
+    truth["discs"] = [{"above": d["above"], "below": d["below"], "centre_lps_mm": lps(d["centre_anat_mm"]),
+                       "height_mm": round(float(d["height_mm"]), 2), "kind": d["kind"]} for d in drawn["discs"]]
+    stent = drawn.get("stent")
+    graft = None
+    if stent is not None:
+        graft = {k: v for k, v in stent.items() if not k.endswith("_anat_mm") and not k.endswith("_fill")}
+        graft.update(proximal_lps_mm=lps(stent["proximal_anat_mm"]), distal_lps_mm=lps(stent["distal_anat_mm"]),
+                     centre_line_lps_mm=[lps(p) for p in stent["centre_anat_mm"]],
+                     wire_volume_fraction=round(float(stent["wire_fill"]), 4))
+    sides = drawn["sacralised_sides"]
+    truth["variant"] = {
+        "fov": spec.fov,
+        "rib_pairs": spec.drawn_rib_pairs(),
+        "rib_levels": list(spec.rib_levels()),
+        "transition": spec.drawn_transition(),
+        "sacralised_sides": (None if not sides else "bilateral" if len(sides) == 2
+                             else "right" if sides[0] < 0 else "left"),
+        "sacrum": spec.drawn_sacrum(),
+        "stent": bool(spec.stent),
+        "stent_graft": graft,
+        "t12_rib_length_mm": spec.t12_rib_length_mm,
     }
 
 

@@ -30,6 +30,8 @@ from scipy import ndimage as ndi
 #: Material ids of the label volume. Trabecular bone gets one id per level, from TRABECULAR_BASE.
 AIR, SUBCUT_FAT, MUSCLE_WALL, VISCERAL_FAT, ORGAN, GAS, LUNG, PARASPINAL, PSOAS, AORTA, IVC, DISC, CANAL, \
     CORTICAL_SHELL, POSTERIOR_BONE, RIB, SACRUM, ILIUM, METAL = range(19)
+#: Materials of the chest and variant phantoms (ids 19-31 are free for such additions).
+CARTILAGE, FLAT_BONE, MYOCARDIUM, AIRWAY, STENT_WIRE, STENT_GRAFT = range(19, 25)
 TRABECULAR_BASE = 32
 MATERIAL_NAMES = {
     AIR: "air", SUBCUT_FAT: "subcutaneous fat", MUSCLE_WALL: "abdominal wall muscle", VISCERAL_FAT: "visceral fat",
@@ -37,22 +39,38 @@ MATERIAL_NAMES = {
     PSOAS: "psoas muscle", AORTA: "aortic blood", IVC: "caval blood", DISC: "intervertebral disc",
     CANAL: "spinal canal", CORTICAL_SHELL: "cortical shell", POSTERIOR_BONE: "posterior elements",
     RIB: "rib", SACRUM: "sacrum", ILIUM: "ilium", METAL: "titanium implant",
+    CARTILAGE: "costal or sacroiliac cartilage", FLAT_BONE: "sternum, clavicle, scapula, humerus",
+    MYOCARDIUM: "myocardium", AIRWAY: "airway air", STENT_WIRE: "stent wire (partial volume)",
+    STENT_GRAFT: "stent-graft fabric (partial volume)",
 }
 
 #: Nominal body height (mm), half-width (mm, left-right) and half-depth (mm, antero-posterior)
-#: of each vertebral body, after Panjabi 1991/1992; the disc *below* each level (mm).
+#: of each vertebral body, after Panjabi 1991/1992; the disc *below* each level (mm). T13, the
+#: supernumerary thoracic vertebra of 13-rib spines, takes sizes between T12 and L1. C6-T9 are in
+#: :mod:`ctbmd.simulate.thorax`.
 BODY_SIZE = {
     "T10": (21.0, 19.0, 14.0), "T11": (22.0, 20.0, 15.0), "T12": (23.0, 21.0, 15.5),
+    "T13": (24.0, 21.5, 15.8),
     "L1": (25.0, 22.0, 16.0), "L2": (26.0, 23.0, 16.5), "L3": (27.0, 24.0, 17.0),
     "L4": (27.0, 25.0, 17.0), "L5": (26.0, 26.0, 17.0), "L6": (25.0, 26.0, 17.0),
 }
-DISC_BELOW = {"T10": 6.0, "T11": 7.0, "T12": 8.0, "L1": 9.0, "L2": 10.0, "L3": 10.0, "L4": 11.0,
+DISC_BELOW = {"T10": 6.0, "T11": 7.0, "T12": 8.0, "T13": 8.5, "L1": 9.0, "L2": 10.0, "L3": 10.0, "L4": 11.0,
               "L5": 10.0, "L6": 10.0}
 #: Transverse-process reach from the midline (mm).
-TRANSVERSE_REACH = {"T10": 32.0, "T11": 29.0, "T12": 25.0, "L1": 35.0, "L2": 40.0, "L3": 45.0, "L4": 43.0,
-                    "L5": 42.0, "L6": 42.0}
-#: Rib length along its path (mm): T10 is a long false rib, T11/T12 are floating ribs.
-RIB_LENGTH = {"T10": 260.0, "T11": 190.0, "T12": 120.0}
+TRANSVERSE_REACH = {"T10": 32.0, "T11": 29.0, "T12": 25.0, "T13": 24.0, "L1": 35.0, "L2": 40.0, "L3": 45.0,
+                    "L4": 43.0, "L5": 42.0, "L6": 42.0}
+#: Rib length along its path (mm): T10 is a long false rib, T11/T12 are floating ribs; the ribs of a
+#: T13 are short floating ribs (hypoplastic twelfth-rib size).
+RIB_LENGTH = {"T10": 260.0, "T11": 190.0, "T12": 120.0, "T13": 70.0}
+#: Posterior elements of C6-T9 (spinous-process caudal slope, its posterior reach in mm, posterior tilt
+#: of the transverse processes), drawn only by chest phantoms: C6 has a short spinous process, C7
+#: (vertebra prominens) and T1 long, nearly horizontal ones; mid-thoracic spinous processes point
+#: steeply down, overlapping like roof tiles (~50 degrees below the horizontal at T5-T8); cervical
+#: transverse processes point anterolaterally (Gray's Anatomy, 42nd ed., ch. 43; Panjabi 1991 SPL/SPI).
+UPPER_POSTERIOR = {"C6": (0.3, 22.0, -0.4), "C7": (0.35, 32.0, -0.2), "T1": (0.45, 32.0, 0.9),
+                   "T2": (0.6, 30.0, 0.9), "T3": (0.8, 28.0, 0.9), "T4": (1.0, 26.0, 0.9),
+                   "T5": (1.2, 25.0, 0.9), "T6": (1.2, 25.0, 0.9), "T7": (1.2, 25.0, 0.9),
+                   "T8": (1.1, 26.0, 0.9), "T9": (0.9, 28.0, 0.9)}
 SACRUM_HEIGHT_MM = 60.0
 SACRAL_ALA_REACH_MM = 55.0
 
@@ -96,10 +114,12 @@ class Anatomy:
     aorta_radius: float
     visceral_fat_share: float
     extras: dict = field(default_factory=dict)
+    #: Chest field of view only: the :class:`ctbmd.simulate.thorax.ChestLayout` of the thorax.
+    chest: object | None = None
 
 
 def draw_anatomy(rng: np.random.Generator, levels: list[str], body_width_mm: float | None,
-                 ribs_on: tuple[str, ...]) -> Anatomy:
+                 ribs_on: tuple[str, ...], disc_below_mm: dict[str, float] | None = None) -> Anatomy:
     """Draw torso size, spine curvature and vertebra sizes (mm) for ``levels`` (cranial first).
 
     Parameters
@@ -112,7 +132,11 @@ def draw_anatomy(rng: np.random.Generator, levels: list[str], body_width_mm: flo
         Left-right width of the torso; drawn from 280-400 mm when None.
     ribs_on : tuple of str
         Levels that carry a pair of ribs.
+    disc_below_mm : dict, optional
+        Nominal disc heights (mm) that replace :data:`DISC_BELOW` for the levels given, e.g. a thin
+        rudimentary L5/S1 disc of a sacralised L5. The random draws are the same either way.
     """
+    discs = {**DISC_BELOW, **(disc_below_mm or {})}
     width = float(body_width_mm) if body_width_mm else float(rng.uniform(280.0, 400.0))
     depth = width * float(rng.uniform(0.62, 0.78))
     subcut = float(np.clip(8.0 + 0.12 * (width - 250.0) + rng.normal(0.0, 3.0), 6.0, 45.0))
@@ -122,7 +146,7 @@ def draw_anatomy(rng: np.random.Generator, levels: list[str], body_width_mm: flo
         h, a, b = BODY_SIZE[lv]
         jitter = rng.uniform(0.96, 1.04, size=3)
         sizes.append((h * scale * jitter[0], a * scale * jitter[1], b * scale * jitter[2],
-                      DISC_BELOW[lv] * scale * rng.uniform(0.9, 1.1)))
+                      discs[lv] * scale * rng.uniform(0.9, 1.1)))
     total = sum(s[0] + s[3] for s in sizes)
     z_top = total / 2.0 + 12.0  # top of the volume; the column is centred on z = 0
     z = z_top - 12.0
@@ -378,9 +402,11 @@ def paint_vertebra(canvas: Canvas, vb: Vertebra, material_trab: int, label: int,
     thoracic = vb.level.startswith("T")
     slope = 0.55 if thoracic else 0.15
     sp_len = 36.0 if thoracic else 30.0
+    tp_back = 0.9 if thoracic else 0.0
+    if vb.level in UPPER_POSTERIOR:
+        slope, sp_len, tp_back = UPPER_POSTERIOR[vb.level]
     dv = v - (vc + rc)
     spinous = (np.abs(u) <= 3.5) & (dv >= 0) & (dv <= sp_len) & (np.abs(w + 0.05 * h + slope * dv) <= 0.2 * h + 2)
-    tp_back = 0.9 if thoracic else 0.0
     tp = ((np.abs(u) >= rc + 3.0) & (np.abs(u) <= reach) & (np.abs(w - 0.2 * h) <= 4.5)
           & (np.abs(v - (vc - 3.0) - tp_back * (np.abs(u) - rc) * 0.35) <= 5.0))
     canal = (u * u + (v - vc) ** 2 <= rc * rc) & (w > -0.5 * h - 6.0) & (w < 0.5 * h + 6.0)
@@ -409,6 +435,60 @@ def paint_disc(canvas: Canvas, upper: Vertebra, lower_centre_top: float, anat: A
     vc = 0.8 * upper.half_depth + upper.canal_radius * 0.95
     canal = (u * u + (v - vc) ** 2 <= upper.canal_radius ** 2) & (np.abs(w) <= half + 1)
     canvas.paint(sl, canal & (view != POSTERIOR_BONE), CANAL, 0)
+
+
+def paint_disc_between(canvas: Canvas, upper: Vertebra, lower: Vertebra, material: int = DISC,
+                       radius_fraction: float = 1.0) -> tuple[np.ndarray, float]:
+    """Paint the disc between ``upper``'s inferior and ``lower``'s superior endplate, along the column.
+
+    Unlike :func:`paint_disc` the gap is measured between the endplate centres in 3-D, so that it
+    also holds on a strongly inclined column (the upper thoracic spine of a chest CT). The disc
+    only fills voxels that are not vertebral bone; the canal runs through it.
+
+    Parameters
+    ----------
+    canvas : Canvas
+        Label volume painted in place.
+    upper, lower : Vertebra
+        The vertebrae above and below the disc.
+    material : int
+        Material id of the disc (``DISC``; a fused remnant may use another).
+    radius_fraction : float
+        Fraction of the endplate ellipse the disc covers (1 = the whole endplate).
+
+    Returns
+    -------
+    centre : numpy.ndarray
+        (3,) disc centre, anatomy mm.
+    height : float
+        Gap between the endplates, mm.
+    """
+    p_top = upper.centre - upper.frame[2] * upper.height / 2.0
+    p_bot = lower.centre + lower.frame[2] * lower.height / 2.0
+    centre = (p_top + p_bot) / 2.0
+    gap = float(np.linalg.norm(p_top - p_bot))
+    w = upper.frame[2] + lower.frame[2]
+    w /= np.linalg.norm(w)
+    u = np.array([1.0, 0.0, 0.0]) - w[0] * w
+    u /= np.linalg.norm(u)
+    frame = np.vstack([u, np.cross(w, u), w])
+    half = gap / 2.0 + 0.5
+    a = (upper.half_width + lower.half_width) / 2.0 * 1.02
+    b = (upper.half_depth + lower.half_depth) / 2.0 * 1.02
+    box = canvas.local_box(centre, frame, np.array([a + 5, b + 40, half + 5]))
+    if box is None:
+        return centre, gap
+    sl, u_, v_, w_ = box
+    f = radius_fraction
+    disc = ((u_ / (a * f)) ** 2 + (v_ / (b * f)) ** 2 <= 1.0) & (np.abs(w_) <= half) & (v_ <= 0.8 * b)
+    view = canvas.mat[sl]
+    free = (view != CORTICAL_SHELL) & (view < TRABECULAR_BASE) & (view != POSTERIOR_BONE)
+    canvas.paint(sl, disc & free, material, 0)
+    rc = upper.canal_radius
+    vc = 0.8 * b + rc * 0.95
+    canal = (u_ * u_ + (v_ - vc) ** 2 <= rc ** 2) & (np.abs(w_) <= half + 1)
+    canvas.paint(sl, canal & (view != POSTERIOR_BONE), CANAL, 0)
+    return centre, gap
 
 
 def rib_path(vb: Vertebra, side: int, reach: float, length: float, anat: Anatomy) -> np.ndarray:

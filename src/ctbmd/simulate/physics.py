@@ -16,6 +16,12 @@ K2HPO4, iodine mg/mL.
   1.045-1.065 g/cm^3 (haematocrit), paraspinal fatty infiltration 0-12%.
 * **Trabecular bone**: K2HPO4 at ``c`` g/cm^3 in a marrow of water and fat,
   ``mu = c (mu/rho)_K2HPO4 + (1 - c/2.44) [(1-f) mu_water + f mu_fat]``.
+* **Chest and variant materials**: costal/sacroiliac cartilage is ICRU-44 cartilage at 1.14 g/cm^3
+  (~150 HU; costal cartilage reads ~100-200 HU); sternum, clavicles, scapulae and humeri are 30 %
+  cortical bone in marrow, like the ilium; myocardium is muscle with the organs' share of iodine.
+  Stent wires are nitinol (Ni 55 %, Ti 45 % by mass, 6.45 g/cm^3) and graft fabric is PET
+  (C10H8O4, 1.38 g/cm^3), each mixed with blood by its partial-volume fraction
+  (:func:`stent_attenuation`).
 * **Contrast**: aortic enhancement of 200-320 HU (arterial) or 100-160 HU
   (portal venous) sets the blood iodine; organs, muscle, marrow and cava take
   set fractions of it, so that marrow rises by roughly 10-20 HU, as reported
@@ -26,6 +32,7 @@ K2HPO4, iodine mg/mL.
 from __future__ import annotations
 
 import numpy as np
+import xraydb
 
 from ctbmd.materials import K2HPO4_DENSITY, hu_from_mu, k2hpo4_hu_per_mg, linear_attenuation, mass_attenuation
 from ctbmd.simulate import anatomy as an
@@ -34,6 +41,11 @@ E0_KEV = {80: 48.0, 100: 55.0, 120: 62.0, 140: 68.0}
 #: Intervertebral disc: ICRU-44 cartilage composition at 1.06 g/cm^3 (a hydrated nucleus; discs read
 #: about 60-100 HU on CT, where articular cartilage density, 1.10, would give 105-135 HU).
 DISC_DENSITY = 1.06
+#: Costal (and sacroiliac) cartilage density, g/cm^3.
+COSTAL_CARTILAGE_DENSITY = 1.14
+#: Stent-graft materials: mass fractions and density (g/cm^3).
+NITINOL = ({"Ni": 0.55, "Ti": 0.45}, 6.45)
+PET = ({"C": 0.625, "H": 0.042, "O": 0.333}, 1.38)
 HARDENING_KEV_PER_MM = 0.025
 CUPPING_PER_MM = 0.002 / 100.0
 #: Iodine concentration in each tissue as a fraction of the blood's, by phase.
@@ -108,6 +120,12 @@ def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str]
     table[an.RIB] = 0.35 * cort + 0.65 * marrow_c
     table[an.ILIUM] = 0.3 * cort + 0.7 * marrow_c
     table[an.METAL] = mu("titanium")
+    table[an.CARTILAGE] = plus_iodine(mu("cartilage", COSTAL_CARTILAGE_DENSITY), "disc")
+    table[an.FLAT_BONE] = 0.3 * cort + 0.7 * marrow_c
+    table[an.MYOCARDIUM] = plus_iodine(muscle, "organ")
+    table[an.AIRWAY] = mu_a
+    table[an.STENT_WIRE] = table[an.AORTA]  # set by stent_attenuation once the wire is drawn
+    table[an.STENT_GRAFT] = table[an.AORTA]
     k2 = float(mass_attenuation("k2hpo4", energy))
 
     def trabecular(c_mg, with_iodine=True):
@@ -139,3 +157,26 @@ def spec_variation(rng: np.random.Generator, spread: float) -> dict[str, float]:
         "blood_density_g_cm3": float(rng.uniform(1.045, 1.065)),
         "paraspinal_fat_infiltration": float(rng.uniform(0.0, 0.12)),
     }
+
+
+def _mixture_mu(composition: tuple[dict[str, float], float], energy: float) -> float:
+    """Linear attenuation (1/cm) of a (mass fractions, density) mixture at ``energy`` keV (xraydb)."""
+    fractions, density = composition
+    return density * sum(w * float(xraydb.mu_elam(el, energy * 1000.0)) for el, w in fractions.items())
+
+
+def stent_attenuation(energy: float, wire_fill: float, graft_fill: float, blood_mu: float) -> tuple[float, float]:
+    """mu (1/cm) of a stent-wire voxel and a graft-fabric voxel.
+
+    Parameters
+    ----------
+    energy : float
+        Effective energy, keV.
+    wire_fill, graft_fill : float
+        Volume fraction (0-1) of nitinol in a wire voxel and of PET in a fabric voxel.
+    blood_mu : float
+        mu of the blood (with iodine) that fills the rest of those voxels.
+    """
+    wire = wire_fill * _mixture_mu(NITINOL, energy) + (1.0 - wire_fill) * blood_mu
+    graft = graft_fill * _mixture_mu(PET, energy) + (1.0 - graft_fill) * blood_mu
+    return wire, graft
