@@ -69,5 +69,17 @@ class NoSpineError(CtbmdError):
     exit_code = EXIT_NO_SPINE
 
 
+class LabellingRefusedError(NoSpineError):
+    """A spine is in view but its levels cannot be named with confidence (exit 4).
+
+    ``labelling`` carries the evidence and the reason
+    (:class:`ctbmd.types.LabellingRecord`), so a batch can record why.
+    """
+
+    def __init__(self, reason: str, path: str | Path | None = None, labelling=None):
+        self.labelling = labelling
+        super().__init__(reason, path)
+
+
 class BackendUnavailableError(UsageError):
     """An optional backend is missing (exit 2): TotalSegmentator or its weights, or PyTorch/MONAI for models."""
