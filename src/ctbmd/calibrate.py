@@ -44,7 +44,7 @@ from scipy import ndimage as ndi
 
 from ctbmd.masks import largest_component
 from ctbmd.materials import K2HPO4_DENSITY, linear_attenuation, mass_attenuation
-from ctbmd.types import Calibration, ContrastPhase, CTVolume, ReferenceTissue, SpineSegmentation
+from ctbmd.types import VERSE_LABELS, Calibration, ContrastPhase, CTVolume, ReferenceTissue, SpineSegmentation
 
 #: Which composition models each reference tissue.
 TISSUE_MATERIAL = {"air": "air", "subcutaneous_fat": "adipose", "paraspinal_muscle": "muscle",
@@ -92,8 +92,8 @@ def _stats(name: str, values: np.ndarray, used: bool = True) -> ReferenceTissue 
 def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> dict[str, ReferenceTissue]:
     """Sample air, subcutaneous fat, paraspinal muscle and aortic blood.
 
-    Regions (on a ~2 mm subsampled grid, in the slices holding labelled
-    vertebrae):
+    Regions (on a ~2 mm subsampled grid, in the slices holding the measured
+    vertebrae, ``seg.levels``):
 
     * air: outside the body, 5-30 mm from the skin, below -900 HU;
     * subcutaneous fat: inside the body, 3-20 mm under the skin, -250 to -30 HU;
@@ -109,7 +109,7 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> dict[str, Referen
         Tissue name -> :class:`ReferenceTissue`; missing tissues are left out.
     """
     hu, labels, sp = _subsample(ct, seg)
-    spine = labels > 0
+    spine = np.isin(labels, [VERSE_LABELS[lv] for lv in seg.levels])
     zs = np.nonzero(spine.any(axis=(0, 1)))[0]
     out: dict[str, ReferenceTissue] = {}
     if len(zs) == 0:

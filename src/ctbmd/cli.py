@@ -57,20 +57,27 @@ def run(
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder from `ctbmd train`: adds "
                                                                 "bmd_dl_mg_cm3 (or t_score_dl) per level."),
+    levels: str = typer.Option("T11-L5", "--levels", help="Levels to measure, e.g. T11-L5 (default), T4-T12 on a "
+                                                          "chest CT, or L1,L2,L4."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
 ) -> None:
     """Measure per-vertebra trabecular BMD and classify the patient (ACR-QCT)."""
     from ctbmd.pipeline import STAGES, run as run_pipeline
+    from ctbmd.segment import parse_levels
 
     if labels is not None and segmenter == "builtin":
         segmenter = "labels"
     logging.basicConfig(level=logging.WARNING)
     with _one_line_errors(debug):
+        if segmenter == "labels" and labels is None:
+            from ctbmd.errors import UsageError
+            raise UsageError("--segmenter labels needs --labels FILE")
+        measured = parse_levels(levels)
         loaded = _load_model(model) if model is not None else None
         if quiet:
             result = run_pipeline(input, out, segmenter=segmenter, labels=labels, label_map=label_map,
-                                  series_uid=series_uid, model=loaded)
+                                  series_uid=series_uid, model=loaded, levels=measured)
         else:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
                 task = bar.add_task("starting", total=len(STAGES))
@@ -80,7 +87,7 @@ def run(
                                completed=STAGES.index(stage))
 
                 result = run_pipeline(input, out, progress=tick, segmenter=segmenter, labels=labels,
-                                      label_map=label_map, series_uid=series_uid, model=loaded)
+                                      label_map=label_map, series_uid=series_uid, model=loaded, levels=measured)
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_median']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
@@ -131,24 +138,43 @@ def simulate(
     body_width: Optional[float] = typer.Option(None, "--body-width", help="Torso width (mm); seeded 280-400 if not given."),
     phase: str = typer.Option("native", "--phase", help="native | arterial | portal_venous"),
     rotation: float = typer.Option(0.0, "--rotation", help="Patient rotation about z (degrees)."),
-    no_t12_ribs: bool = typer.Option(False, "--no-t12-ribs", help="Drop the ribs of T12."),
-    l6: bool = typer.Option(False, "--l6", help="Add a sixth lumbar vertebra."),
+    no_t12_ribs: bool = typer.Option(False, "--no-t12-ribs", help="Drop the ribs of T12 (= --rib-pairs 11)."),
+    l6: bool = typer.Option(False, "--l6", help="A sixth lumbar vertebra (= --transition lumbarised_s1)."),
     metal_level: Optional[str] = typer.Option(None, "--metal-level", help="Level with titanium pedicle screws."),
     tissue_spread: float = typer.Option(0.005, "--tissue-spread", help="SD of fat/muscle density (fraction)."),
+    fov: str = typer.Option("abdomen", "--fov", help="abdomen (T10-L5, sacrum) | chest (C6-L2: rib cage, "
+                                                      "shoulders, lungs, heart, aortic arch)."),
+    rib_pairs: int = typer.Option(12, "--rib-pairs", help="11 (none on T12) | 12 | 13 (a T13, VerSe 28, "
+                                                          "with short floating ribs)."),
+    transition: str = typer.Option("none", "--transition", help="none | lumbarised_s1 (an L6) | sacralised_l5 "
+                                                                "(L5 fused with the sacrum); abdomen only."),
+    sacrum: Optional[str] = typer.Option(None, "--sacrum", help="segmented (default: fused S1-S5, disc remnants, "
+                                                                "canal, alae, SI joints) | simple (a block)."),
+    stent: bool = typer.Option(False, "--stent", help="Aortic stent graft: distal arch and descending aorta "
+                                                      "(chest) or infrarenal aorta (abdomen)."),
+    t12_rib_length: Optional[float] = typer.Option(None, "--t12-rib-length", help="Hypoplastic T12 ribs: "
+                                                                                  "bony length in mm, e.g. 25."),
     dicom: bool = typer.Option(False, "--dicom", help="Write a DICOM series instead of NIfTI."),
     seed: int = typer.Option(0, "--seed", help="Random seed (anatomy, BMD factors, noise)."),
 ) -> None:
-    """Write a known-truth digital phantom of the thoracolumbar spine and its truth."""
+    """Write a known-truth digital phantom of the thoracolumbar spine (or chest) and its truth."""
     from ctbmd.simulate import PhantomSpec, parse_bmd, simulate_phantom, write_phantom
 
     with _one_line_errors():
         spec = PhantomSpec(bmd_mg_cm3=parse_bmd(bmd), kvp=kvp, noise_hu=noise, slice_thickness_mm=slice_mm,
                            pixel_mm=pixel_mm, psf_fwhm_mm=psf_mm, marrow_fat_fraction=marrow_fat,
                            body_width_mm=body_width, phase=phase, rotation_deg=rotation, t12_ribs=not no_t12_ribs,
-                           l6=l6, metal_level=metal_level, tissue_spread=tissue_spread, seed=seed)
+                           l6=l6, metal_level=metal_level, tissue_spread=tissue_spread, seed=seed, fov=fov,
+                           rib_pairs=rib_pairs, transition=transition, sacrum=sacrum, stent=stent,
+                           t12_rib_length_mm=t12_rib_length)
         phantom = simulate_phantom(spec)
         paths = write_phantom(phantom, out, dicom=dicom)
     truth = phantom.truth
+    v = truth["variant"]
+    typer.echo(f"anatomy: {v['fov']}, {v['rib_pairs']} rib pairs (lowest on {v['rib_levels'][-1]}), "
+               f"transition {v['transition']}" + (f" ({v['sacralised_sides']})" if v["sacralised_sides"] else "")
+               + (", stent graft" if v["stent"] else "")
+               + (f", T12 ribs {v['t12_rib_length_mm']:g} mm" if v["t12_rib_length_mm"] is not None else ""))
     levels = ", ".join(f"{lv['level']} {lv['bmd_mg_cm3']:.0f}/{lv['qct_equivalent_mg_cm3']:.0f}" for lv in truth["levels"])
     typer.echo(f"levels (K2HPO4 set / QCT-equivalent, mg/cm³): {levels}")
     typer.echo(f"effective energy {truth['scan']['effective_energy_kev']:.1f} keV; "

@@ -13,20 +13,22 @@ from ctbmd.io import read_ct
 from ctbmd.report import Result, write_outputs
 from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
+from ctbmd.segment.builtin import REPORTED_LEVELS
 
 STAGES = ("read", "segment", "roi", "calibrate", "classify", "model", "report")
 
 
 def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | None = None,
             label_map: str = "auto", series_uid: str | None = None,
-            progress: Callable[[str], None] | None = None, model=None) -> Result:
+            progress: Callable[[str], None] | None = None, model=None,
+            levels: tuple[str, ...] = REPORTED_LEVELS) -> Result:
     """Run stages 1-4 (and a learned model) on one scan and return everything for the report.
 
     Parameters
     ----------
     path : str or Path
         NIfTI/NRRD/MHA file or DICOM folder.
-    segmenter, labels, label_map :
+    segmenter, labels, label_map, levels :
         See :func:`ctbmd.segment.segment`.
     series_uid : str, optional
         DICOM series to read.
@@ -45,7 +47,7 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     tick("read")
     ct, warnings = read_ct(path, series_uid)
     tick("segment")
-    seg = segment(ct, segmenter, labels, label_map)
+    seg = segment(ct, segmenter, labels, label_map, levels)
     warnings += list(seg.warnings)
     tick("roi")
     levels, roi_labels = measure_levels(ct, seg)

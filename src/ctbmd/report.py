@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 from ctbmd import __version__  # noqa: E402
 from ctbmd.calibrate import k2hpo4_to_caha  # noqa: E402
 from ctbmd.io import labels_on_input_grid, write_atomic, write_image_atomic  # noqa: E402
-from ctbmd.types import (VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LevelMeasurement,  # noqa: E402
-                         PatientClassification, SpineSegmentation)
+from ctbmd.types import (VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LabellingRecord,  # noqa: E402
+                         LevelMeasurement, PatientClassification, SpineSegmentation)
 
 SCHEMA_VERSION = "1.0"
 DISCLAIMER = "Research use only; not a medical device."
@@ -78,7 +78,9 @@ def result_dict(res: Result) -> dict:
                   "contrast_phase": res.phase.phase, "contrast_evidence": res.phase.evidence,
                   "aorta_hu": res.phase.aorta_hu, "frame": "LPS (DICOM patient coordinates), mm"},
         "segmentation": {"backend": res.seg.backend, "levels": list(res.seg.levels), "anchors": res.seg.anchors,
-                         "label_map": "VerSe (T12=19, L1=20 ... L5=24)"},
+                         "label_map": "VerSe (T1=8 ... T12=19, L1=20 ... L5=24)",
+                         "levels_in_label_map": _levels_in(res.seg.labels)},
+        "labelling": labelling_dict(res.seg.labelling),
         "calibration": {"ok": cal.ok, "method": cal.method, "slope": cal.slope, "intercept": cal.intercept,
                         "units": "bmd_mg_cm3 = slope * HU + intercept (K2HPO4-equivalent)",
                         "effective_energy_kev": cal.effective_energy_kev, "reason": cal.reason,
@@ -95,6 +97,42 @@ def result_dict(res: Result) -> dict:
     if res.dl is not None:
         _add_model_values(out, res.dl)
     return out
+
+
+def _levels_in(labels: np.ndarray) -> list[str]:
+    from ctbmd.types import LEVEL_ORDER, VERSE_NAMES
+
+    names = [VERSE_NAMES[int(v)] for v in np.unique(labels) if int(v) in VERSE_NAMES]
+    return sorted(names, key=LEVEL_ORDER.index)
+
+
+def labelling_dict(rec: LabellingRecord | None) -> dict | None:
+    """The ``labelling`` block of ``result.json`` (None for a label map or TotalSegmentator).
+
+    Per vertebra, cranial to caudal: the name given, body centre (LPS mm), disc-to-disc
+    height and body width (mm), whether discs bound it on both sides, the rib seen on
+    each side (confidence 0-1 and lateral reach in mm), the lung fraction beside the
+    body, and the sacral-ala score; then the anchors in view, the chosen labelling,
+    its runner-up and the log-likelihood margin between them.
+    """
+    if rec is None:
+        return None
+    verts = []
+    for v in rec.vertebrae:
+        verts.append({
+            "name": v.name, "centre_lps_mm": list(v.centre_lps_mm), "height_mm": v.height_mm, "width_mm": v.width_mm,
+            "complete": v.complete,
+            "ribs": {"left": {"confidence": v.rib_left, "reach_mm": v.rib_reach_left_mm},
+                     "right": {"confidence": v.rib_right, "reach_mm": v.rib_reach_right_mm}},
+            "lung_fraction": v.lung, "sacral_alae": v.sacral, "ala_reach_mm": v.ala_mm})
+    return {
+        "method": "builtin: canal-tracked column, discs, evidence per vertebra (ribs, lung, sacral alae, size), "
+                  "every labelling scored (standard and transitional anatomy)",
+        "best": rec.best, "runner_up": rec.runner_up,
+        "runner_up_names": None if rec.runner_up_names is None else list(rec.runner_up_names),
+        "margin": None if not np.isfinite(rec.margin) else round(rec.margin, 2),
+        "margin_units": "natural log of the likelihood ratio of best over runner-up",
+        "anchors": [asdict(a) for a in rec.anchors], "refusal": rec.refusal, "vertebrae": verts}
 
 
 def _add_model_values(result: dict, dl) -> None:
@@ -139,17 +177,37 @@ def levels_csv(result: dict) -> str:
 
 
 def render_png(res: Result, result: dict, path: Path) -> None:
-    """Mid-sagittal and coronal views with level names, ROIs, BMD and the category."""
+    """The report picture: sagittal and coronal views and, for the builtin labeller, the labelled column.
+
+    The sagittal and coronal views (through the measured vertebrae) outline every
+    named vertebra, fill the trabecular ROIs of the measured ones and give their
+    BMD and flags. The third panel is the straightened column seen from behind
+    (:func:`_column_panel`): every vertebra with its name, the ribs found on each
+    side and the sacrum, so the count can be checked at a glance.
+    """
+    from ctbmd.types import VERSE_NAMES
+
     hu, labels, roi = res.ct.hu, res.seg.labels, res.roi_labels
     sp = res.ct.spacing_mm
-    idx = np.nonzero(labels)
+    measured_values = [VERSE_LABELS[lv] for lv in res.seg.levels]
+    idx = np.nonzero(np.isin(labels, measured_values))
     cx, cy = int(np.median(idx[0])), int(np.median(idx[1]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 7), facecolor="black")
+    rec = res.seg.labelling
+    panels = 3 if rec is not None and rec.overview is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.8 * panels, 7.5), facecolor="black")
     views = [("sagittal", hu[cx].T, labels[cx].T, roi[cx].T, sp[1]), ("coronal", hu[:, cy].T, labels[:, cy].T, roi[:, cy].T, sp[0])]
     cmap = plt.get_cmap("tab10")
     by_level = {lv["level"]: lv for lv in result["levels"]}
     for ax, (name, img, lab, r, s_in) in zip(axes, views):
         ax.imshow(img, cmap="gray", vmin=-250, vmax=900, origin="lower", aspect=sp[2] / s_in)
+        for value in np.unique(lab):
+            level = VERSE_NAMES.get(int(value))
+            if not value or level in res.seg.levels or level is None:
+                continue
+            ax.contour(lab == value, levels=[0.5], colors=["0.6"], linewidths=0.5)
+            ys, xs = np.nonzero(lab == value)
+            if name == "sagittal":
+                ax.text(xs.min() - 2, ys.mean(), level, color="0.75", ha="right", va="center", fontsize=7)
         for i, level in enumerate(res.seg.levels):
             v = VERSE_LABELS[level]
             if (lab == v).any():
@@ -168,6 +226,8 @@ def render_png(res: Result, result: dict, path: Path) -> None:
                         va="center", fontsize=8, fontweight="bold")
         ax.set_title(name, color="white")
         ax.axis("off")
+    if panels == 3:
+        _column_panel(axes[2], rec)
     p = result["patient"]
     cat = p["category"] or "not classified"
     bmd = f"{p['bmd_mg_cm3']:.0f} mg/cm³ K2HPO4" if p["bmd_mg_cm3"] is not None else "BMD n/a"
@@ -177,6 +237,34 @@ def render_png(res: Result, result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110, facecolor="black", format="png")
     plt.close(fig)
+
+
+def _column_panel(ax, rec: LabellingRecord) -> None:
+    """The straightened column seen from behind, with names, ribs and the sacrum (see :func:`render_png`)."""
+    s = rec.overview_s_mm
+    half = (rec.overview.shape[0] - 1)  # u spans -half..half in 2 mm steps
+    u_max = float(half)  # mm: (n - 1) * 2 mm / 2
+    ax.imshow(rec.overview.T, cmap="gray", vmin=-200, vmax=1000, origin="lower", aspect="equal",
+              extent=[-u_max, u_max, float(s[0]), float(s[-1])])
+    for v, (lo, hi) in zip(rec.vertebrae, rec.segment_s_mm):
+        ax.axhline(lo, color="#4fc3f7", lw=0.5, alpha=0.7)
+        mid = (lo + hi) / 2.0
+        name = v.name or "?"
+        colour = "#ffd54f" if v.name not in (None, "S") else ("#ce93d8" if v.name == "S" else "0.6")
+        text = "sacrum" if v.name == "S" else name
+        ax.text(-u_max - 3, mid, text, color=colour, fontsize=8, fontweight="bold", va="center", ha="right",
+                clip_on=False)
+        for side, conf in ((-1, v.rib_right), (1, v.rib_left)):
+            if conf >= 0.5:
+                ax.plot(side * (u_max - 6), mid, "o", ms=5, color="#66bb6a")
+        if v.lung >= 0.5:
+            ax.plot(-u_max + 22, mid, "s", ms=3, color="#42a5f5")
+    anchors = ", ".join(f"{a.kind.replace('_', ' ')} = {a.named}" for a in rec.anchors)
+    ax.set_title(f"column seen from behind: {rec.best}\nanchors: {anchors or 'none'}; margin {rec.margin:.1f}\n"
+                 "● rib on that side   ■ lung beside the body", color="white", fontsize=8)
+    ax.text(-u_max + 2, float(s[0]) + 2, "R", color="white", fontsize=9)
+    ax.text(u_max - 8, float(s[0]) + 2, "L", color="white", fontsize=9)
+    ax.axis("off")
 
 
 def _model_line(result: dict) -> str:

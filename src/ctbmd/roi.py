@@ -164,11 +164,13 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[Lev
     if lo[2] == 0 or hi[2] == shape[2] or lo[0] == 0 or hi[0] == shape[0] or lo[1] == 0 or hi[1] == shape[1]:
         if "partial" not in flags:
             flags.append("partial")
-    body = seg.body[crop] == value if seg.body is not None else vertebral_body(vertebra, spacing)
+    opened = vertebral_body(vertebra, spacing)
+    body = seg.body[crop] == value if seg.body is not None else opened
     roi, excluded = trabecular_roi(body, hu, spacing)
     if np.count_nonzero(hu[vertebra] > METAL_HU) >= 3:
         flags.append("metal")
-    heights = body_heights(body, spacing)
+    # heights from the whole body: a backend's body may stop short of the endplates
+    heights = body_heights(opened, spacing)
     if heights["posterior"] > 0 and min(heights["anterior"], heights["middle"]) < FRACTURE_HEIGHT_RATIO * heights["posterior"]:
         flags.append("suspected_fracture")
     if excluded > HYPERDENSE_FLAG_FRACTION:
