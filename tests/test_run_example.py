@@ -39,10 +39,12 @@ def test_builtin_writes_all_files_and_labels_l1_to_l5(example_builtin, reference
 
 
 def test_builtin_trabecular_hu_within_15(example_builtin):
+    """Issue 11, acceptance 2: L1-L5 within 15 HU of the TotalSegmentator spine report, L5 included
+    (the L5 body no longer takes in sacrum or ilium)."""
     result = json.loads((example_builtin / "result.json").read_text())
     ref = spine_report_medians()
     got = {lv["level"]: lv["trabecular_hu_median"] for lv in result["levels"]}
-    for level in ("L1", "L2", "L3", "L4"):
+    for level in ("L1", "L2", "L3", "L4", "L5"):
         assert abs(got[level] - ref[level]) <= 15.0, (level, got[level], ref[level])
 
 
@@ -87,17 +89,3 @@ def test_dicom_with_labels_measures_t12(tmp_path):
     t12 = next(lv for lv in result["levels"] if lv["level"] == "T12")
     assert t12["roi_voxels"] > 100 and t12["trabecular_hu_median"] is not None
     assert result["input"]["format"] == "dicom"
-
-
-def test_dicom_builtin_never_mislabels(tmp_path):
-    rc, so, se = run_cli("run", DICOM / "dicom", "--out", tmp_path, "--quiet")
-    assert rc in (0, 4), se
-    if rc == 4:
-        assert "level" in se and list(tmp_path.iterdir()) == []
-    else:
-        ct, _ = read_ct(DICOM / "dicom")
-        ref = read_label_map(DICOM / "segmentation_total.nii.gz", ct)
-        result = json.loads((tmp_path / "result.json").read_text())
-        for lv in result["levels"]:
-            r = ct.index_to_lps(np.array(ndi.center_of_mass(ref == TOTAL[lv["level"]])))
-            assert np.linalg.norm(np.array(lv["centroid_lps_mm"]) - r) <= 10.0
