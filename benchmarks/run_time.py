@@ -34,8 +34,10 @@ def full_resolution(src: Path, dst: Path, spacing=(0.8, 0.8, 1.0)) -> tuple[int,
 
 def timed_run(path: Path, out: Path) -> tuple[float, float, dict]:
     code = ("import resource, sys; from ctbmd.cli import app\n"
-            "try:\n    app(sys.argv[1:], standalone_mode=False)\n"
-            "finally:\n    print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+            "rc = 1\n"
+            "try:\n    rc = app(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(rc if isinstance(rc, int) else 0)\n")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, "run", str(path), "--out", str(out), "--quiet"],
                           capture_output=True, text=True)
