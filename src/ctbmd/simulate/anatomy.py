@@ -548,20 +548,41 @@ def paint_sacrum_and_pelvis(canvas: Canvas, anat: Anatomy, scale: float) -> None
     canvas.paint(sl, sac, SACRUM, 26)
     # iliac wings: oblique plates lateral of the alae, up to about the L4/L5 disc
     for side in (-1, 1):
-        p0 = centre + frame[0] * side * (reach + 10.0) + frame[1] * (b + 8.0)
-        e1 = np.array([side * np.sin(np.deg2rad(40)), -np.cos(np.deg2rad(40)), 0.0])
-        n = np.cross(e1, [0, 0, 1.0])
-        ext2 = np.array([140.0, 140.0, 90.0])
-        box = canvas.box_coords(p0 - ext2, p0 + ext2)
-        if box is None:
-            continue
-        sl2, X2, Y2, Z2 = box
-        s1 = (X2 - p0[0]) * e1[0] + (Y2 - p0[1]) * e1[1] + 0.0 * Z2
-        sn = (X2 - p0[0]) * n[0] + (Y2 - p0[1]) * n[1] + 0.0 * Z2
-        sz = Z2 - p0[2]
-        top_z = (l5.centre[2] - p0[2]) - 0.25 * s1
-        ilium = (np.abs(sn) <= 6.0) & (s1 >= 0) & (s1 <= 95.0) & (sz >= -45.0) & (sz <= top_z)
-        canvas.paint(sl2, ilium & (canvas.mat[sl2] != SACRUM), ILIUM, 0)
+        paint_iliac_wing(canvas, centre + frame[0] * side * (reach + 10.0) + frame[1] * (b + 8.0), side,
+                         l5.centre[2])
+
+
+def paint_iliac_wing(canvas: Canvas, p0: np.ndarray, side: int, crest_z_mm: float, start_mm: float = 0.0,
+                     spare: tuple[int, ...] = (SACRUM,)) -> None:
+    """Paint one iliac wing: a plate 12 mm thick, turned 40 degrees from the coronal plane.
+
+    Parameters
+    ----------
+    canvas : Canvas
+    p0 : numpy.ndarray
+        Shape ``(3,)``, LPS mm: the wing's medial edge at the height of the sacrum.
+    side : int
+        -1 (patient right) or +1 (left).
+    crest_z_mm : float
+        LPS z (mm) of the iliac crest at the medial edge; it falls 0.25 mm per mm laterally
+        (the crest reaches about the L4/L5 disc). The plate runs 95 mm out from
+        ``start_mm`` and 45 mm down from ``p0``.
+    spare : tuple of int
+        Materials the wing does not paint over.
+    """
+    e1 = np.array([side * np.sin(np.deg2rad(40)), -np.cos(np.deg2rad(40)), 0.0])
+    n = np.cross(e1, [0, 0, 1.0])
+    ext = np.array([140.0, 140.0, 90.0])
+    box = canvas.box_coords(p0 - ext, p0 + ext)
+    if box is None:
+        return
+    sl, X, Y, Z = box
+    along = (X - p0[0]) * e1[0] + (Y - p0[1]) * e1[1] + 0.0 * Z
+    across = (X - p0[0]) * n[0] + (Y - p0[1]) * n[1] + 0.0 * Z
+    sz = Z - p0[2]
+    wing = ((np.abs(across) <= 6.0) & (along >= start_mm) & (along <= 95.0) & (sz >= -45.0)
+            & (sz <= (crest_z_mm - p0[2]) - 0.25 * along))
+    canvas.paint(sl, wing & ~np.isin(canvas.mat[sl], spare), ILIUM, 0)
 
 
 def paint_screws(canvas: Canvas, vb: Vertebra) -> None:

@@ -152,30 +152,16 @@ def _paint_alae_and_canal(canvas, anat, segs, reach):
 
 def _paint_ilia(canvas, anat, s1, reach, ala):
     """Sacroiliac joints (cartilage) and the ilia: an auricular block lateral of each ala, then the
-    iliac wing as in :func:`ctbmd.simulate.anatomy.paint_sacrum_and_pelvis`."""
+    iliac wing (:func:`ctbmd.simulate.anatomy.paint_iliac_wing`)."""
     sl, u, v, w, lateral, bottom = ala
     centre, frame, b, h = s1["centre"], s1["frame"], s1["half_depth"], s1["height"]
     auric = (w <= h / 2.0 + 10.0) & (w >= bottom - 8.0) & (v >= -0.3 * b) & (v <= b + 26.0)
     joint = (np.abs(u) > lateral) & (np.abs(u) <= lateral + SI_JOINT_MM) & auric & (v <= b + 14.0)
     canvas.paint(sl, joint, an.CARTILAGE, 0)
     canvas.paint(sl, (np.abs(u) > lateral + SI_JOINT_MM) & (np.abs(u) <= lateral + 22.0) & auric, an.ILIUM, 0)
-    l_last = anat.vertebrae[-1]
     for side in (-1, 1):
-        p0 = centre + frame[0] * side * (reach + 14.0) + frame[1] * (b + 10.0)
-        e1 = np.array([side * np.sin(np.deg2rad(40)), -np.cos(np.deg2rad(40)), 0.0])
-        n = np.cross(e1, [0, 0, 1.0])
-        ext = np.array([140.0, 140.0, 90.0])
-        box2 = canvas.box_coords(p0 - ext, p0 + ext)
-        if box2 is None:
-            continue
-        sl2, X2, Y2, Z2 = box2
-        s1_ = (X2 - p0[0]) * e1[0] + (Y2 - p0[1]) * e1[1] + 0.0 * Z2
-        sn = (X2 - p0[0]) * n[0] + (Y2 - p0[1]) * n[1] + 0.0 * Z2
-        sz = Z2 - p0[2]
-        top_z = (l_last.centre[2] - p0[2]) - 0.25 * s1_
-        wing = (np.abs(sn) <= 6.0) & (s1_ >= -8.0) & (s1_ <= 95.0) & (sz >= -45.0) & (sz <= top_z)
-        view = canvas.mat[sl2]
-        canvas.paint(sl2, wing & (view != an.SACRUM) & (view != an.CARTILAGE), an.ILIUM, 0)
+        an.paint_iliac_wing(canvas, centre + frame[0] * side * (reach + 14.0) + frame[1] * (b + 10.0), side,
+                            anat.vertebrae[-1].centre[2], start_mm=-8.0, spare=(an.SACRUM, an.CARTILAGE))
 
 
 def paint_sacralised_l5(canvas: an.Canvas, anat: an.Anatomy, reach: float, sides: tuple[int, ...],
