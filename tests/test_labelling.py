@@ -7,7 +7,7 @@ takes them. Sizes follow the module's expected sizes so only the evidence under 
 import numpy as np
 import pytest
 
-from ctbmd.segment.builtin.discs import best_chain
+from ctbmd.segment.builtin.discs import best_chain, extend_chain
 from ctbmd.segment.builtin.evidence import Rib, assign_ribs
 from ctbmd.segment.builtin.naming import EXPECTED_SIZE_MM, Observation, name_segments
 from ctbmd.segment.builtin.segments import Segment
@@ -111,6 +111,20 @@ def test_a_rib_on_a_lumbar_name_or_a_merged_segment_is_refused():
     merged[2] = vertebra("L4", height_scale=2.2)  # one segment holding two vertebrae
     n = name_segments(tuple(merged), REPORTED)
     assert not n.named
+
+
+def test_extend_chain_adds_a_strong_end_disc_at_a_short_pitch_only():
+    # chain 100-140-180-220; below it a strong disc at 74 (pitch 26 = 0.65 of 40, the L5-S1 bend),
+    # a weak one at 50, and nothing above but a mid-body candidate at 240 (half a pitch)
+    z = np.array([50.0, 74.0, 100.0, 140.0, 180.0, 220.0, 240.0])
+    value = np.array([5.0, 30.0, 30.0, 35.0, 35.0, 30.0, 40.0])
+    assert extend_chain(z, value, [2, 3, 4, 5]) == [1, 2, 3, 4, 5]
+    weak = value.copy()
+    weak[1] = 10.0  # below the chain's lower quartile
+    assert extend_chain(z, weak, [2, 3, 4, 5]) == [2, 3, 4, 5]
+    no_pedicle = np.ones((7, 7), bool)
+    no_pedicle[1, 2] = False  # no pedicle run between 74 and 100: half a vertebra
+    assert extend_chain(z, value, [2, 3, 4, 5], no_pedicle) == [2, 3, 4, 5]
 
 
 def test_best_chain_skips_a_mid_body_candidate():
