@@ -165,3 +165,52 @@ def test_levels_option_parses_ranges_and_lists():
 
     assert parse_levels("T11-L5") == REPORTED
     assert parse_levels("l2, L1,T4-T6") == ("T4", "T5", "T6", "L1", "L2")
+
+
+def test_fill_chain_adds_the_strongest_disc_at_an_end_and_inside_a_double_segment():
+    from ctbmd.segment.builtin.discs import fill_chain
+
+    # chain 100-140-180-260; below it a weak disc at 72 (pitch 28), a stronger one at 90 (10 mm: too
+    # close) and one at 30 (70 mm: too far); inside the 80 mm segment 180-260 candidates at 188
+    # (8 mm from its end) and 222
+    z = np.array([30.0, 72.0, 90.0, 100.0, 140.0, 180.0, 188.0, 222.0, 260.0])
+    value = np.array([40.0, 6.0, 30.0, 30.0, 35.0, 35.0, 50.0, 8.0, 30.0])
+    chain = [3, 4, 5, 8]
+    assert fill_chain(z, value, chain, None, ends={"below": 1}) == [1, 3, 4, 5, 8]
+    assert fill_chain(z, value, chain, None, splits=((180.0, 260.0),)) == [3, 4, 5, 7, 8]
+    # without a pedicle run between 72 and 100 (half a vertebra) nothing is added below
+    no_pedicle = np.ones((9, 9), bool)
+    no_pedicle[1, 3] = False
+    assert fill_chain(z, value, chain, no_pedicle, ends={"below": 1}) == chain
+
+
+def test_an_open_end_longer_than_a_vertebra_is_unsplit_unless_it_is_the_sacrum():
+    from ctbmd.segment.builtin.naming import unsplit_ends
+
+    obs, _ = abdomen()
+    assert unsplit_ends(obs) == ()
+    long_open = Observation(0.0, 0.0, 0.0, 0.0, 50.0, 90.0, complete=False, closed_above=True)
+    assert unsplit_ends((long_open,) + obs[1:]) == ("below",)
+    assert not name_segments((long_open,) + obs[1:], REPORTED).named
+
+
+def test_ala_like_bone_above_rib_free_vertebrae_is_not_the_sacrum():
+    # transverse processes read as alae on L3, with L4 and L5 free of them below: the sacrum is the
+    # foot of the column, so the anchor stays on the real first sacral segment
+    obs, truth = abdomen()
+    fooled = list(obs)
+    fooled[3] = vertebra("L3", sacral=0.95)
+    n = name_segments(tuple(fooled), REPORTED)
+    sacrum = next(a for a in n.anchors if a.kind == "sacrum")
+    assert sacrum.segment == 0 and sacrum.agrees
+    assert n.named and list(n.names) == truth
+
+
+def test_a_cut_cervical_segment_above_the_first_rib_does_not_block_the_names():
+    # a chest CT whose top edge leaves half of C6 between a disc and the edge
+    names = ["L1"] + [f"T{i}" for i in range(12, 0, -1)] + ["C7", "C6"]
+    obs = [vertebra(n, rib=0.95 if n.startswith("T") else 0.02, lung=0.6 if n.startswith("T") else 0.0)
+           for n in names]
+    obs[-1] = vertebra("C6", height_scale=0.45)
+    n = name_segments(tuple(obs), REPORTED)
+    assert n.named and list(n.names) == names

@@ -195,3 +195,66 @@ def test_13_rib_pairs_without_t1_keep_lumbar_names_and_say_so(tmp_path):
         assert np.linalg.norm(ours[lv] - truth[lv]) <= 10.0, lv
     assert np.linalg.norm(ours["T12"] - truth["T13"]) <= 10.0
     assert any("13 pairs" in w and "lumbar names" in w for w in seg.warnings)
+
+
+#: Phantoms of the benchmark cohort (benchmarks/labelling_real.py) that the strict disc chain
+#: refused: a low-density column whose L5-S1 disc is missed at the lumbosacral bend, and a chest
+#: CT whose forward-leaning top left C7 without a segment of its own.
+LUMBOSACRAL_MISS = dict(bmd_mg_cm3={"T10": 31.0, "T11": 32.1, "T12": 33.3, "L1": 31.4, "L2": 30.0, "L3": 29.7,
+                                    "L4": 30.3, "L5": 28.6},
+                        kvp=80, noise_hu=28.3, slice_thickness_mm=1.0, pixel_mm=1.3, psf_fwhm_mm=0.84,
+                        marrow_fat_fraction=0.242, body_width_mm=436.4, phase="native", rotation_deg=-6.0,
+                        tissue_spread=0.005, seed=2026028)
+CHEST_TOP = dict(bmd_mg_cm3={"L1": 85.2}, kvp=120, noise_hu=10.1, slice_thickness_mm=1.0, pixel_mm=1.11,
+                 psf_fwhm_mm=1.35, marrow_fat_fraction=0.62, body_width_mm=272.5, phase="native", rotation_deg=1.7,
+                 tissue_spread=0.0, seed=700008, fov="chest")
+
+
+def _simulate(tmp_path, spec):
+    from ctbmd.simulate import PhantomSpec, simulate_phantom, write_phantom
+
+    ph = simulate_phantom(PhantomSpec(**spec))
+    write_phantom(ph, tmp_path)
+    ct, _ = read_ct(tmp_path / "ct.nii.gz")
+    truth = {lv["level"]: np.asarray(lv["label_centroid_lps_mm"]) for lv in ph.truth["levels"]
+             if lv["label_centroid_lps_mm"] is not None}
+    return ct, truth
+
+
+def test_a_disc_missed_at_the_lumbosacral_bend_gets_a_second_look(tmp_path):
+    """The strict chain leaves L5 and the sacrum unsplit (refused); the second look adds the L5-S1 disc."""
+    from ctbmd.segment import segment
+    from ctbmd.segment.builtin import observations
+    from ctbmd.segment.builtin.column import find_column
+    from ctbmd.segment.builtin.discs import find_discs
+    from ctbmd.segment.builtin.evidence import gather_evidence
+    from ctbmd.segment.builtin.grid import to_working_grid
+    from ctbmd.segment.builtin.naming import name_segments, unsplit_ends
+    from ctbmd.segment.builtin.segments import split_column
+
+    ct, truth = _simulate(tmp_path, LUMBOSACRAL_MISS)
+    work = to_working_grid(ct)
+    col = find_column(work)
+    segs = split_column(col, find_discs(col))
+    obs = observations(gather_evidence(work, col, segs))
+    assert unsplit_ends(obs) == ("below",)
+    assert not name_segments(obs, REPORTED).named
+    seg = segment(ct, "builtin")
+    ours = centroids(seg.labels, ct, VERSE_NAMES)
+    assert set(REPORTED) <= set(ours)
+    for name, c in ours.items():
+        assert np.linalg.norm(c - truth[name]) <= 10.0, name
+    assert {a.kind for a in seg.labelling.anchors if a.agrees} == {"sacrum", "lowest_rib"}
+
+
+def test_chest_top_keeps_c7_above_the_first_rib(tmp_path):
+    """The column continued past the top of the scan keeps C7, so the first rib pair counts from T1."""
+    from ctbmd.segment import segment
+
+    ct, truth = _simulate(tmp_path, CHEST_TOP)
+    seg = segment(ct, "builtin")
+    ours = centroids(seg.labels, ct, VERSE_NAMES)
+    assert {f"T{i}" for i in range(1, 13)} | {"L1"} <= set(ours)
+    for name, c in ours.items():
+        assert np.linalg.norm(c - truth[name]) <= 10.0, name
+    assert ("first_rib", "T1", True) in {(a.kind, a.named, a.agrees) for a in seg.labelling.anchors}

@@ -15,6 +15,10 @@ and sources:
    anatomy) and name the column only when the best is standard, clear of the
    runner-up, supported by an anchor in view, contradicted by none, and
    consistent level by level.
+
+A column refused because a disc was missed (an end left unsplit, or a segment
+as tall as two vertebrae) gets a second look with a disc added there
+(:func:`_split_and_name`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from ctbmd.segment.builtin.column import find_column
 from ctbmd.segment.builtin.discs import find_discs
 from ctbmd.segment.builtin.evidence import ColumnEvidence, gather_evidence
 from ctbmd.segment.builtin.grid import labels_to_ct_grid, to_working_grid
-from ctbmd.segment.builtin.naming import Naming, Observation, name_segments
+from ctbmd.segment.builtin.naming import (HEIGHT_RANGE, Naming, Observation, name_segments, relative_heights,
+                                          unsplit_ends)
 from ctbmd.segment.builtin.segments import SPINOUS_SLOPE, split_column, vertebra_masks
 from ctbmd.types import (LEVEL_ORDER, VERSE_LABELS, AnchorRecord, CTVolume, LabellingRecord, SpineSegmentation,
                          VertebraRecord)
@@ -39,6 +44,9 @@ MIN_END_BONE = 0.5
 #: edge near mid-height, the arch in view is as much its neighbour's (posterior elements hang
 #: over the vertebra below: Panjabi 1991/1992) as its own, and no trabecular ROI fits its body.
 MIN_END_HEIGHT = 0.6
+#: Further looks at a refused column, each adding one disc where one was missed
+#: (:func:`_split_and_name`): enough for an end left unsplit over three vertebrae.
+MAX_FILLED_DISCS = 3
 #: Levels drawn into the label map when named (T1 to L5).
 DRAWN_LEVELS = tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6))
 
@@ -71,11 +79,7 @@ def segment_builtin(ct: CTVolume, levels: tuple[str, ...] = REPORTED_LEVELS) -> 
     source = ct.info.path
     work = to_working_grid(ct)
     col = find_column(work, source)
-    segs = split_column(col, find_discs(col))
-    if len(segs) < 2:
-        raise NoSpineError("levels cannot be identified: fewer than two vertebrae found along the column", source)
-    evidence = gather_evidence(work, col, segs)
-    naming = name_segments(observations(evidence), reported=tuple(levels))
+    segs, evidence, naming = _split_and_name(work, col, tuple(levels), source)
     record = _record(work, evidence, naming)
     if not naming.named:
         raise LabellingRefusedError(f"levels cannot be named: {naming.refusal}", source, labelling=record)
@@ -106,6 +110,48 @@ def segment_builtin(ct: CTVolume, levels: tuple[str, ...] = REPORTED_LEVELS) -> 
         anchors[a.kind] = f"{a.named} ({'agrees' if a.agrees else 'disagrees'})"
     return SpineSegmentation(labels=labels, body=body, levels=measured, backend="builtin", level_flags=flags,
                              anchors=anchors, warnings=naming.warnings, labelling=record)
+
+
+def _split_and_name(work, col, levels: tuple[str, ...], source: str | None):
+    """Discs, segments, evidence and naming of a column, with a second look where a disc was missed.
+
+    The strict disc chain (:func:`~.discs.find_discs`) can miss a disc where the
+    column bends or the signal is faint. The naming then refuses: an end of the
+    column is left unsplit (more than a vertebra past the last disc, and not the
+    sacrum: :func:`~.naming.unsplit_ends`), or a segment of the best labelling is
+    as tall as two vertebrae of its level (:func:`~.naming.relative_heights`).
+    The chain is then given the strongest plausible candidate at that end or in
+    that segment (``fill`` and ``split``) and the column is named again, one disc
+    more per look, at most :data:`MAX_FILLED_DISCS` looks. A later look is kept
+    only when it names the column, so scans named on the first look are
+    unchanged, and a second look can only turn a refusal into names that pass
+    every check of :mod:`.naming`; otherwise the first refusal stands.
+    """
+    def attempt(fill: dict[str, int], split: tuple[tuple[float, float], ...]):
+        segs = split_column(col, find_discs(col, fill=fill, split=split))
+        if len(segs) < 2:
+            raise NoSpineError("levels cannot be identified: fewer than two vertebrae found along the column",
+                               source)
+        evidence = gather_evidence(work, col, segs)
+        return segs, evidence, name_segments(observations(evidence), reported=levels)
+
+    first = attempt({}, ())
+    current, fill, split = first, {}, ()
+    for _ in range(MAX_FILLED_DISCS):
+        segs, evidence, naming = current
+        if naming.named:
+            return current
+        obs = observations(evidence)
+        ends = unsplit_ends(obs)
+        names = naming.best.names if naming.best is not None else ()
+        tall = tuple((segs[i].s_lo_mm, segs[i].s_hi_mm) for i, rel in relative_heights(obs, names).items()
+                     if rel > HEIGHT_RANGE[1])
+        if not ends and not tall:
+            break
+        fill = {end: fill.get(end, 0) + (end in ends) for end in ("below", "above")}
+        split = split + tall
+        current = attempt(fill, split)
+    return current if current[2].named else first
 
 
 def observations(evidence: ColumnEvidence) -> tuple[Observation, ...]:

@@ -29,7 +29,11 @@ Method (working grid, 2 mm isotropic, axes L, P, S; see :mod:`.grid`):
    ``u`` -60..60 mm, ``v`` -80..40 mm, 1 mm steps. In it every vertebra stands
    upright in front of the canal and every disc is a horizontal band, whatever
    the kyphosis, lordosis or scoliosis.
-5. **Body track.** In each plane the body's posterior wall, anterior cortex and
+5. **Top of the scan.** Where the canal track meets the top of the scan the
+   centre line is continued straight, and kept as far as the body centre is in
+   the scan (:func:`_extend_at_top`): a forward-leaning column's body meets the
+   edge after its canal does.
+6. **Body track.** In each plane the body's posterior wall, anterior cortex and
    width are read on five sagittal lines (``u`` = -8..8 mm); the shallowest line
    is kept, so an enhanced aorta touching the body on one side does not carry
    the edge (:func:`body_track`).
@@ -64,6 +68,10 @@ STEP_COST_LR, STEP_COST_AP = 40.0, 25.0
 #: Left-right drift of the canal track (voxels per slice, averaged over DRIFT_WINDOW slices) beyond
 #: which it has left the spine (see :func:`spine_run`).
 MAX_DRIFT, DRIFT_WINDOW = 0.8, 9
+#: Length (mm) by which the centre line is continued past its top where the canal meets the scan's
+#: top edge: the body lies up to 35 mm in front of the canal (Panjabi 1991/1992), and at a lean of up to
+#: about 60 degrees its centre reaches the edge up to 30 mm of line later (:func:`_extend_at_top`).
+EDGE_EXTENSION_MM = 30.0
 #: Shortest column (mm of arc length) worth labelling: about two vertebrae.
 MIN_COLUMN_MM = 40.0
 #: Smallest body depth as a fraction of its width (see :func:`body_track`).
@@ -325,7 +333,7 @@ def straighten(hu: np.ndarray, centre_ijk: np.ndarray, frames: np.ndarray, sp: f
 
 def body_track(straight: np.ndarray, u_mm: np.ndarray, v_mm: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre ``v``, depth and width (mm) of the vertebral body along the column (step 5 of the module method).
+    """Centre ``v``, depth and width (mm) of the vertebral body along the column (step 6 of the module method).
 
     On five sagittal lines (``u`` = -8..8 mm) of each plane: the posterior wall is
     the first bone (> :data:`WALL_HU`) 1-25 mm in front of the canal centre; the
@@ -399,6 +407,39 @@ def _fill_nan(values: np.ndarray, default) -> np.ndarray:
     return np.interp(idx, idx[ok], values[ok])
 
 
+def _extend_at_top(s: np.ndarray, centre: np.ndarray, frames: np.ndarray, sp: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Continue the centre line straight past its cranial end, where the canal track meets the scan's top.
+
+    The planes are perpendicular to the canal, and where the column leans forward
+    (the kyphosis at the cervicothoracic junction) the body, 15-35 mm in front of
+    the canal, reaches the top of the scan a plane or several after the canal: the
+    body of the top vertebra, already cut by the edge, would be cut again by the
+    last plane, and the vertebra above the first rib pair lost. Adds
+    :data:`EDGE_EXTENSION_MM` of line along the end tangent with the end frame;
+    :func:`_body_in_scan` keeps the planes whose body centre lies in the scan. The
+    caudal end is left as tracked: on an abdominal CT the column ends in the
+    sacrum, whose lean :func:`ctbmd.segment.builtin._split_and_name` handles.
+    """
+    steps = np.arange(1, int(round(EDGE_EXTENSION_MM / STEP_MM)) + 1) * STEP_MM
+    return (np.concatenate([s, s[-1] + steps]),
+            np.concatenate([centre, centre[-1] + frames[-1, 0] * (steps[:, None] / sp)]),
+            np.concatenate([frames, np.repeat(frames[-1:], len(steps), axis=0)]))
+
+
+def _body_in_scan(centre: np.ndarray, frames: np.ndarray, body_v_mm: np.ndarray, sp: float,
+                  shape: tuple[int, int, int]) -> np.ndarray:
+    """bool ``(ns,)``: the planes whose body centre (``body_v_mm`` in front of the canal) lies in the scan,
+    trimmed to one run from the first to the last such plane."""
+    body = centre + frames[:, 2] * (body_v_mm / sp)[:, None]
+    inside = np.all((body >= -0.5) & (body <= np.asarray(shape) - 0.5), axis=1)
+    keep = np.zeros(len(inside), bool)
+    idx = np.nonzero(inside)[0]
+    if len(idx):
+        keep[idx[0]:idx[-1] + 1] = True
+    return keep
+
+
 def find_column(work: WorkGrid, source: str | None = None) -> Column:
     """Find the spinal column of a CT on the working grid (the module method).
 
@@ -431,9 +472,16 @@ def find_column(work: WorkGrid, source: str | None = None) -> Column:
         raise NoSpineError("no spine in view: no continuous spinal canal found", source)
     z = z0 + np.arange(len(path))[run]
     s, centre, frames = _centre_line(np.column_stack([path[run], z]), sp)
+    at_top = bool(z[-1] == work.hu.shape[2] - 1)
+    if at_top:
+        s, centre, frames = _extend_at_top(s, centre, frames, sp)
     u_mm = np.arange(-U_HALF_MM, U_HALF_MM + STEP_MM / 2, STEP_MM)
     v_mm = np.arange(V_RANGE_MM[0], V_RANGE_MM[1] + STEP_MM / 2, STEP_MM)
     straight = straighten(work.hu, centre, frames, sp, u_mm, v_mm)
     body_v, depth, width = body_track(straight, u_mm, v_mm)
+    if at_top:
+        keep = _body_in_scan(centre, frames, body_v, sp, work.hu.shape)
+        s, centre, frames, straight = s[keep], centre[keep], frames[keep], straight[:, :, keep]
+        body_v, depth, width = body_v[keep], depth[keep], width[keep]
     return Column(s_mm=s, centre_ijk=centre, frames=frames, straight=straight, u_mm=u_mm, v_mm=v_mm,
                   body_v_mm=body_v, body_depth_mm=depth, body_width_mm=width, spacing_mm=sp)

@@ -43,6 +43,17 @@ Method (``s`` is arc length along the canal, mm; see :mod:`.column`):
    pitch alone weighs against a disc at an end of the chain; a strong candidate
    (as strong as the chain's lower quartile) at 0.55-1.6 times the end pitch,
    with a pedicle between, is added there (:func:`extend_chain`).
+
+5. **Missed discs, on request.** When the column runs on beyond an end disc for
+   more than :data:`UNSPLIT_PITCHES` typical pitches, or a segment is as tall as
+   two vertebrae of its level, a disc must lie there (every vertebra is bounded
+   by discs; only the sacrum is a long solid run). :mod:`ctbmd.segment.builtin`
+   then asks again with ``fill`` naming that end or ``split`` that segment, and
+   the strongest candidate there (13-60 mm beyond the end, or 13 mm or more
+   inside the segment) with a pedicle between is added whatever its strength
+   (:func:`fill_chain`). The labelling built on
+   it must still pass every check of :mod:`.naming`, so a weak disc that is not
+   one ends in a refusal, as the unsplit end did.
 """
 
 from __future__ import annotations
@@ -87,6 +98,9 @@ PEDICLE_V_MM = (-4.0, 6.0)
 #: narrower than the zone, fills a quarter to four fifths of it; the foramen at a disc, and the
 #: lower half of a body, leave it nearly empty (< 0.1).
 PEDICLE_RUN_FRACTION = 0.2
+#: An open end longer than this many typical disc-to-disc heights holds a missed disc (unless it is
+#: the sacrum): the labeller cannot check an anchor there (:func:`.naming.unsplit_ends`).
+UNSPLIT_PITCHES = 1.5
 #: Half-window (mm) of the median body width that sizes the pedicle zone.
 PEDICLE_WIDTH_WINDOW_MM = 40.0
 
@@ -210,8 +224,20 @@ def _combine(centre: np.ndarray, rim: np.ndarray, ped: np.ndarray) -> np.ndarray
     return signal
 
 
-def find_discs(col: Column) -> Discs:
+def find_discs(col: Column, fill: dict[str, int] | None = None,
+               split: tuple[tuple[float, float], ...] = ()) -> Discs:
     """Find the discs along ``col`` (the module method).
+
+    Parameters
+    ----------
+    col : Column
+        The straightened column.
+    fill : dict, optional
+        ``{"below": k, "above": m}``: discs to add at each end of the chain, where
+        the column was left unsplit (step 5 of the module method); none by default.
+    split : tuple of (float, float)
+        Arc-length intervals (mm, along the canal) each to be split by one more
+        disc: segments as tall as two vertebrae (step 5 of the module method).
 
     Returns
     -------
@@ -239,6 +265,9 @@ def find_discs(col: Column) -> Discs:
     value = np.maximum(5.0 + 3.0 * (sig[idx] + prom), 1.0)
     between = _pedicle_between(ped, idx)
     chain = extend_chain(grid[idx], value, best_chain(grid[idx], value, pedicle_between=between), between)
+    if fill or split:
+        splits = tuple((float(np.interp(lo, col.s_mm, arc)), float(np.interp(hi, col.s_mm, arc))) for lo, hi in split)
+        chain = fill_chain(grid[idx], value, chain, between, fill, splits)
     at = grid[idx][chain]
     return Discs(np.interp(at, arc, col.s_mm), sig[idx][chain], prof)
 
@@ -310,6 +339,74 @@ def extend_chain(s_mm: np.ndarray, value: np.ndarray, chain: list[int],
                 added = True
         if not added:
             return chain
+
+
+def fill_chain(s_mm: np.ndarray, value: np.ndarray, chain: list[int], pedicle_between: np.ndarray | None,
+               ends: dict[str, int] | None = None, splits: tuple[tuple[float, float], ...] = ()) -> list[int]:
+    """Add the strongest plausible candidate where the chain must have missed a disc.
+
+    * At an end (``ends[end]`` times): the candidate of highest ``value`` beyond
+      that end of the chain, 13-60 mm from it (a vertebra's pitch, C6 to L5 with
+      the lumbosacral bend: Panjabi 1991/1992);
+    * inside an interval of ``splits`` (a segment as tall as two vertebrae): the
+      candidate of highest ``value`` at least 13 mm from both its ends;
+
+    with a pedicle run between it and its chain neighbours when
+    ``pedicle_between`` is given, however weak. No ratio to the neighbouring
+    pitch is asked: where the column bends most (L5-S1, C7-T1) the pitches along
+    the body line are least regular, and the level-aware height check of
+    :mod:`.naming` judges the vertebrae it makes. Used only where the strict chain
+    was refused for it (module step 5).
+
+    Parameters
+    ----------
+    s_mm, value : numpy.ndarray
+        Candidate positions (mm, ascending) and values, shape ``(n,)``.
+    chain : list of int
+        Indices of the chain, ascending (:func:`extend_chain`).
+    pedicle_between : numpy.ndarray or None
+        As in :func:`best_chain`.
+    ends : dict, optional
+        ``{"below": k, "above": m}``: how many discs to add at each end.
+    splits : tuple of (float, float)
+        Intervals (mm, on the axis of ``s_mm``) each to be split by one disc.
+
+    Returns
+    -------
+    list of int
+        The chain with the added candidates, ascending.
+    """
+    chain = sorted(chain)
+
+    def linked(a: int, c: int) -> bool:
+        return pedicle_between is None or bool(pedicle_between[min(a, c), max(a, c)])
+
+    def strongest(cands) -> int | None:
+        cands = list(cands)
+        return max(cands, key=lambda c: value[c]) if cands else None
+
+    for lo, hi in splits:
+        inside = [c for c in range(len(s_mm)) if lo + PITCH_MIN_MM <= s_mm[c] <= hi - PITCH_MIN_MM and c not in chain]
+        best = None
+        for c in sorted(inside, key=lambda c: -value[c]):
+            below = [m for m in chain if m < c]
+            above = [m for m in chain if m > c]
+            if (not below or linked(below[-1], c)) and (not above or linked(c, above[0])):
+                best = c
+                break
+        if best is not None:
+            chain = sorted(chain + [best])
+    for end, count in (ends or {}).items():
+        for _ in range(count):
+            if not chain:
+                break
+            a = chain[0] if end == "below" else chain[-1]
+            best = strongest(c for c in (range(a) if end == "below" else range(a + 1, len(s_mm)))
+                             if PITCH_MIN_MM <= abs(s_mm[a] - s_mm[c]) <= PITCH_MAX_MM and linked(a, c))
+            if best is None:
+                break
+            chain = sorted(chain + [best])
+    return chain
 
 
 def best_chain(s_mm: np.ndarray, value: np.ndarray, pedicle_between: np.ndarray | None = None) -> list[int]:

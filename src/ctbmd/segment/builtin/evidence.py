@@ -93,7 +93,8 @@ RIB_POSITION_LOW = (0.4, 0.55)
 RIB_REL_RANGE = (-0.2, 1.3)
 #: No rib articulates with the sacrum or the vertebra above it: bone met beside them is the iliac
 #: crest, which lies level with L4-L5 (the intercristal line), and is not taken for a rib. The
-#: sacrum is looked for among this many segments at the foot of the column.
+#: sacrum's run of segments with alae (:func:`sacrum_segment`) must start among this many segments
+#: at the foot of the column.
 PELVIS_SEGMENTS = 2
 #: Lung: HU threshold and the zone beside the body (mm beyond its edge).
 LUNG_HU = -500.0
@@ -416,15 +417,30 @@ def sacral_evidence(work: WorkGrid, col: Column, seg: Segment) -> tuple[float, f
     return score, reach
 
 
+def sacrum_segment(sacral: list[bool]) -> int | None:
+    """Index of the first sacral segment, given which segments (caudal to cranial) show alae.
+
+    The sacrum is the foot of the column: its first segment is the top of the lowest
+    run of segments with alae (a segmented sacrum shows them on S1 and often S2).
+    Ala-like bone higher up, with vertebrae free of it below, is not the sacrum.
+    None when no segment shows alae.
+    """
+    if not any(sacral):
+        return None
+    i = sacral.index(True)
+    while i + 1 < len(sacral) and sacral[i + 1]:
+        i += 1
+    return i
+
+
 def gather_evidence(work: WorkGrid, col: Column, segments: tuple[Segment, ...]) -> ColumnEvidence:
     """Evidence for every segment, caudal to cranial, and the ribs it rests on."""
     ribs, overview, overview_s = find_ribs(work, col)
     sacra = [sacral_evidence(work, col, seg) for seg in segments]
     pelvis_top = None
-    for n in range(min(PELVIS_SEGMENTS, len(segments) - 1)):  # the sacrum lies at the foot of the column
-        if sacra[n][0] >= 0.5:
-            pelvis_top = segments[n + 1].s_hi_mm
-            break
+    first = sacrum_segment([score >= 0.5 for score, _ in sacra])
+    if first is not None and first < PELVIS_SEGMENTS and first + 1 < len(segments):
+        pelvis_top = segments[first + 1].s_hi_mm
     if pelvis_top is not None:
         ribs = tuple(r for r in ribs if r.s_mm >= pelvis_top)
     matched = assign_ribs(ribs, segments)

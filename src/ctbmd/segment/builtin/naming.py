@@ -27,7 +27,7 @@ al., Spine 1991;16:861, 1991;16:888, 1992;17:299; :data:`EXPECTED_SIZE_MM`).
 **Decision** (:func:`name_segments`). Names are given only when
 
 1. the best labelling is the standard anatomy, and neither end of the column is
-   an unsplit run longer than 1.5 vertebrae (discs missed where an anchor, the
+   an unsplit run longer than 1.5 vertebrae (:func:`unsplit_ends`) (discs missed where an anchor, the
    sacrum or the ribs, might lie) unless it is the sacrum itself;
 2. it beats every other standard labelling that names a measured level
    differently by at least :data:`MIN_MARGIN` (log-likelihood units; 2.3 = ten
@@ -35,7 +35,8 @@ al., Spine 1991;16:861, 1991;16:888, 1992;17:299; :data:`EXPECTED_SIZE_MM`).
    prior - 13 rib pairs when T1 is out of view - cannot be told apart by any
    evidence; the convention then names the lowest rib-bearing vertebra T12;
 3. at least one anchor is in view and agrees with it: the sacrum (alae below
-   the named L5), the lowest rib pair (on the named T12, with a rib-free L1
+   the named L5; the top of the lowest run of segments with alae, since the
+   sacrum is the foot of the column), the lowest rib pair (on the named T12, with a rib-free L1
    below) or the first rib pair (on the named T1, with a rib-free C7 above),
    and no anchor in view points elsewhere. A neighbour cut by the edge of the
    scan counts as rib-free only when at least :data:`RIB_VISIBLE_FRACTION` of
@@ -49,6 +50,8 @@ al., Spine 1991;16:861, 1991;16:888, 1992;17:299; :data:`EXPECTED_SIZE_MM`).
    ribs on T1, T11 and on every measured thoracic level (other upper thoracic
    ribs, crowded under the shoulder girdle, are not required), the sacrum
    under L5 when the segment below is in view, and a disc-to-disc height
+   from T1 down (cervical segments above the first rib pair are neither drawn
+   nor needed for the count, and the top of a chest CT often cuts them)
    within 0.55-1.6 times that expected at the patient's scale (two vertebrae
    merged by a missed disc are 1.8-2 times as tall, half a vertebra split off
    is 0.5).
@@ -71,6 +74,9 @@ from itertools import product
 
 import numpy as np
 
+from ctbmd.segment.builtin.discs import UNSPLIT_PITCHES
+from ctbmd.segment.builtin.evidence import sacrum_segment
+
 #: Approximate mean body width (upper endplate, mm) and disc-to-disc height (body plus one disc,
 #: mm) per level, read from Panjabi et al., Spine 1991;16:861 (cervical), 1991;16:888 (thoracic)
 #: and 1992;17:299 (lumbar). Only ratios between levels matter: the scale is fitted per patient.
@@ -90,9 +96,6 @@ SEEN = 0.5
 #: Spread (log units) of a body size around its scaled expectation, and the weight of the size term.
 SIZE_SPREAD = 0.25
 SIZE_WEIGHT = 0.5
-#: An open end segment taller than this many typical disc-to-disc heights holds vertebrae whose
-#: discs were missed (unless it is the sacrum): anchors there cannot be checked.
-UNSPLIT_HEIGHT = 1.5
 #: Lateral reach (mm) below which the lowest rib pair may be rudimentary lumbar ribs (on L1) rather
 #: than 12th ribs: lumbar ribs are usually under 38 mm long, reaching about 60 mm from the canal.
 SHORT_RIB_MM = 60.0
@@ -346,13 +349,30 @@ def labellings(obs: tuple[Observation, ...]) -> list[Labelling]:
     return sorted(out, key=lambda lab: -lab.score)
 
 
+def unsplit_ends(obs: tuple[Observation, ...]) -> tuple[str, ...]:
+    """Ends (``"below"``, ``"above"``) of the column whose open segment is an unsplit run.
+
+    An open end segment taller than :data:`~.discs.UNSPLIT_PITCHES` times the
+    median complete height holds vertebrae whose discs were missed, unless it is
+    the sacrum (alae seen, at the lower end): an anchor there cannot be checked.
+    """
+    closed = [o.height_mm for o in obs if o.complete]
+    if not obs or not closed:
+        return ()
+    nominal = float(np.median(closed))
+    out = []
+    for end, o in (("below", obs[0]), ("above", obs[-1])):
+        if not o.complete and o.height_mm > UNSPLIT_PITCHES * nominal and not (end == "below" and o.sacral >= SEEN):
+            out.append(end)
+    return tuple(out)
+
+
 def find_anchors(obs: tuple[Observation, ...], names: tuple[str | None, ...]) -> tuple[Anchor, ...]:
     """Anchors in view (see the module docstring), judged against ``names``."""
     out = []
     n = len(obs)
-    sacral = [i for i, o in enumerate(obs) if o.closed_above and o.sacral >= SEEN]
-    if sacral:
-        i = max(sacral)  # the most cranial sacral-looking segment is the first sacral one
+    i = sacrum_segment([o.closed_above and o.sacral >= SEEN for o in obs])
+    if i is not None:
         out.append(Anchor("sacrum", i, SACRUM, names[i] == SACRUM))
     ribbed = [i for i, o in enumerate(obs) if o.rib >= SEEN]
     if ribbed:
@@ -368,12 +388,27 @@ def find_anchors(obs: tuple[Observation, ...], names: tuple[str | None, ...]) ->
     return tuple(out)
 
 
-def _consistency(obs: tuple[Observation, ...], names: tuple[str | None, ...],
-                 reported: tuple[str, ...] | None = None) -> list[str]:
-    problems = []
+def relative_heights(obs: tuple[Observation, ...], names: tuple[str | None, ...]) -> dict[int, float]:
+    """Disc-to-disc height of each complete segment named T1 to L6, over that expected for its name.
+
+    The expectation is :data:`EXPECTED_SIZE_MM` at the patient's scale, the median
+    ratio over the labelling's complete named segments. Cervical names (above the
+    first rib pair, neither drawn nor needed for the count, often cut by the top
+    of a chest CT) are left out. Returns ``{segment index: ratio}``; a ratio above
+    ``HEIGHT_RANGE[1]`` marks two vertebrae merged by a missed disc, below
+    ``HEIGHT_RANGE[0]`` half a vertebra split off.
+    """
     levels = [(o, nm) for o, nm in zip(obs, names) if nm not in (None, SACRUM)]
     ratios = [np.log(o.height_mm / EXPECTED_SIZE_MM[nm][1]) for o, nm in levels if o.complete and nm in EXPECTED_SIZE_MM]
     scale = float(np.exp(np.median(ratios))) if ratios else 1.0
+    return {i: o.height_mm / (scale * EXPECTED_SIZE_MM[nm][1]) for i, (o, nm) in enumerate(zip(obs, names))
+            if o.complete and nm in EXPECTED_SIZE_MM and not nm.startswith("C")}
+
+
+def _consistency(obs: tuple[Observation, ...], names: tuple[str | None, ...],
+                 reported: tuple[str, ...] | None = None) -> list[str]:
+    problems = []
+    heights = relative_heights(obs, names)
     for i, (o, nm) in enumerate(zip(obs, names)):
         if nm in (None, SACRUM):
             continue
@@ -386,8 +421,8 @@ def _consistency(obs: tuple[Observation, ...], names: tuple[str | None, ...],
             problems.append(f"{nm} would carry no rib")
         if nm == "L5" and i > 0 and obs[i - 1].closed_above and names[i - 1] == SACRUM and obs[i - 1].sacral < SEEN:
             problems.append("the segment below L5 shows no sacral alae")
-        if o.complete and nm in EXPECTED_SIZE_MM:
-            rel = o.height_mm / (scale * EXPECTED_SIZE_MM[nm][1])
+        if i in heights:
+            rel = heights[i]
             if not HEIGHT_RANGE[0] <= rel <= HEIGHT_RANGE[1]:
                 problems.append(f"{nm} would be {rel:.1f} times its expected height (a disc missed or a false one)")
     return problems
@@ -437,15 +472,11 @@ def name_segments(obs: tuple[Observation, ...], reported: tuple[str, ...] | None
         return Naming(unnamed, best, std, best.score - (std.score if std else -np.inf), find_anchors(obs, best.names),
                       refusal=f"transitional anatomy suspected: the evidence fits {best.describe()} better than "
                               f"standard anatomy ({std.describe() if std else 'none'}); " + _anchor_text(obs, best.names))
-    closed = [o.height_mm for o in obs if o.complete]
-    nominal = float(np.median(closed)) if closed else None
-    if nominal is not None:
-        for end, o in (("below the lowest", obs[0]), ("above the highest", obs[-1])):
-            if not o.complete and o.height_mm > UNSPLIT_HEIGHT * nominal and not (end.startswith("below") and
-                                                                                  o.sacral >= SEEN):
-                return refuse(f"the column runs {o.height_mm:.0f} mm {end} disc found, more than a vertebra: "
-                              "discs were missed there, so an anchor there (sacrum or ribs) cannot be "
-                              "checked")
+    for end in unsplit_ends(obs):
+        o = obs[0] if end == "below" else obs[-1]
+        return refuse(f"the column runs {o.height_mm:.0f} mm {end} the {'lowest' if end == 'below' else 'highest'} "
+                      "disc found, more than a vertebra: discs were missed there, so an anchor there (sacrum or "
+                      "ribs) cannot be checked")
     if not any(a.agrees for a in anchors):
         return refuse("no anchor in view: neither the sacrum, nor the lowest rib pair with a rib-free "
                       "vertebra below it, nor the first rib pair with a rib-free vertebra above it")
