@@ -224,7 +224,7 @@ def _simulate(tmp_path, spec):
 def test_a_disc_missed_at_the_lumbosacral_bend_gets_a_second_look(tmp_path):
     """The strict chain leaves L5 and the sacrum unsplit (refused); the second look adds the L5-S1 disc."""
     from ctbmd.segment import segment
-    from ctbmd.segment.builtin import observations
+    from ctbmd.segment.builtin import REPORTED_LEVELS, observations
     from ctbmd.segment.builtin.column import find_column
     from ctbmd.segment.builtin.discs import find_discs
     from ctbmd.segment.builtin.evidence import gather_evidence
@@ -238,10 +238,10 @@ def test_a_disc_missed_at_the_lumbosacral_bend_gets_a_second_look(tmp_path):
     segs = split_column(col, find_discs(col))
     obs = observations(gather_evidence(work, col, segs))
     assert unsplit_ends(obs) == ("below",)
-    assert not name_segments(obs, REPORTED).named
+    assert not name_segments(obs, REPORTED_LEVELS).named
     seg = segment(ct, "builtin")
     ours = centroids(seg.labels, ct, VERSE_NAMES)
-    assert set(REPORTED) <= set(ours)
+    assert set(REPORTED_LEVELS) <= set(ours)
     for name, c in ours.items():
         assert np.linalg.norm(c - truth[name]) <= 10.0, name
     assert {a.kind for a in seg.labelling.anchors if a.agrees} == {"sacrum", "lowest_rib"}

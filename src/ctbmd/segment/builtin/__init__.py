@@ -150,7 +150,10 @@ def _split_and_name(work, col, levels: tuple[str, ...], source: str | None):
             break
         fill = {end: fill.get(end, 0) + (end in ends) for end in ("below", "above")}
         split = split + tall
+        previous = [(g.s_lo_mm, g.s_hi_mm) for g in segs]
         current = attempt(fill, split)
+        if [(g.s_lo_mm, g.s_hi_mm) for g in current[0]] == previous:
+            break  # no candidate where a disc was missed: looking again changes nothing
     return current if current[2].named else first
 
 
