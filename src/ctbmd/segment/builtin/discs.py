@@ -51,9 +51,8 @@ Method (``s`` is arc length along the canal, mm; see :mod:`.column`):
    then asks again with ``fill`` naming that end or ``split`` that segment, and
    the strongest candidate there (13-60 mm beyond the end, or 13 mm or more
    inside the segment) with a pedicle between is added whatever its strength
-   (:func:`fill_chain`). The labelling built on
-   it must still pass every check of :mod:`.naming`, so a weak disc that is not
-   one ends in a refusal, as the unsplit end did.
+   (:func:`fill_chain`). The labelling built on it must still pass every check
+   of :mod:`.naming`, so a weak disc that is not one ends in a refusal.
 """
 
 from __future__ import annotations
@@ -385,15 +384,13 @@ def fill_chain(s_mm: np.ndarray, value: np.ndarray, chain: list[int], pedicle_be
         cands = list(cands)
         return max(cands, key=lambda c: value[c]) if cands else None
 
+    def between_neighbours(c: int) -> bool:
+        below, above = [m for m in chain if m < c], [m for m in chain if m > c]
+        return (not below or linked(below[-1], c)) and (not above or linked(c, above[0]))
+
     for lo, hi in splits:
-        inside = [c for c in range(len(s_mm)) if lo + PITCH_MIN_MM <= s_mm[c] <= hi - PITCH_MIN_MM and c not in chain]
-        best = None
-        for c in sorted(inside, key=lambda c: -value[c]):
-            below = [m for m in chain if m < c]
-            above = [m for m in chain if m > c]
-            if (not below or linked(below[-1], c)) and (not above or linked(c, above[0])):
-                best = c
-                break
+        best = strongest(c for c in range(len(s_mm)) if c not in chain
+                         and lo + PITCH_MIN_MM <= s_mm[c] <= hi - PITCH_MIN_MM and between_neighbours(c))
         if best is not None:
             chain = sorted(chain + [best])
     for end, count in (ends or {}).items():
