@@ -27,8 +27,9 @@ al., Spine 1991;16:861, 1991;16:888, 1992;17:299; :data:`EXPECTED_SIZE_MM`).
 **Decision** (:func:`name_segments`). Names are given only when
 
 1. the best labelling is the standard anatomy, and neither end of the column is
-   an unsplit run longer than 1.5 vertebrae (:func:`unsplit_ends`) (discs missed where an anchor, the
-   sacrum or the ribs, might lie) unless it is the sacrum itself;
+   an unsplit run longer than 1.5 vertebrae - discs missed where an anchor, the
+   sacrum or the ribs, might lie - unless it is the sacrum itself
+   (:func:`unsplit_ends`);
 2. it beats every other standard labelling that names a measured level
    differently by at least :data:`MIN_MARGIN` (log-likelihood units; 2.3 = ten
    times as likely). A transitional anatomy that differs from it only by its
@@ -472,7 +473,9 @@ def name_segments(obs: tuple[Observation, ...], reported: tuple[str, ...] | None
         return Naming(unnamed, best, std, best.score - (std.score if std else -np.inf), find_anchors(obs, best.names),
                       refusal=f"transitional anatomy suspected: the evidence fits {best.describe()} better than "
                               f"standard anatomy ({std.describe() if std else 'none'}); " + _anchor_text(obs, best.names))
-    for end in unsplit_ends(obs):
+    ends = unsplit_ends(obs)
+    if ends:
+        end = ends[0]
         o = obs[0] if end == "below" else obs[-1]
         return refuse(f"the column runs {o.height_mm:.0f} mm {end} the {'lowest' if end == 'below' else 'highest'} "
                       "disc found, more than a vertebra: discs were missed there, so an anchor there (sacrum or "
