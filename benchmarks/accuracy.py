@@ -2,16 +2,35 @@
 
 Usage::
 
-    python benchmarks/accuracy.py                 # 100 phantoms, 2 workers
+    python benchmarks/accuracy.py                 # 100 phantoms, 2 workers, phantomless calibration
     python benchmarks/accuracy.py --n 12 --out out/acc-small
+    python benchmarks/accuracy.py --calibration rods      # a rod phantom under every patient
+    python benchmarks/accuracy.py --calibration profile   # one scanner profile per kVp (asynchronous)
+    python benchmarks/accuracy.py --baseline-src OLD/src  # run another ctbmd checkout on the same phantoms
 
 Each phantom is drawn from a seeded range (``draw_cohort``): L1 BMD 30-250
 mg/cm^3 K2HPO4 (other levels within +-10%), kVp 80/100/120/140 in turn, noise
 5-30 HU, slices 1/2/3/5 mm, pixels 1.0-1.5 mm, marrow fat 20-70%, body width
-250-450 mm, tissue-density spread 0 or 0.5%, rotation +-8 degrees, and one in
-four contrast-enhanced (arterial or portal venous). It is written as NIfTI,
-run through :func:`ctbmd.pipeline.run` (the code behind ``ctbmd run``), and
-compared with its truth:
+250-450 mm, rotation +-8 degrees, and one in four contrast-enhanced (arterial
+or portal venous). Tissues are realistic (``tissue_model="realistic"``: fat
+composition, muscle with age, blood with haemoglobin drawn from published
+ranges, none of them the calibrator's tables). Each kVp stands for one
+scanner: its effective energy is the spectrum model's plus a scanner offset
+drawn once per kVp from the model's spread (SD ~1.8 keV), shared by the
+patients scanned on it. A phantom is written as NIfTI, run through
+:func:`ctbmd.pipeline.run` (the code behind ``ctbmd run``) with ``--kvp`` set
+to its protocol's kVp (NIfTI has no header for it), and compared with its
+truth (QCT-equivalent: what phantom-calibrated QCT Pro reads):
+
+* ``--calibration phantomless`` (default): internal calibration;
+* ``--calibration rods``: a Mindways-style rod phantom lies under every
+  patient (:func:`ctbmd.simulate.rods.add_rod_phantom`) and ``--rods`` is given;
+* ``--calibration profile``: per kVp, one 32 cm rod-phantom scan on that
+  scanner makes a profile (``ctbmd calibrate-scanner``), used for its patients;
+* ``--baseline-src DIR``: the same phantoms run through another ctbmd source
+  tree (e.g. a checkout before a change) with its own defaults, for a
+  before/after comparison.
+
 
 * labelling: a truth level T11-L5 is correct when ctbmd reports it under the
   same name with its centroid within 10 mm of the truth centroid;
@@ -44,9 +63,20 @@ from scipy import stats
 REPORTED = ("T11", "T12", "L1", "L2", "L3", "L4", "L5")
 
 
+#: SD (keV) of the scanner offsets from the spectrum model (ctbmd.calibrate.energy: hypot(~1.0, 1.5)).
+SCANNER_OFFSET_SD_KEV = 1.8
+
+
+def scanner_offsets(seed: int) -> dict[int, float]:
+    """One effective-energy offset (keV) per kVp: each kVp is one scanner of the cohort."""
+    rng = np.random.default_rng([seed, 5])
+    return {kvp: round(float(np.clip(rng.normal(0.0, SCANNER_OFFSET_SD_KEV), -4, 4)), 2) for kvp in (80, 100, 120, 140)}
+
+
 def draw_cohort(n: int, seed: int = 2026) -> list[dict]:
     """Seeded phantom settings (dicts of :class:`ctbmd.simulate.PhantomSpec` fields)."""
     rng = np.random.default_rng(seed)
+    offsets = scanner_offsets(seed)
     specs = []
     for i in range(n):
         l1 = float(rng.uniform(30.0, 250.0))
@@ -62,31 +92,84 @@ def draw_cohort(n: int, seed: int = 2026) -> list[dict]:
             marrow_fat_fraction=round(float(rng.uniform(0.2, 0.7)), 3),
             body_width_mm=round(float(rng.uniform(250, 450)), 1), phase=phase,
             rotation_deg=round(float(rng.uniform(-8, 8)), 1), tissue_spread=float(rng.choice([0.0, 0.005])),
+            tissue_model="realistic", energy_offset_kev=offsets[(80, 100, 120, 140)[i % 4]],
             seed=int(seed * 1000 + i)))
     return specs
 
 
-def run_one(args: tuple[int, dict, str]) -> dict:
+def make_profiles(work: Path, seed: int) -> dict[int, str]:
+    """Per kVp, scan a rod phantom under a 320 mm wide patient on that scanner and save its profile."""
+    from ctbmd.calibrate.rods import make_profile, save_profile
+    from ctbmd.io import read_ct
+    from ctbmd.simulate import PhantomSpec, simulate_phantom, write_phantom
+    from ctbmd.simulate.rods import add_rod_phantom
+
+    offsets = scanner_offsets(seed)
+    out = {}
+    for kvp in (80, 100, 120, 140):
+        ph = add_rod_phantom(simulate_phantom(PhantomSpec(bmd_mg_cm3={"L1": 150.0}, kvp=kvp, noise_hu=10.0,
+                                                          slice_thickness_mm=2.0, pixel_mm=1.0, body_width_mm=320.0,
+                                                          energy_offset_kev=offsets[kvp], seed=seed + kvp)))
+        folder = work / f"scanner_{kvp}"
+        write_phantom(ph, folder)
+        ct, _ = read_ct(folder / "ct.nii.gz")
+        profile = make_profile(ct, _default_rods(), model=f"phantom scanner {kvp} kV", kvp=float(kvp))
+        out[kvp] = str(save_profile(profile, work / f"profile_{kvp}.json"))
+    return out
+
+
+def _default_rods():
+    from ctbmd.calibrate.rods import DEFAULT_ROD_SPEC
+
+    return DEFAULT_ROD_SPEC
+
+
+def run_one(args: tuple[int, dict, str, str, dict, str | None]) -> dict:
     """Simulate phantom ``i`` and run ctbmd on it; return truth, result and timings (or the error)."""
     from ctbmd.errors import CtbmdError
     from ctbmd.pipeline import run
     from ctbmd.simulate import PhantomSpec, simulate_phantom, write_phantom
 
-    i, spec_d, work = args
+    i, spec_d, work, mode, profiles, baseline_src = args
     spec = PhantomSpec(**spec_d)
     t0 = time.perf_counter()
     ph = simulate_phantom(spec)
+    options: dict = {"kvp": float(spec.kvp)}
+    if mode == "rods":
+        from ctbmd.simulate.rods import add_rod_phantom
+
+        ph = add_rod_phantom(ph)
+        options["rods"] = ",".join(f"{r.k2hpo4_mg_cm3:g}" for r in _default_rods().rods)
+    elif mode == "profile":
+        options["scanner_profile"] = profiles[spec.kvp]
     folder = Path(work) / f"p{i:03d}"
     write_phantom(ph, folder)
     t1 = time.perf_counter()
-    try:
-        result = run(folder / "ct.nii.gz", folder / "out")
-        error = None
-    except CtbmdError as exc:
-        result, error = None, exc.one_line()
+    if baseline_src:
+        result, error = _run_baseline(baseline_src, folder)
+    else:
+        try:
+            result = run(folder / "ct.nii.gz", folder / "out", **options)
+            error = None
+        except CtbmdError as exc:
+            result, error = None, exc.one_line()
     t2 = time.perf_counter()
     return {"i": i, "spec": asdict(spec), "truth": ph.truth, "result": result, "error": error,
             "simulate_s": t1 - t0, "run_s": t2 - t1, "shape": list(ph.hu.shape)}
+
+
+def _run_baseline(src: str, folder: Path) -> tuple[dict | None, str | None]:
+    """``ctbmd run`` of another source tree (its own defaults) on one phantom."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": src}
+    proc = subprocess.run([sys.executable, "-c", "from ctbmd.cli import main; main()", "run",
+                           str(folder / "ct.nii.gz"), "--out", str(folder / "out"), "--quiet"],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return None, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+    return json.loads((folder / "out" / "result.json").read_text()), None
 
 
 def level_rows(rec: dict) -> list[dict]:
@@ -139,6 +222,8 @@ def patient_row(rec: dict) -> dict | None:
             "truth_category_k2hpo4": acr_category(k2),
             "truth_energy_kev": rec["truth"]["scan"]["effective_energy_kev"],
             "fitted_energy_kev": res["calibration"]["effective_energy_kev"],
+            "ci95_low": (res["patient"].get("bmd_ci95_mg_cm3") or [None, None])[0],
+            "ci95_high": (res["patient"].get("bmd_ci95_mg_cm3") or [None, None])[1],
             "detected_phase": res["input"]["contrast_phase"]}
 
 
@@ -237,14 +322,18 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("out/accuracy"))
     ap.add_argument("--keep", action="store_true", help="keep the phantoms and ctbmd outputs")
+    ap.add_argument("--calibration", choices=("phantomless", "rods", "profile"), default="phantomless")
+    ap.add_argument("--baseline-src", default=None, help="run this ctbmd source tree instead (before/after)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     specs = draw_cohort(a.n, a.seed)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="ctbmd-acc-", dir=a.out if a.keep else None))
     records = []
+    profiles = make_profiles(work, a.seed) if a.calibration == "profile" else {}
+    jobs = [(i, s, str(work), a.calibration, profiles, a.baseline_src) for i, s in enumerate(specs)]
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
-        for rec in pool.map(run_one, [(i, s, str(work)) for i, s in enumerate(specs)]):
+        for rec in pool.map(run_one, jobs):
             records.append(rec)
             status = rec["error"] or f"patient {(rec['result'] or {}).get('patient', {}).get('bmd_mg_cm3')}"
             print(f"[{len(records):3d}/{a.n}] phantom {rec['i']:3d} {rec['spec']['kvp']} kVp "
@@ -265,8 +354,10 @@ def main(argv=None) -> int:
                 w.writeheader()
                 w.writerows(rows)
 
-    summary: dict = {"n_phantoms": a.n, "wall_s": wall, "failures": failures}
-    print(f"\nctbmd accuracy on {a.n} phantoms (seed {a.seed}), wall {wall / 60:.1f} min; "
+    summary: dict = {"n_phantoms": a.n, "wall_s": wall, "failures": failures, "calibration": a.calibration,
+                     "baseline_src": a.baseline_src, "scanner_offsets_kev": scanner_offsets(a.seed)}
+    print(f"\nctbmd accuracy on {a.n} phantoms (seed {a.seed}), calibration {a.calibration}"
+          f"{', baseline ' + a.baseline_src if a.baseline_src else ''}, wall {wall / 60:.1f} min; "
           f"failed runs: {len(failures)}")
     for i, e in failures:
         print(f"  phantom {i}: {e}")
@@ -296,10 +387,15 @@ def main(argv=None) -> int:
         print(f"level   BMD vs K2HPO4 set in marrow:  {fmt(a_lv_k)}")
         print(f"patient BMD vs K2HPO4 set in marrow:  {fmt(a_pt_k)}")
         print(f"ACR category accuracy (patient): vs QCT-equivalent {cat:.3f}, vs K2HPO4 set {cat_k:.3f}")
+        with_ci = [p for p in pt if p.get("ci95_low") is not None]
+        coverage = (float(np.mean([p["ci95_low"] <= p["truth_qct_mg_cm3"] <= p["ci95_high"] for p in with_ci]))
+                    if with_ci else float("nan"))
+        print(f"95% interval covers the truth: {coverage:.3f} of {len(with_ci)} patients; mean width "
+              f"{np.mean([p['ci95_high'] - p['ci95_low'] for p in with_ci]) if with_ci else float('nan'):.1f} mg/cm³")
         summary[phase_name] = {"labelling_level": lab, "labelling_phantom": pat_lab, "hu_level": hu,
                                "level_qct": a_lv, "patient_qct": a_pt, "level_k2hpo4": a_lv_k,
                                "patient_k2hpo4": a_pt_k, "category_accuracy_qct": cat,
-                               "category_accuracy_k2hpo4": cat_k}
+                               "category_accuracy_k2hpo4": cat_k, "ci95_coverage": coverage}
         if phase_name == "native" and pt:
             print("\npatient error (vs QCT-equivalent) by factor, native phase:")
             for key, bins in (("kvp", None), ("noise_hu", [5, 12, 20, 31]), ("slice_mm", None),

@@ -45,7 +45,9 @@ def phantom_cohort(tmp_path_factory):
         rc, so, se = run_cli("simulate", "--out", d, "--pixel", "1.5", "--slice", "3", "--tissue-spread", "0",
                              *args)
         assert rc == 0, se
+        # NIfTI carries no kVp: give it, as a user who knows the protocol would; DICOM has it in the header
+        kvp = [] if "--dicom" in args else ["--kvp", args[args.index("--kvp") + 1]]
         src = d / "ct" if "--dicom" in args else d / "ct.nii.gz"
-        rc, so, se = run_cli("run", src, "--out", root / "results" / name, "--quiet")
+        rc, so, se = run_cli("run", src, "--out", root / "results" / name, "--quiet", *kvp)
         assert rc == 0, se
     return root

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import EXAMPLE, run_cli
 from ctbmd.errors import UsageError
-from ctbmd.materials import k2hpo4_hu_per_mg
+from ctbmd.materials import qct_pro_line
 from ctbmd.simulate import PhantomSpec, parse_bmd, shift_trabecular_hu, simulate_phantom
 from ctbmd.types import VERSE_LABELS
 
@@ -49,7 +49,8 @@ def test_noise_free_trabecular_hu_and_qct_equivalent():
     # with fat-free marrow the QCT-equivalent equals the K2HPO4 set
     assert lv["qct_equivalent_mg_cm3"] == pytest.approx(150.0, abs=0.5)
     energy = ph.truth["scan"]["effective_energy_kev"]
-    assert lv["trabecular_hu"] == pytest.approx(150.0 * float(k2hpo4_hu_per_mg(energy)), abs=1.0)
+    sigma, beta = qct_pro_line(energy)
+    assert lv["trabecular_hu"] == pytest.approx(150.0 * float(sigma) + float(beta), abs=1.0)
     # the voxels at the body centre read that HU (no noise, no blur, no cupping)
     idx = np.round(np.linalg.solve(ph.grid.affine_lps[:3, :3],
                                    np.subtract(lv["body_centre_lps_mm"], ph.grid.affine_lps[:3, 3]))).astype(int)

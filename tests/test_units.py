@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from ctbmd.calibrate import fit_calibration, k2hpo4_to_caha
-from ctbmd.materials import hu_from_mu, linear_attenuation
+from ctbmd.calibrate import TissueSample, energy_prior, fit_calibration, k2hpo4_to_caha
+from ctbmd.calibrate.internal import expected_fat_hu
+from ctbmd.materials import hu_from_mu, mass_attenuation, qct_pro_from_reference, qct_pro_line
 from ctbmd.classify import acr_category, pickhardt_flag
 from ctbmd.errors import UsageError
 from ctbmd.segment.labelmaps import detect_label_map, to_verse
@@ -20,20 +21,66 @@ def test_total_to_verse():
         to_verse(lab, "nonsense")
 
 
-def _theoretical_tissues(energy_kev):
-    hu = {m: float(hu_from_mu(linear_attenuation(m, energy_kev), energy_kev))
-          for m in ("air", "adipose", "muscle", "blood")}
-    names = {"air": "air", "adipose": "subcutaneous_fat", "muscle": "paraspinal_muscle", "blood": "aortic_blood"}
-    return {names[m]: ReferenceTissue(names[m], v, 10.0, 1000) for m, v in hu.items()}
+def _tissues(energy_kev, air=-1000.0, blood=40.0, fat=None):
+    fat = float(expected_fat_hu(energy_kev)) if fat is None else fat
+    values = {"air": air, "subcutaneous_fat": fat, "paraspinal_muscle": 35.0, "aortic_blood": blood}
+    return TissueSample({n: ReferenceTissue(n, v, 10.0, 1000) for n, v in values.items()}, dw_cm=30.0)
 
 
-def test_calibration_recovers_energy_and_maps_water_to_zero():
-    cal = fit_calibration(_theoretical_tissues(70.0))
-    assert cal.ok
-    assert abs(cal.effective_energy_kev - 70.0) <= 2.0
-    assert abs(cal.to_mg_cm3(0.0)) < 1.0
-    # K2HPO4 at 100 mg/cm3 in water raises HU by ~1.1-1.5 HU per mg/cm3 at 70 keV.
-    assert 0.6 < cal.slope < 1.0
+def test_energy_prior_for_120_kvp_at_30_cm_is_behind_the_patient():
+    prior = energy_prior(120.0, 30.0)
+    assert 66.0 <= prior.mean_kev <= 74.0 and 1.0 < prior.sd_kev < 3.0
+    # bigger patients harden the beam; higher kVp raises it; an unknown kVp widens the prior
+    assert energy_prior(120.0, 40.0).mean_kev > prior.mean_kev > energy_prior(120.0, 20.0).mean_kev
+    assert energy_prior(80.0, 30.0).mean_kev < prior.mean_kev < energy_prior(140.0, 30.0).mean_kev
+    unknown = energy_prior(None, 30.0)
+    assert unknown.kvp == 120.0 and unknown.kvp_source == "assumed" and unknown.sd_kev > 2 * prior.sd_kev
+
+
+def test_qct_pro_equations_match_their_documented_form():
+    # QCT PRO User Guide v5.0: sigma_CT = sigma_ref - 0.2174, beta_CT = beta_ref + 999.6
+    assert qct_pro_from_reference(1.55, -1002.0) == pytest.approx((1.55 - 0.2174, -1002.0 + 999.6))
+    # an ideal monoenergetic scanner: a K mg/cm3 solution holding 999.6 - 0.2174 K mg/cm3 of water
+    e, k = 70.0, 150.0
+    mu = k * 1e-3 * mass_attenuation("k2hpo4", e) + (999.6 - 0.2174 * k) * 1e-3 * mass_attenuation("water", e)
+    sigma, beta = qct_pro_line(e)
+    assert float(hu_from_mu(mu, e)) == pytest.approx(sigma * k + beta, abs=1e-6)
+    assert beta == pytest.approx(-0.4, abs=0.05)
+    # the published QCT Pro band at 120 kVp (1.27-1.45 HU per mg/cm3) brackets 66-74 keV
+    assert 1.27 <= float(qct_pro_line(73.0)[0]) < float(qct_pro_line(67.0)[0]) <= 1.45
+
+
+def test_phantomless_calibration_follows_the_prior_and_maps_water_to_zero():
+    prior = energy_prior(120.0, 30.0)
+    cal = fit_calibration(_tissues(prior.mean_kev), kvp=120.0)
+    assert cal.ok and cal.method == "phantomless" and not cal.qc_flags
+    assert cal.effective_energy_kev == pytest.approx(prior.mean_kev, abs=0.3)
+    assert cal.sigma_ct == pytest.approx(float(qct_pro_line(cal.effective_energy_kev)[0]), rel=1e-3)
+    assert abs(cal.to_mg_cm3(0.0)) < 0.5
+    lo, hi = cal.interval_mg_cm3(150.0)
+    assert lo < cal.to_mg_cm3(150.0) < hi and 5.0 < hi - lo < 30.0
+
+
+def test_fat_refines_the_energy_but_cannot_drag_it_far():
+    prior = energy_prior(120.0, 30.0)
+    low_fat = fit_calibration(_tissues(prior.mean_kev, fat=-125.0), kvp=120.0)
+    assert prior.mean_kev - 3.0 < low_fat.effective_energy_kev < prior.mean_kev
+    assert any("subcutaneous fat" in q for q in low_fat.qc_flags)  # a QC flag, not a refusal
+    assert low_fat.ok
+
+
+def test_missing_kvp_is_a_flag_not_an_error():
+    cal = fit_calibration(_tissues(70.0))
+    assert cal.ok and cal.kvp_source == "assumed" and any("no kVp" in q for q in cal.qc_flags)
+    assert cal.energy_sd_kev > 3.0
+
+
+def test_air_off_is_accepted_only_when_tissues_confirm_the_scale():
+    ok = fit_calibration(_tissues(70.0, air=-946.0), kvp=120.0)
+    assert ok.ok and any("air sample reads -946" in q for q in ok.qc_flags)
+    # blood and fat both far off too: the scale itself is off -> refused
+    bad = fit_calibration(_tissues(70.0, air=-946.0, blood=110.0, fat=-20.0), kvp=120.0)
+    assert not bad.ok and "air reads -946" in bad.reason and bad.to_mg_cm3(100.0) is None
 
 
 def test_classification_thresholds():

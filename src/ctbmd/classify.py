@@ -75,6 +75,12 @@ def classify_patient(levels: list[LevelMeasurement], calibration: Calibration,
                      phase: ContrastPhase) -> PatientClassification:
     """Patient-level BMD and ACR-QCT category from L1 and L2.
 
+    BMD comes from the trabecular ROI *mean* HU, as QCT reports it (QCT PRO
+    User Guide; ACR-SPR-SSR Practice Parameter for QCT, 2018); the median is
+    kept in ``hu_median_mean``. The 95% interval comes from
+    :meth:`Calibration.interval_mg_cm3`; when it spans 80 or 120 mg/cm^3 the
+    category is marked uncertain.
+
     When L1 or L2 is unusable (flagged partial, too small, metal or suspected
     fracture), the two usable levels of L1-L4 nearest to L1/L2 are averaged and
     named in ``levels_used`` and ``notes``.
@@ -92,11 +98,26 @@ def classify_patient(levels: list[LevelMeasurement], calibration: Calibration,
     if len(used) < 2:
         notes.append("fewer than two usable lumbar levels: no patient category")
         return PatientClassification(None, None, used, None, "ACR-QCT", pick, tuple(notes))
-    hu = sum(usable[n].hu_median for n in used) / 2
+    hu = sum(_roi_mean(usable[n]) for n in used) / 2
+    hu_median = sum(usable[n].hu_median for n in used) / 2
     bmd = calibration.to_mg_cm3(hu)
+    ci = calibration.interval_mg_cm3(hu)
+    certain = None
     if bmd is None:
         notes.append("calibration unavailable: HU only, no ACR category")
+    elif ci is not None:
+        spanned = [t for t in (ACR_OSTEOPOROSIS_MG_CM3, ACR_NORMAL_MG_CM3) if ci[0] < t < ci[1]]
+        certain = not spanned
+        if spanned:
+            notes.append(f"category uncertain: the 95% interval {ci[0]:.0f}-{ci[1]:.0f} mg/cm^3 spans "
+                         f"{' and '.join(f'{t:.0f}' for t in spanned)} mg/cm^3")
     return PatientClassification(
         bmd_mg_cm3=None if bmd is None else round(bmd, 1), hu_mean=round(hu, 1), levels_used=used,
         category=None if bmd is None else acr_category(bmd), category_system="ACR-QCT", pickhardt=pick,
-        notes=tuple(notes))
+        notes=tuple(notes), bmd_ci95_mg_cm3=None if ci is None else (round(ci[0], 1), round(ci[1], 1)),
+        category_certain=certain, hu_median_mean=round(hu_median, 1))
+
+
+def _roi_mean(m: LevelMeasurement) -> float:
+    """The ROI mean HU that QCT reports (the median when no mean was recorded)."""
+    return m.hu_mean if m.hu_mean is not None else m.hu_median

@@ -1,4 +1,5 @@
 """Command line: ``ctbmd run INPUT --out DIR [--model MODEL_DIR]``, ``ctbmd simulate --out DIR``,
+``ctbmd calibrate-scanner PHANTOM_SCAN --rods SPEC --out profile.json``,
 ``ctbmd evaluate --pred PRED --ref REF.csv --out DIR`` and ``ctbmd train --manifest M.csv --out MODEL_DIR``.
 
 Exit codes: 0 success, 2 bad usage, 3 unreadable or invalid input, 4 no spine
@@ -59,6 +60,13 @@ def run(
                                                                 "bmd_dl_mg_cm3 (or t_score_dl) per level."),
     levels: str = typer.Option("T11-L5", "--levels", help="Levels to measure, e.g. T11-L5 (default), T4-T12 on a "
                                                           "chest CT, or L1,L2,L4."),
+    kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV, 70-150) when the header has none "
+                                                            "(NIfTI); without it 120 kV is assumed, less certainly."),
+    rods: Optional[str] = typer.Option(None, "--rods", help="Calibration phantom in the scan (synchronous QCT): "
+                                                            "K2HPO4 mg/cm3 per rod, left to right, e.g. 0,50,100,150,200, "
+                                                            "or K:water pairs, or a JSON file."),
+    scanner_profile: Optional[Path] = typer.Option(None, "--scanner-profile", help="Profile from `ctbmd "
+                                                                                   "calibrate-scanner` (asynchronous QCT)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
 ) -> None:
@@ -75,9 +83,10 @@ def run(
             raise UsageError("--segmenter labels needs --labels FILE")
         measured = parse_levels(levels)
         loaded = _load_model(model) if model is not None else None
+        cal = dict(kvp=kvp, rods=rods, scanner_profile=scanner_profile)
         if quiet:
             result = run_pipeline(input, out, segmenter=segmenter, labels=labels, label_map=label_map,
-                                  series_uid=series_uid, model=loaded, levels=measured)
+                                  series_uid=series_uid, model=loaded, levels=measured, **cal)
         else:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
                 task = bar.add_task("starting", total=len(STAGES))
@@ -87,14 +96,18 @@ def run(
                                completed=STAGES.index(stage))
 
                 result = run_pipeline(input, out, progress=tick, segmenter=segmenter, labels=labels,
-                                      label_map=label_map, series_uid=series_uid, model=loaded, levels=measured)
+                                      label_map=label_map, series_uid=series_uid, model=loaded, levels=measured,
+                                      **cal)
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_median']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
         for lv in result["levels"] if lv["trabecular_hu_median"] is not None)
     typer.echo(f"levels: {levels}")
+    ci = p.get("bmd_ci95_mg_cm3")
     typer.echo(f"patient: {p['category'] or 'not classified'}"
-               + (f" ({p['bmd_mg_cm3']:.1f} mg/cm³, {'+'.join(p['levels_used'])})" if p["bmd_mg_cm3"] else ""))
+               + (" (uncertain)" if p.get("category_certain") is False else "")
+               + (f" ({p['bmd_mg_cm3']:.1f} mg/cm³" + (f", 95% {ci[0]:.0f}-{ci[1]:.0f}" if ci else "")
+                  + f", {'+'.join(p['levels_used'])})" if p["bmd_mg_cm3"] else ""))
     if "model" in result:
         key = "bmd_dl_mg_cm3" if "bmd_dl_mg_cm3" in p else "t_score_dl"
         unit = " mg/cm³" if key == "bmd_dl_mg_cm3" else ""
@@ -104,6 +117,35 @@ def run(
         typer.echo(f"model ({origin}): {values}; patient {p[key] if p[key] is not None else 'n/a'}{unit}, "
                    f"{p['category_dl'] or 'not classified'}")
     typer.echo(f"outputs: {out}")
+
+
+@app.command("calibrate-scanner")
+def calibrate_scanner(
+    phantom_scan: Path = typer.Argument(..., help="CT of the rod phantom (file or DICOM folder), at the kVp and "
+                                                  "kernel the profile is for."),
+    rods: str = typer.Option(..., "--rods", help="K2HPO4 mg/cm3 per rod, left to right (e.g. 0,50,100,150,200), "
+                                                 "or K:water pairs from the certificate, or a JSON file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Profile to write (JSON)."),
+    kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV, 70-150) when the header has none."),
+    model: Optional[str] = typer.Option(None, "--model", help="Scanner model, recorded in the profile."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+) -> None:
+    """Make a scanner profile from a rod-phantom scan (asynchronous QCT calibration) for `run --scanner-profile`."""
+    from ctbmd.calibrate.rods import make_profile, parse_rod_spec, save_profile
+    from ctbmd.io import read_ct
+    from ctbmd.pipeline import check_kvp
+
+    with _one_line_errors(debug):
+        check_kvp(kvp)
+        spec = parse_rod_spec(rods)
+        ct, _ = read_ct(phantom_scan, series_uid)
+        profile = make_profile(ct, spec, model=model, kvp=kvp)
+        path = save_profile(profile, out)
+    typer.echo(f"rods: {len(profile.rods)}; sigma_CT {profile.sigma_ct:.4f} HU per mg/cm³ "
+               f"(SE {profile.sigma_ct_se:.4f}), beta_CT {profile.beta_ct:+.1f} HU; {profile.kvp:g} kV, "
+               f"kernel {profile.convolution_kernel or 'unknown'}")
+    typer.echo(f"profile: {path}")
 
 
 def _require_dl(what: str, path: Path | None = None) -> None:
@@ -141,7 +183,14 @@ def simulate(
     no_t12_ribs: bool = typer.Option(False, "--no-t12-ribs", help="Drop the ribs of T12 (= --rib-pairs 11)."),
     l6: bool = typer.Option(False, "--l6", help="A sixth lumbar vertebra (= --transition lumbarised_s1)."),
     metal_level: Optional[str] = typer.Option(None, "--metal-level", help="Level with titanium pedicle screws."),
-    tissue_spread: float = typer.Option(0.005, "--tissue-spread", help="SD of fat/muscle density (fraction)."),
+    tissue_spread: float = typer.Option(0.005, "--tissue-spread", help="With --tissue-model icru44: SD of "
+                                                                         "fat/muscle density (fraction)."),
+    tissue_model: str = typer.Option("realistic", "--tissue-model", help="realistic (fat, muscle, blood drawn "
+                                                                         "from published ranges) | icru44."),
+    energy_offset: Optional[float] = typer.Option(None, "--energy-offset", help="Scanner offset (keV) from the "
+                                                                                "spectrum model; drawn if not given."),
+    rods: Optional[str] = typer.Option(None, "--rods", help="Add a calibration phantom under the patient: rod "
+                                                            "spec as for `ctbmd run --rods`, or 'default'."),
     fov: str = typer.Option("abdomen", "--fov", help="abdomen (T10-L5, sacrum) | chest (C6-L2: rib cage, "
                                                       "shoulders, lungs, heart, aortic arch)."),
     rib_pairs: int = typer.Option(12, "--rib-pairs", help="11 (none on T12) | 12 | 13 (a T13, VerSe 28, "
@@ -166,8 +215,14 @@ def simulate(
                            body_width_mm=body_width, phase=phase, rotation_deg=rotation, t12_ribs=not no_t12_ribs,
                            l6=l6, metal_level=metal_level, tissue_spread=tissue_spread, seed=seed, fov=fov,
                            rib_pairs=rib_pairs, transition=transition, sacrum=sacrum, stent=stent,
-                           t12_rib_length_mm=t12_rib_length)
+                           t12_rib_length_mm=t12_rib_length, tissue_model=tissue_model,
+                           energy_offset_kev=energy_offset)
         phantom = simulate_phantom(spec)
+        if rods is not None:
+            from ctbmd.calibrate.rods import parse_rod_spec
+            from ctbmd.simulate.rods import add_rod_phantom
+
+            phantom = add_rod_phantom(phantom, None if rods == "default" else parse_rod_spec(rods))
         paths = write_phantom(phantom, out, dicom=dicom)
     truth = phantom.truth
     v = truth["variant"]

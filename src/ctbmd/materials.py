@@ -35,6 +35,11 @@ COMPOSITIONS: dict[str, tuple[dict[str, float], float]] = {
                    "Cl": 0.003}, 1.10),
     "cortical_bone": ({"H": 0.034, "C": 0.155, "N": 0.042, "O": 0.435, "Na": 0.001, "Mg": 0.002, "P": 0.103,
                        "S": 0.003, "Ca": 0.225}, 1.92),
+    # Woodard & White, Br J Radiol 1986;59:1209-1218, adipose tissue 3 (the lipid-rich end; ICRU-44
+    # "adipose" above is their adipose tissue 2). Real abdominal fat reads close to it (about -106 HU).
+    "adipose3": ({"H": 0.116, "C": 0.681, "N": 0.002, "O": 0.198, "Na": 0.001, "S": 0.001, "Cl": 0.001}, 0.93),
+    # Triolein, C57H104O6, the dominant triglyceride of human fat; density 0.915 g/cm^3.
+    "lipid": ({"C": 57 * 12.011 / 885.43, "H": 104 * 1.008 / 885.43, "O": 6 * 15.999 / 885.43}, 0.915),
     "k2hpo4": ({"K": 2 * 39.0983 / 174.176, "H": 1.00794 / 174.176, "P": 30.97376 / 174.176,
                 "O": 4 * 15.9994 / 174.176}, 2.44),
     "iodine": ({"I": 1.0}, 4.93),
@@ -44,14 +49,22 @@ COMPOSITIONS: dict[str, tuple[dict[str, float], float]] = {
 K2HPO4_DENSITY = COMPOSITIONS["k2hpo4"][1]
 
 
-@lru_cache(maxsize=4096)
-def _mass_attenuation_scalar(material: str, energy_kev: float) -> float:
+@lru_cache(maxsize=1024)
+def _mass_attenuation_cached(material: str, energies_kev: tuple[float, ...]) -> np.ndarray:
     fractions, _ = COMPOSITIONS[material]
-    return float(sum(w * float(xraydb.mu_elam(el, energy_kev * 1000.0)) for el, w in fractions.items()))
+    e_ev = np.asarray(energies_kev, dtype=float) * 1000.0
+    out = sum(w * np.atleast_1d(xraydb.mu_elam(el, e_ev)) for el, w in fractions.items())
+    out = np.asarray(out, dtype=float)
+    out.setflags(write=False)
+    return out
 
 
 def mass_attenuation(material: str, energy_kev) -> np.ndarray:
     """(mu/rho) of a :data:`COMPOSITIONS` material, cm^2/g.
+
+    xraydb is called once per element on the whole energy array, and the
+    result is cached per (material, energies), so repeated calls on a fixed
+    energy grid cost nothing.
 
     Parameters
     ----------
@@ -66,8 +79,8 @@ def mass_attenuation(material: str, energy_kev) -> np.ndarray:
         Unknown material.
     """
     e = np.atleast_1d(np.asarray(energy_kev, dtype=float))
-    out = np.array([_mass_attenuation_scalar(material, float(round(x, 4))) for x in e])
-    return out if np.ndim(energy_kev) else out[0]
+    out = _mass_attenuation_cached(material, tuple(round(float(x), 4) for x in e))
+    return out.copy() if np.ndim(energy_kev) else float(out[0])
 
 
 def linear_attenuation(material: str, energy_kev, density_g_cm3: float | None = None) -> np.ndarray:
@@ -81,6 +94,50 @@ def hu_from_mu(mu, energy_kev):
     mu_w = linear_attenuation("water", energy_kev)
     mu_a = linear_attenuation("air", energy_kev)
     return 1000.0 * (np.asarray(mu) - mu_w) / (mu_w - mu_a)
+
+
+#: Mindways QCT Pro water-displacement constants (QCT PRO User Guide v5.0, Mindways Software 2011; coded in
+#: Bonelab/Ogo ``ogo/calib/mindways_calibration.py``). A rod fit ``HU - rho_water = sigma_ref K + beta_ref``
+#: (rho_water and K in mg/cm^3 from the phantom's certificate) converts to ``HU = sigma_CT K + beta_CT`` with
+#: ``sigma_CT = sigma_ref - 0.2174`` and ``beta_CT = beta_ref + 999.6``.
+QCT_PRO_SIGMA_SHIFT = 0.2174
+QCT_PRO_BETA_SHIFT = 999.6
+
+
+def qct_pro_from_reference(sigma_ref: float, beta_ref: float) -> tuple[float, float]:
+    """``(sigma_CT, beta_CT)`` from a Mindways rod fit ``HU - rho_water = sigma_ref K + beta_ref``.
+
+    ``sigma_CT = sigma_ref - 0.2174`` (HU per mg/cm^3 K2HPO4) and
+    ``beta_CT = beta_ref + 999.6`` (HU); BMD then is
+    ``(HU - beta_CT) / sigma_CT`` (QCT PRO User Guide v5.0).
+    """
+    return sigma_ref - QCT_PRO_SIGMA_SHIFT, beta_ref + QCT_PRO_BETA_SHIFT
+
+
+def qct_pro_line(energy_kev) -> tuple[np.ndarray, np.ndarray]:
+    """``(sigma_CT, beta_CT)`` that an ideal monoenergetic scanner at ``energy_kev`` would give.
+
+    The QCT Pro convention reads a K2HPO4 concentration ``K`` (mg/cm^3) as a
+    solution holding ``999.6 - 0.2174 K`` mg/cm^3 of water (the two constants
+    of :func:`qct_pro_from_reference`). Its HU is therefore
+    ``sigma_CT K + beta_CT`` with
+
+    * ``sigma_CT = 1000 * 1e-3 [(mu/rho)_K2HPO4 - 0.2174 (mu/rho)_water] / (mu_w - mu_air)``
+      (HU per mg/cm^3);
+    * ``beta_CT = 1000 (0.9996 - 1) mu_w / (mu_w - mu_air)`` (about -0.4 HU).
+
+    Parameters
+    ----------
+    energy_kev : float or array_like
+        Effective energy, keV.
+    """
+    mu_w = linear_attenuation("water", energy_kev)
+    mu_a = linear_attenuation("air", energy_kev)
+    span = mu_w - mu_a
+    sigma = 1000.0 * 1e-3 * (mass_attenuation("k2hpo4", energy_kev)
+                             - QCT_PRO_SIGMA_SHIFT * mass_attenuation("water", energy_kev)) / span
+    beta = 1000.0 * (QCT_PRO_BETA_SHIFT / 1000.0 - 1.0) * mu_w / span
+    return sigma, beta
 
 
 def k2hpo4_hu_per_mg(energy_kev) -> np.ndarray:

@@ -5,15 +5,21 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from ctbmd.calibrate import fit_calibration, reference_tissues
+from ctbmd.calibrate.energy import KVP_RANGE
 from ctbmd.classify import classify_patient, detect_contrast_phase
+from ctbmd.errors import UsageError
 from ctbmd.io import read_ct
 from ctbmd.report import Result, write_outputs
 from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
 from ctbmd.segment.builtin import REPORTED_LEVELS
+from ctbmd.types import CTVolume
 
 STAGES = ("read", "segment", "roi", "calibrate", "classify", "model", "report")
 
@@ -21,7 +27,8 @@ STAGES = ("read", "segment", "roi", "calibrate", "classify", "model", "report")
 def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | None = None,
             label_map: str = "auto", series_uid: str | None = None,
             progress: Callable[[str], None] | None = None, model=None,
-            levels: tuple[str, ...] = REPORTED_LEVELS) -> Result:
+            levels: tuple[str, ...] = REPORTED_LEVELS, kvp: float | None = None,
+            rods: str | None = None, scanner_profile: str | Path | None = None) -> Result:
     """Run stages 1-4 (and a learned model) on one scan and return everything for the report.
 
     Parameters
@@ -37,6 +44,14 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     model : ctbmd.model.store.BmdModel, optional
         A loaded model (:func:`ctbmd.model.store.load_model`); its per-level
         values are reported beside the calibrated BMD.
+    kvp : float, optional
+        Tube voltage (kV, 70-150) for a scan whose header has none (NIfTI);
+        it overrides the header, with a warning when the two differ.
+    rods : str, optional
+        Rod spec of a calibration phantom lying in the scan
+        (:func:`ctbmd.calibrate.rods.parse_rod_spec`): synchronous calibration.
+    scanner_profile : str or Path, optional
+        A profile from ``ctbmd calibrate-scanner``: asynchronous calibration.
 
     Raises
     ------
@@ -44,19 +59,48 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
         Any subclass, with the exit code the CLI uses.
     """
     tick = progress or (lambda _stage: None)
+    check_kvp(kvp)
+    if rods is not None and scanner_profile is not None:
+        raise UsageError("give a rod spec or a scanner profile, not both")
+    rod_spec = profile = None
+    if rods is not None:
+        from ctbmd.calibrate.rods import parse_rod_spec
+
+        rod_spec = parse_rod_spec(rods)
+    if scanner_profile is not None:
+        from ctbmd.calibrate.rods import load_profile
+
+        profile = load_profile(scanner_profile)
     tick("read")
     ct, warnings = read_ct(path, series_uid)
+    kvp_used, kvp_source = ct.info.kvp, "header"
+    if kvp is not None:
+        if ct.info.kvp is not None and abs(ct.info.kvp - kvp) > 1.0:
+            warnings.append(f"--kvp {kvp:g} overrides the header's KVP {ct.info.kvp:g}")
+        kvp_used, kvp_source = float(kvp), "option"
     tick("segment")
     seg = segment(ct, segmenter, labels, label_map, levels)
     warnings += list(seg.warnings)
     tick("roi")
     levels, roi_labels = measure_levels(ct, seg)
     tick("calibrate")
-    tissues = reference_tissues(ct, seg)
-    phase = detect_contrast_phase(ct.info, tissues)
-    calibration = fit_calibration(tissues, phase, ct.info.kvp)
+    sample = reference_tissues(ct, seg)
+    phase = detect_contrast_phase(ct.info, sample.tissues)
+    if rod_spec is not None:
+        from ctbmd.calibrate.rods import find_rods, fit_rods, rod_calibration
+
+        found = find_rods(ct, rod_spec)
+        calibration = replace(rod_calibration(fit_rods(found, rod_spec), found, ct),
+                              dw_cm=round(sample.dw_cm, 1), tissues=sample.tissues)
+    elif profile is not None:
+        from ctbmd.calibrate.rods import profile_calibration
+
+        calibration = profile_calibration(profile, _with_kvp(ct, kvp_used), sample.dw_cm)
+    else:
+        calibration = fit_calibration(sample, phase, kvp_used, kvp_source)
     if not calibration.ok:
         warnings.append(calibration.reason)
+    warnings += [f"calibration: {q}" for q in calibration.qc_flags]
     tick("classify")
     patient = classify_patient(levels, calibration, phase)
     warnings += list(patient.notes)
@@ -72,6 +116,26 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
         warnings += [f"{lv}: no model value ({why})" for lv, why in dl.skipped.items()]
     return Result(ct=ct, seg=seg, levels=levels, roi_labels=roi_labels, calibration=calibration,
                   phase=phase, patient=patient, warnings=warnings, dl=dl)
+
+
+def check_kvp(kvp: float | None) -> None:
+    """Refuse a tube voltage outside 70-150 kV (the energy table's range).
+
+    Raises
+    ------
+    UsageError
+        ``kvp`` is not a finite number in 70-150.
+    """
+    lo, hi = KVP_RANGE
+    if kvp is not None and not (np.isfinite(kvp) and lo <= kvp <= hi):
+        raise UsageError(f"kVp {kvp:g} is outside {lo:.0f}-{hi:.0f} kV")
+
+
+def _with_kvp(ct: CTVolume, kvp: float | None) -> CTVolume:
+    """``ct`` whose ScanInfo carries ``kvp`` (the --kvp option) when given."""
+    if kvp is None or ct.info.kvp == kvp:
+        return ct
+    return replace(ct, info=replace(ct.info, kvp=kvp))
 
 
 def run(path: str | Path, out_dir: str | Path, progress: Callable[[str], None] | None = None, **options) -> dict:

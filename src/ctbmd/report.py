@@ -61,12 +61,15 @@ def result_dict(res: Result) -> dict:
     info = res.ct.info
     levels = []
     for m in res.levels:
-        bmd = cal.to_mg_cm3(m.hu_median)
+        bmd = cal.to_mg_cm3(m.hu_mean if m.hu_mean is not None else m.hu_median)
+        ci = cal.interval_mg_cm3(m.hu_mean if m.hu_mean is not None else m.hu_median)
         levels.append({
             "level": m.level, "verse_label": VERSE_LABELS[m.level], "centroid_lps_mm": list(m.centroid_lps_mm),
             "roi_voxels": m.roi_voxels, "roi_volume_mm3": m.roi_volume_mm3,
             "trabecular_hu_median": _r(m.hu_median), "trabecular_hu_mean": _r(m.hu_mean),
-            "trabecular_hu_sd": _r(m.hu_sd), "bmd_mg_cm3": _r(bmd), "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(bmd)),
+            "trabecular_hu_sd": _r(m.hu_sd), "bmd_mg_cm3": _r(bmd),
+            "bmd_ci95_mg_cm3": None if ci is None else [_r(ci[0]), _r(ci[1])],
+            "bmd_from_median_mg_cm3": _r(cal.to_mg_cm3(m.hu_median)), "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(bmd)),
             "heights_mm": m.heights_mm, "flags": list(m.flags), "used_for_patient": m.level in res.patient.levels_used,
         })
     p = res.patient
@@ -81,14 +84,24 @@ def result_dict(res: Result) -> dict:
                          "label_map": "VerSe (T1=8 ... T12=19, L1=20 ... L5=24)",
                          "levels_in_label_map": _levels_in(res.seg.labels)},
         "labelling": labelling_dict(res.seg.labelling),
-        "calibration": {"ok": cal.ok, "method": cal.method, "slope": cal.slope, "intercept": cal.intercept,
-                        "units": "bmd_mg_cm3 = slope * HU + intercept (K2HPO4-equivalent)",
-                        "effective_energy_kev": cal.effective_energy_kev, "reason": cal.reason,
+        "calibration": {"ok": cal.ok, "method": cal.method, "description": cal.description,
+                        "convention": "Mindways QCT Pro: HU = sigma_ct * BMD + beta_ct, BMD in mg/cm3 K2HPO4; "
+                                      "BMD from the trabecular ROI mean HU",
+                        "sigma_ct_hu_per_mg_cm3": cal.sigma_ct, "beta_ct_hu": cal.beta_ct,
+                        "sigma_ct_95": None if cal.sigma_ct_95 is None else list(cal.sigma_ct_95),
+                        "slope": _r(cal.slope, 6), "intercept": _r(cal.intercept, 3),
+                        "units": "bmd_mg_cm3 = slope * HU + intercept = (HU - beta_ct) / sigma_ct (K2HPO4-equivalent)",
+                        "effective_energy_kev": cal.effective_energy_kev, "energy_sd_kev": cal.energy_sd_kev,
+                        "kvp": cal.kvp, "kvp_source": cal.kvp_source, "water_equivalent_diameter_cm": cal.dw_cm,
+                        "reason": cal.reason, "qc_flags": list(cal.qc_flags),
                         "reference_tissues": {n: asdict(t) for n, t in cal.tissues.items()},
-                        "residuals_hu": cal.residuals_hu, "caha_conversion": "HA = 1.15 * K2HPO4 - 7.32 (Faulkner 1993)"},
+                        "residuals_hu": cal.residuals_hu, "details": cal.details,
+                        "caha_conversion": "HA = 1.15 * K2HPO4 - 7.32 (Faulkner 1993)"},
         "levels": levels,
-        "patient": {"bmd_mg_cm3": p.bmd_mg_cm3, "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(p.bmd_mg_cm3)),
-                    "trabecular_hu_mean": p.hu_mean, "levels_used": list(p.levels_used), "category": p.category,
+        "patient": {"bmd_mg_cm3": p.bmd_mg_cm3,
+                    "bmd_ci95_mg_cm3": None if p.bmd_ci95_mg_cm3 is None else list(p.bmd_ci95_mg_cm3),
+                    "category_certain": p.category_certain, "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(p.bmd_mg_cm3)),
+                    "trabecular_hu_mean": p.hu_mean, "trabecular_hu_median": p.hu_median_mean, "levels_used": list(p.levels_used), "category": p.category,
                     "category_system": p.category_system,
                     "thresholds_mg_cm3": {"osteoporosis_below": 80.0, "normal_above": 120.0},
                     "pickhardt_l1": p.pickhardt, "notes": list(p.notes)},
@@ -159,7 +172,7 @@ def _add_model_values(result: dict, dl) -> None:
 
 
 CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular_hu_sd", "bmd_mg_cm3",
-              "bmd_caha_mg_cm3", "roi_voxels", "roi_volume_mm3", "centroid_lps_mm", "flags", "used_for_patient"]
+              "bmd_ci95_low_mg_cm3", "bmd_ci95_high_mg_cm3", "bmd_from_median_mg_cm3", "bmd_caha_mg_cm3", "roi_voxels", "roi_volume_mm3", "centroid_lps_mm", "flags", "used_for_patient"]
 
 
 def levels_csv(result: dict) -> str:
@@ -169,7 +182,9 @@ def levels_csv(result: dict) -> str:
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for lv in result["levels"]:
-        row = {k: lv[k] for k in fields}
+        ci = lv.get("bmd_ci95_mg_cm3") or [None, None]
+        row = {k: lv.get(k) for k in fields}
+        row["bmd_ci95_low_mg_cm3"], row["bmd_ci95_high_mg_cm3"] = ci
         row["centroid_lps_mm"] = " ".join(f"{c:.1f}" for c in lv["centroid_lps_mm"])
         row["flags"] = ";".join(lv["flags"])
         w.writerow(row)
@@ -231,6 +246,10 @@ def render_png(res: Result, result: dict, path: Path) -> None:
     p = result["patient"]
     cat = p["category"] or "not classified"
     bmd = f"{p['bmd_mg_cm3']:.0f} mg/cm³ K2HPO4" if p["bmd_mg_cm3"] is not None else "BMD n/a"
+    if p.get("bmd_ci95_mg_cm3"):
+        bmd += f", 95% {p['bmd_ci95_mg_cm3'][0]:.0f}-{p['bmd_ci95_mg_cm3'][1]:.0f}"
+    if p.get("category_certain") is False:
+        cat += " (uncertain)"
     fig.suptitle(f"{Path(res.ct.info.path).name}: {cat.upper()} ({bmd}, {'+'.join(p['levels_used']) or '-'}, ACR-QCT)\n"
                  f"contrast: {result['input']['contrast_phase']}   {DISCLAIMER}" + _model_line(result),
                  color="white", fontsize=10)

@@ -17,6 +17,7 @@ Coordinate conventions used everywhere in ctbmd
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -348,48 +349,95 @@ class ReferenceTissue:
     used_in_fit: bool = True
 
 
+CalibrationMethod = Literal["phantomless", "rods", "scanner_profile"]
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Linear HU -> K2HPO4-equivalent density map from internal calibration.
+    """Linear HU -> K2HPO4-equivalent BMD map, in the Mindways QCT Pro convention.
 
-    ``bmd_mg_cm3 = slope * HU + intercept`` (K2HPO4); CaHA follows from
-    Faulkner et al. 1993 (see :func:`ctbmd.calibrate.k2hpo4_to_caha`).
+    ``HU = sigma_ct * BMD + beta_ct``, so ``bmd_mg_cm3 = (HU - beta_ct) / sigma_ct``
+    (QCT PRO User Guide v5.0; :func:`ctbmd.materials.qct_pro_line`), and
+    ``slope = 1 / sigma_ct``, ``intercept = -beta_ct / sigma_ct``. CaHA follows
+    from Faulkner et al. 1993 (see :func:`ctbmd.calibrate.k2hpo4_to_caha`).
 
     Attributes
     ----------
     ok : bool
         False when calibration could not be done; then ``reason`` says why and
-        slope/intercept are ``None``.
+        the line is ``None``.
     method : str
-        Name of the method.
-    slope : float or None
-        mg/cm^3 per HU.
-    intercept : float or None
-        mg/cm^3.
-    effective_energy_kev : float or None
-        Effective beam energy that best explains the reference tissue HU.
+        ``phantomless`` (internal: energy prior plus reference tissues),
+        ``rods`` (synchronous phantom in the scan) or ``scanner_profile``
+        (asynchronous phantom calibration).
+    description : str
+        The method in words, for the report.
+    sigma_ct : float or None
+        HU per mg/cm^3 K2HPO4.
+    beta_ct : float or None
+        HU at zero K2HPO4.
+    sigma_ct_95 : tuple of float or None
+        95% interval of ``sigma_ct`` (low, high) from the energy's uncertainty
+        (phantomless) or the fit's standard error (rods, profile).
+    effective_energy_kev, energy_sd_kev : float or None
+        Effective energy of the beam and its posterior SD (keV).
+    kvp : float or None
+        Tube voltage used (kV); ``kvp_source``: ``header``, ``option``,
+        ``assumed``, ``profile`` or ``None``.
+    dw_cm : float or None
+        Water-equivalent diameter at the measured levels (AAPM Report 220), cm.
     tissues : dict
         Name -> :class:`ReferenceTissue`.
     residuals_hu : dict
-        Name -> measured minus fitted HU for the tissues in the fit.
+        Name -> measured minus expected HU at the fitted energy.
+    qc_flags : tuple of str
+        Quality warnings that do not stop the calibration (tissue misfit, air
+        sample off, muscle out of range, energy held at the prior...).
+    details : dict
+        Method-specific record (the rods and their HU, the profile used).
     reason : str or None
-        Why calibration failed (``ok`` False) or a caveat.
+        Why calibration failed (``ok`` False), else None.
     """
 
     ok: bool
-    method: str
-    slope: float | None
-    intercept: float | None
+    method: CalibrationMethod
+    description: str
+    sigma_ct: float | None
+    beta_ct: float | None
+    sigma_ct_95: tuple[float, float] | None
     effective_energy_kev: float | None
+    energy_sd_kev: float | None
+    kvp: float | None
+    kvp_source: str | None
+    dw_cm: float | None
     tissues: dict[str, ReferenceTissue]
     residuals_hu: dict[str, float]
+    qc_flags: tuple[str, ...] = ()
+    details: dict = field(default_factory=dict)
     reason: str | None = None
+
+    @property
+    def slope(self) -> float | None:
+        """mg/cm^3 per HU (``1 / sigma_ct``)."""
+        return None if not self.ok or self.sigma_ct is None else 1.0 / self.sigma_ct
+
+    @property
+    def intercept(self) -> float | None:
+        """mg/cm^3 (``-beta_ct / sigma_ct``)."""
+        return None if not self.ok or self.sigma_ct is None else -self.beta_ct / self.sigma_ct
 
     def to_mg_cm3(self, hu: float | None) -> float | None:
         """K2HPO4-equivalent density (mg/cm^3) of a HU value; ``None`` if uncalibrated."""
-        if not self.ok or hu is None:
+        if not self.ok or hu is None or self.sigma_ct is None:
             return None
-        return float(self.slope * hu + self.intercept)
+        return float((hu - self.beta_ct) / self.sigma_ct)
+
+    def interval_mg_cm3(self, hu: float | None) -> tuple[float, float] | None:
+        """95% interval (mg/cm^3) of the BMD of a HU value from the slope's uncertainty; ``None`` if uncalibrated."""
+        if not self.ok or hu is None or self.sigma_ct_95 is None:
+            return None
+        a, b = ((hu - self.beta_ct) / s for s in self.sigma_ct_95)
+        return float(min(a, b)), float(max(a, b))
 
 
 @dataclass(frozen=True)
@@ -427,9 +475,10 @@ class PatientClassification:
     Attributes
     ----------
     bmd_mg_cm3 : float or None
-        Mean K2HPO4-equivalent BMD of ``levels_used`` (None when uncalibrated).
+        Mean K2HPO4-equivalent BMD of ``levels_used`` (None when uncalibrated),
+        from the ROI mean HU, as QCT reports.
     hu_mean : float or None
-        Mean trabecular median HU of ``levels_used``.
+        Mean over ``levels_used`` of the trabecular ROI mean HU.
     levels_used : tuple of str
         Lumbar levels averaged (L1 and L2 when both are usable).
     category : str or None
@@ -440,7 +489,13 @@ class PatientClassification:
     pickhardt : dict
         L1 HU screening flag (Pickhardt et al., Ann Intern Med 2013).
     notes : tuple of str
-        Caveats (level substitution, contrast).
+        Caveats (level substitution, contrast, an uncertain category).
+    bmd_ci95_mg_cm3 : tuple of float or None
+        95% interval of ``bmd_mg_cm3`` from the calibration's uncertainty.
+    category_certain : bool or None
+        False when the interval spans 80 or 120 mg/cm^3.
+    hu_median_mean : float or None
+        Mean over ``levels_used`` of the trabecular ROI median HU.
     """
 
     bmd_mg_cm3: float | None
@@ -450,3 +505,6 @@ class PatientClassification:
     category_system: str
     pickhardt: dict
     notes: tuple[str, ...] = ()
+    bmd_ci95_mg_cm3: tuple[float, float] | None = None
+    category_certain: bool | None = None
+    hu_median_mean: float | None = None

@@ -35,6 +35,8 @@ judged against, and the difference is reported separately.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -47,7 +49,8 @@ from scipy import ndimage as ndi
 from ctbmd.errors import UsageError
 from ctbmd.simulate import anatomy as an
 from ctbmd.simulate import chest_wall, thorax, variants
-from ctbmd.simulate.physics import cupping_fraction, effective_energy_kev, material_table, stent_attenuation
+from ctbmd.simulate.physics import (cupping_fraction, effective_energy_kev, material_table,
+                                   scanner_energy_offset_kev, stent_attenuation)
 from ctbmd.types import VERSE_LABELS, Grid
 
 #: Levels an abdomen phantom can hold, top to bottom (T13 sits between T12 and L1 with 13 rib pairs).
@@ -64,6 +67,7 @@ VARIANT_STREAM = 11
 SACRUM_LABEL = 26
 KVP_CHOICES = (80, 100, 120, 140)
 PHASES = ("native", "arterial", "portal_venous")
+TISSUE_MODELS = ("realistic", "icru44")
 DEFAULT_BMD_MG_CM3 = 150.0
 
 
@@ -106,8 +110,14 @@ class PhantomSpec:
     beam_hardening : bool
         Size-dependent effective energy and cupping.
     tissue_spread : float
-        Inter-patient SD of fat and muscle density, as a fraction (0.005 = 0.5%);
-        0 gives exact ICRU-44 tissues.
+        With ``tissue_model="icru44"``: inter-patient SD of fat and muscle density, as a
+        fraction (0.005 = 0.5%); 0 gives exact ICRU-44 tissues.
+    tissue_model : str
+        ``realistic`` (fat composition, muscle with age, blood with haemoglobin drawn from
+        published ranges; :mod:`ctbmd.simulate.physics`) or ``icru44``.
+    energy_offset_kev : float or None
+        The scanner's offset (keV) from the spectrum model's effective energy; None draws it
+        from the model's spread (seeded). Give one value to several phantoms to model one scanner.
     seed : int
         Seed of the anatomy, the BMD factors and the noise.
     fov : str
@@ -148,6 +158,8 @@ class PhantomSpec:
     metal_level: str | None = None
     beam_hardening: bool = True
     tissue_spread: float = 0.005
+    tissue_model: str = "realistic"
+    energy_offset_kev: float | None = None
     seed: int = 0
     fov: str = "abdomen"
     rib_pairs: int = 12
@@ -176,6 +188,10 @@ class PhantomSpec:
             raise UsageError("slice thickness must be 0.5-10 mm and pixel size 0.3-3 mm")
         if self.body_width_mm is not None and not 200.0 <= self.body_width_mm <= 550.0:
             raise UsageError("--body-width must be 200-550 mm")
+        if self.tissue_model not in TISSUE_MODELS:
+            raise UsageError(f"--tissue-model must be one of {', '.join(TISSUE_MODELS)}, not {self.tissue_model!r}")
+        if self.energy_offset_kev is not None and not -10.0 <= self.energy_offset_kev <= 10.0:
+            raise UsageError("--energy-offset must be -10 to 10 keV")
         if not 0.0 <= self.tissue_spread <= 0.05:
             raise UsageError("--tissue-spread must be 0-0.05 (a fraction of density)")
         if self.noise_hu < 0:
@@ -332,9 +348,10 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
             sacral_disc = variants.SACRALISED_DISC_MM if vrng.uniform() > 0.35 else 0.0
         anat = an.draw_anatomy(rng, levels, spec.body_width_mm, ribs_on,
                                disc_below_mm=None if sacral_disc is None else {"L5": sacral_disc})
-    energy = effective_energy_kev(spec.kvp, anat.width if spec.beam_hardening else 300.0)
-    table, scan = material_table(energy, spec, bmd, levels, rng)
-    scan["cupping_fraction"] = round(cupping_fraction(anat.width), 5) if spec.beam_hardening else 0.0
+    # The tissue draws come from ``rng`` here, as they always have (the anatomy painted next keeps its
+    # draws); the table is made again once the painted phantom gives the patient's size.
+    rng_table = copy.deepcopy(rng)
+    material_table(70.0, spec, bmd, levels, rng)
 
     thick = float(spec.slice_thickness_mm)
     dz = thick / int(np.ceil(thick / 1.0 - 1e-6))  # fine slices of at most 1 mm inside each slice
@@ -351,6 +368,13 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
         drawn = _paint_chest(canvas, anat, spec, rng, vrng, shell)
     else:
         drawn = _paint_abdomen(canvas, anat, spec, rng, vrng, shell, sacral_disc)
+    dw_cm = phantom_dw_cm(canvas, spec) if spec.beam_hardening else 30.0
+    offset = scanner_energy_offset_kev(spec, dw_cm)
+    energy = effective_energy_kev(spec.kvp, dw_cm, offset)
+    table, scan = material_table(energy, spec, bmd, levels, rng_table)
+    scan["cupping_fraction"] = round(cupping_fraction(anat.width), 5) if spec.beam_hardening else 0.0
+    scan["water_equivalent_diameter_cm"] = round(dw_cm, 2)
+    scan["energy_offset_kev"] = round(offset, 3)
     stent = drawn.get("stent")
     if stent is not None:
         table["mu"][an.STENT_WIRE], table["mu"][an.STENT_GRAFT] = stent_attenuation(
@@ -361,6 +385,26 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     truth = _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy)
     _add_variant_truth(truth, spec, anat, canvas, grid, drawn)
     return Phantom(hu=hu_i16, grid=grid, labels=labels, truth=truth)
+
+
+def phantom_dw_cm(canvas, spec: PhantomSpec) -> float:
+    """Water-equivalent diameter (cm, AAPM Report 220) of the painted phantom, over the slices of T11-L5.
+
+    Attenuation relative to water at 70 keV, ICRU-44 tissues; on a chest phantom (no T11-L5 in most
+    of it) over every slice holding vertebral bone.
+    """
+    levels = [VERSE_LABELS[lv] for lv in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")]
+    zs = np.nonzero(np.isin(canvas.level, levels).any(axis=(0, 1)))[0]
+    if zs.size < 5:
+        zs = np.nonzero((canvas.level > 0).any(axis=(0, 1)))[0]
+    zs = zs[:: max(1, zs.size // 40)]
+    ratio = np.zeros(256, np.float32)
+    probe, _ = material_table(70.0, spec, {lv: 150.0 for lv in spec.levels()}, spec.levels(),
+                              np.random.default_rng(0))
+    ratio[:] = probe["mu"] / probe["mu_water"]
+    area_cm2 = float(canvas.spacing[0] * canvas.spacing[1]) / 100.0
+    aw = np.array([ratio[canvas.mat[:, :, k]].sum() * area_cm2 for k in zs])
+    return float(np.mean(2.0 * np.sqrt(aw / np.pi)))
 
 
 def _image(canvas, anat, spec: PhantomSpec, table: dict, scan: dict) -> tuple[np.ndarray, Grid, np.ndarray]:

@@ -3,19 +3,40 @@
 Units: energies keV, linear attenuation 1/cm, densities g/cm^3, BMD mg/cm^3
 K2HPO4, iodine mg/mL.
 
-* **Effective energy**: 48/55/62/68 keV at 80/100/120/140 kVp for a 30 cm
-  wide patient, typical of clinical tube filtration (120 kVp spectra have mean
-  energies of about 60-70 keV after a patient; e.g. McCollough, Radiographics
-  1997;17:967), plus 0.25 keV per cm of extra width: the spectrum hardens in a
-  larger patient (beam hardening).
+* **Effective energy**: the spectrum-model table of
+  :mod:`ctbmd.calibrate.energy` at the phantom's kVp and water-equivalent
+  diameter Dw (AAPM Report 220, measured on the painted phantom over T11-L5,
+  or the levels in view), plus a scanner offset: fixed by
+  ``PhantomSpec.energy_offset_kev`` (one scanner, shared by its patients) or
+  drawn from the table's spread (normal, SD ``hypot(sd_family, 1.5)`` keV).
+  ``beam_hardening=False`` holds Dw at 30 cm.
 * **Cupping**: the residual of the scanner's water beam-hardening correction,
   modelled as a central attenuation deficit of 0.2% per 10 cm of width above
   25 cm, falling off as ``1 - r^2`` toward the body outline.
-* **Tissues**: ICRU-44 compositions (:mod:`ctbmd.materials`) with a seeded
-  inter-patient spread: fat and muscle densities with a settable SD (default 0.5%), blood density
-  1.045-1.065 g/cm^3 (haematocrit), paraspinal fatty infiltration 0-12%.
+* **Tissues**, ``tissue_model="realistic"`` (the default), drawn from a seeded
+  stream of their own (``default_rng([seed, 13])``), so that they do not share
+  the calibrator's tables:
+
+  - fat: a triolein-water mixture whose lipid mass fraction is drawn from
+    0.54-0.85 (Martin et al., Int J Obes 1994;18:79); its density follows by
+    volume additivity (0.927-0.952 g/cm^3, inside their 0.925-0.970);
+  - muscle: the age-dependent L3 muscle HU (42.6 HU below 45 years falling to
+    25.2 HU at 75 and over, SD 6, Invest Radiol 2024;59:259) at a drawn age of
+    20-90, made by mixing ICRU-44 muscle with the drawn fat (fatty infiltration);
+  - blood: ICRU-44 blood whose density is scaled so that it reads 40 +- 6 HU at
+    70 keV (haemoglobin; unenhanced aortic blood reads 38-47 HU);
+  - paraspinal fatty infiltration 0-12% on top.
+
+  ``tissue_model="icru44"`` keeps exact ICRU-44 tissues with a density spread
+  (``tissue_spread``) and blood 1.045-1.065 g/cm^3, as earlier phantoms had.
 * **Trabecular bone**: K2HPO4 at ``c`` g/cm^3 in a marrow of water and fat,
-  ``mu = c (mu/rho)_K2HPO4 + (1 - c/2.44) [(1-f) mu_water + f mu_fat]``.
+  ``mu = c (mu/rho)_K2HPO4 + (1 - 0.2174 c) [(1-f) mu_water + f mu_fat]``:
+  each gram of dissolved K2HPO4 takes the place of 0.2174 cm^3 of marrow, the
+  water displacement of the QCT Pro convention (fat-free marrow is then exactly
+  the QCT Pro reference solution).
+  Its truth, ``qct_equivalent_mg_cm3``, is what phantom-calibrated QCT Pro
+  reads at the effective energy: ``(HU_native - beta_CT) / sigma_CT``
+  (:func:`ctbmd.materials.qct_pro_line`).
 * **Chest and variant materials**: costal/sacroiliac cartilage is ICRU-44 cartilage at 1.14 g/cm^3
   (~150 HU; costal cartilage reads ~100-200 HU); sternum, clavicles, scapulae and humeri are 30 %
   cortical bone in marrow, like the ilium; myocardium is muscle with the organs' share of iodine.
@@ -34,10 +55,19 @@ from __future__ import annotations
 import numpy as np
 import xraydb
 
-from ctbmd.materials import K2HPO4_DENSITY, hu_from_mu, k2hpo4_hu_per_mg, linear_attenuation, mass_attenuation
+from ctbmd.calibrate.energy import SCANNER_SD_KEV
+from ctbmd.calibrate.energy import effective_energy_kev as table_energy_kev
+from ctbmd.materials import QCT_PRO_SIGMA_SHIFT, hu_from_mu, linear_attenuation, mass_attenuation, qct_pro_line
 from ctbmd.simulate import anatomy as an
 
-E0_KEV = {80: 48.0, 100: 55.0, 120: 62.0, 140: 68.0}
+#: Seed word of the stream that draws the realistic tissues and the scanner's energy offset.
+TISSUE_STREAM = 13
+#: Lipid mass fraction of adipose tissue (Martin et al. 1994) and its non-lipid part.
+LIPID_FRACTION_RANGE = (0.54, 0.85)
+#: L3 muscle HU by age (Invest Radiol 2024;59:259): (age, HU) at the ends of the published groups.
+MUSCLE_HU_BY_AGE = ((45.0, 42.6), (75.0, 25.2))
+MUSCLE_HU_SD = 6.0
+BLOOD_HU_MEAN, BLOOD_HU_SD = 40.0, 6.0
 #: Intervertebral disc: ICRU-44 cartilage composition at 1.06 g/cm^3 (a hydrated nucleus; discs read
 #: about 60-100 HU on CT, where articular cartilage density, 1.10, would give 105-135 HU).
 DISC_DENSITY = 1.06
@@ -55,9 +85,37 @@ IODINE_SHARE = {
 }
 
 
-def effective_energy_kev(kvp: int, body_width_mm: float) -> float:
-    """Effective photon energy (keV) at ``kvp`` behind a torso ``body_width_mm`` wide (see module doc)."""
-    return E0_KEV[int(kvp)] + HARDENING_KEV_PER_MM * (body_width_mm - 300.0)
+def effective_energy_kev(kvp: int, dw_cm: float, offset_kev: float = 0.0) -> float:
+    """Effective energy (keV) at ``kvp`` behind a patient of water-equivalent diameter ``dw_cm`` (see module doc)."""
+    return table_energy_kev(float(kvp), dw_cm)[0] + offset_kev
+
+
+def scanner_energy_offset_kev(spec, dw_cm: float) -> float:
+    """The scanner's offset from the spectrum model: ``spec.energy_offset_kev`` or a seeded draw (keV)."""
+    if spec.energy_offset_kev is not None:
+        return float(spec.energy_offset_kev)
+    sd = float(np.hypot(table_energy_kev(float(spec.kvp), dw_cm)[1], SCANNER_SD_KEV))
+    rng = np.random.default_rng([spec.seed, TISSUE_STREAM, 1])
+    return float(np.clip(rng.normal(0.0, 1.0), -2.5, 2.5) * sd)
+
+
+def realistic_tissues(seed: int) -> dict[str, float]:
+    """Seeded realistic fat, muscle and blood (see module doc): lipid fraction, age, target HU at 70 keV."""
+    rng = np.random.default_rng([seed, TISSUE_STREAM])
+    (a0, h0), (a1, h1) = MUSCLE_HU_BY_AGE
+    age = float(rng.uniform(20.0, 90.0))
+    muscle_mean = float(np.interp(age, [a0, a1], [h0, h1]))
+    return {"lipid_fraction": float(rng.uniform(*LIPID_FRACTION_RANGE)), "age_years": age,
+            "muscle_hu_70kev": muscle_mean + float(np.clip(rng.normal(0, 1), -2, 2)) * MUSCLE_HU_SD,
+            "blood_hu_70kev": BLOOD_HU_MEAN + float(np.clip(rng.normal(0, 1), -2, 2)) * BLOOD_HU_SD}
+
+
+def fat_mu(lipid_fraction: float, energy: float) -> tuple[float, float]:
+    """mu (1/cm) and density (g/cm^3) of a triolein-water mixture with ``lipid_fraction`` by mass."""
+    rho = 1.0 / (lipid_fraction / 0.915 + (1.0 - lipid_fraction) / 1.0)
+    mu = rho * (lipid_fraction * float(mass_attenuation("lipid", energy))
+                + (1.0 - lipid_fraction) * float(mass_attenuation("water", energy)))
+    return mu, rho
 
 
 def cupping_fraction(body_width_mm: float) -> float:
@@ -79,13 +137,29 @@ def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str]
     def mu(material, density=None):
         return float(linear_attenuation(material, energy, density))
 
+    def mu_at(material, e):
+        return float(linear_attenuation(material, e))
+
     mu_w, mu_a = mu("water"), mu("air")
     mu_i = float(mass_attenuation("iodine", energy)) * 1e-3  # per mg/mL
     var = spec_variation(rng, spec.tissue_spread)
-    fat = mu("adipose", 0.95 * var["fat_density_factor"])
-    muscle = mu("muscle", 1.05 * var["muscle_density_factor"])
-    blood = mu("blood", var["blood_density_g_cm3"])
-    organ = mu("soft_tissue", 1.06 * var["muscle_density_factor"])
+    if spec.tissue_model == "realistic":
+        real = realistic_tissues(spec.seed)
+        fat, fat_rho = fat_mu(real["lipid_fraction"], energy)
+        fat70, _ = fat_mu(real["lipid_fraction"], 70.0)
+        m70, fat70_hu = float(hu_from_mu(mu_at("muscle", 70.0), 70.0)), float(hu_from_mu(fat70, 70.0))
+        infil = float(np.clip((m70 - real["muscle_hu_70kev"]) / (m70 - fat70_hu), 0.0, 0.5))
+        muscle = (1.0 - infil) * mu("muscle") + infil * fat
+        b70 = float(hu_from_mu(mu_at("blood", 70.0), 70.0))
+        blood = mu("blood", 1.06 * (1000.0 + real["blood_hu_70kev"]) / (1000.0 + b70))
+        organ = mu("soft_tissue")
+        var = {**var, **{k: v for k, v in real.items()}, "fat_density_g_cm3": fat_rho,
+               "muscle_fat_infiltration": infil}
+    else:
+        fat = mu("adipose", 0.95 * var["fat_density_factor"])
+        muscle = mu("muscle", 1.05 * var["muscle_density_factor"])
+        blood = mu("blood", var["blood_density_g_cm3"])
+        organ = mu("soft_tissue", 1.06 * var["muscle_density_factor"])
     marrow = (1.0 - spec.marrow_fat_fraction) * mu_w + spec.marrow_fat_fraction * mu("adipose")
     iodine_blood = 0.0
     if spec.phase != "native":
@@ -131,19 +205,21 @@ def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str]
     def trabecular(c_mg, with_iodine=True):
         c = c_mg / 1000.0
         m = marrow_c if with_iodine else marrow
-        return c * k2 + (1.0 - c / K2HPO4_DENSITY) * m
+        return c * k2 + (1.0 - QCT_PRO_SIGMA_SHIFT * c) * m
 
     per_level = {}
-    hu_per_mg = float(k2hpo4_hu_per_mg(energy))
+    sigma_ct, beta_ct = (float(v) for v in qct_pro_line(energy))
     for i, lv in enumerate(levels):
         table[an.TRABECULAR_BASE + i] = trabecular(bmd[lv])
         hu_native = float(hu_from_mu(trabecular(bmd[lv], False), energy))
         per_level[lv] = {"hu_native": hu_native, "hu": float(hu_from_mu(trabecular(bmd[lv]), energy)),
-                         "qct_equivalent_mg_cm3": hu_native / hu_per_mg}
+                         "qct_equivalent_mg_cm3": (hu_native - beta_ct) / sigma_ct}
     table[an.SACRUM] = 0.08 * cort + 0.92 * trabecular(bmd[levels[-1]])
     scan = {"iodine_blood_mg_ml": round(iodine_blood, 3),
             "aortic_hu": round(float(hu_from_mu(table[an.AORTA], energy)), 1),
-            "k2hpo4_hu_per_mg_cm3": round(hu_per_mg, 4),
+            "sigma_ct_hu_per_mg_cm3": round(sigma_ct, 5), "beta_ct_hu": round(beta_ct, 3),
+            "fat_hu": round(float(hu_from_mu(fat, energy)), 1), "muscle_hu": round(float(hu_from_mu(muscle, energy)), 1),
+            "blood_hu": round(float(hu_from_mu(blood, energy)), 1),
             **{k: round(float(v), 4) for k, v in var.items()}}
     out = {"mu": table, "mu_water": mu_w, "mu_air": mu_a, "trabecular": per_level}
     return out, scan
