@@ -99,9 +99,9 @@ def run(
                                       label_map=label_map, series_uid=series_uid, model=loaded, levels=measured,
                                       **cal)
     p = result["patient"]
-    levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_median']:.0f} HU" + (
+    levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_mean']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
-        for lv in result["levels"] if lv["trabecular_hu_median"] is not None)
+        for lv in result["levels"] if lv["trabecular_hu_mean"] is not None)
     typer.echo(f"levels: {levels}")
     ci = p.get("bmd_ci95_mg_cm3")
     typer.echo(f"patient: {p['category'] or 'not classified'}"

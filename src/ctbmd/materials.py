@@ -138,16 +138,3 @@ def qct_pro_line(energy_kev) -> tuple[np.ndarray, np.ndarray]:
                              - QCT_PRO_SIGMA_SHIFT * mass_attenuation("water", energy_kev)) / span
     beta = 1000.0 * (QCT_PRO_BETA_SHIFT / 1000.0 - 1.0) * mu_w / span
     return sigma, beta
-
-
-def k2hpo4_hu_per_mg(energy_kev) -> np.ndarray:
-    """HU added by 1 mg/cm^3 of K2HPO4 dissolved in water (it displaces water).
-
-    ``mu = mu_water + c * ((mu/rho)_K2HPO4 - mu_water / 2.44)`` with c in g/cm^3:
-    the definition of the K2HPO4 solution rods of QCT phantoms (Cann & Genant,
-    JCAT 1980;4:493-500).
-    """
-    mu_w = linear_attenuation("water", energy_kev)
-    mu_a = linear_attenuation("air", energy_kev)
-    k = mass_attenuation("k2hpo4", energy_kev) - mu_w / K2HPO4_DENSITY
-    return 1000.0 * k * 1e-3 / (mu_w - mu_a)

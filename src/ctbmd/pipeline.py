@@ -78,6 +78,10 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
         if ct.info.kvp is not None and abs(ct.info.kvp - kvp) > 1.0:
             warnings.append(f"--kvp {kvp:g} overrides the header's KVP {ct.info.kvp:g}")
         kvp_used, kvp_source = float(kvp), "option"
+    if profile is not None:
+        from ctbmd.calibrate.rods import profile_calibration
+
+        profile_calibration(profile, _with_kvp(ct, kvp_used), None)  # a kVp or kernel mismatch fails here, early
     tick("segment")
     seg = segment(ct, segmenter, labels, label_map, levels)
     warnings += list(seg.warnings)
@@ -86,16 +90,19 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     tick("calibrate")
     sample = reference_tissues(ct, seg)
     phase = detect_contrast_phase(ct.info, sample.tissues)
-    if rod_spec is not None:
-        from ctbmd.calibrate.rods import find_rods, fit_rods, rod_calibration
+    if rod_spec is not None or profile is not None:
+        from ctbmd.calibrate.rods import find_rods, fit_rods, profile_calibration, rod_calibration
 
-        found = find_rods(ct, rod_spec)
-        calibration = replace(rod_calibration(fit_rods(found, rod_spec), found, ct),
-                              dw_cm=round(sample.dw_cm, 1), tissues=sample.tissues)
-    elif profile is not None:
-        from ctbmd.calibrate.rods import profile_calibration
-
-        calibration = profile_calibration(profile, _with_kvp(ct, kvp_used), sample.dw_cm)
+        if rod_spec is not None:
+            found = find_rods(ct, rod_spec)
+            calibration = rod_calibration(fit_rods(found, rod_spec), found, _with_kvp(ct, kvp_used))
+        else:
+            calibration = profile_calibration(profile, _with_kvp(ct, kvp_used), sample.dw_cm)
+        # the same record as a phantomless calibration: the tissues (measured, not used) and the size
+        dw = round(sample.dw_cm, 1) if np.isfinite(sample.dw_cm) else None
+        tissues = {n: replace(t, used_in_fit=False) for n, t in sample.tissues.items()}
+        source = kvp_source if kvp_used is not None else calibration.kvp_source
+        calibration = replace(calibration, dw_cm=dw, tissues=tissues, kvp_source=source)
     else:
         calibration = fit_calibration(sample, phase, kvp_used, kvp_source)
     if not calibration.ok:

@@ -24,7 +24,7 @@ from ctbmd.io import labels_on_input_grid, write_atomic, write_image_atomic  # n
 from ctbmd.types import (VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LabellingRecord,  # noqa: E402
                          LevelMeasurement, PatientClassification, SpineSegmentation)
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: BMD from the ROI mean, QCT Pro line, 95% intervals
 DISCLAIMER = "Research use only; not a medical device."
 
 
@@ -251,11 +251,22 @@ def render_png(res: Result, result: dict, path: Path) -> None:
     if p.get("category_certain") is False:
         cat += " (uncertain)"
     fig.suptitle(f"{Path(res.ct.info.path).name}: {cat.upper()} ({bmd}, {'+'.join(p['levels_used']) or '-'}, ACR-QCT)\n"
-                 f"contrast: {result['input']['contrast_phase']}   {DISCLAIMER}" + _model_line(result),
+                 f"contrast: {result['input']['contrast_phase']}   {_calibration_line(result['calibration'])}   "
+                 f"{DISCLAIMER}" + _model_line(result),
                  color="white", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, facecolor="black", format="png")
     plt.close(fig)
+
+
+def _calibration_line(cal: dict) -> str:
+    """One line on how HU became BMD, for the report picture."""
+    if not cal["ok"]:
+        return "BMD not calibrated (HU only)"
+    kvp = "" if cal.get("kvp") is None else (
+        f", {cal['kvp']:g} kV" + (" assumed" if cal.get("kvp_source") == "assumed" else ""))
+    energy = "" if cal.get("effective_energy_kev") is None else f", E {cal['effective_energy_kev']:.1f} keV"
+    return f"calibration: {cal['method'].replace('_', ' ')}{kvp}{energy}"
 
 
 def _column_panel(ax, rec: LabellingRecord) -> None:

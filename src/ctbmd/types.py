@@ -379,6 +379,8 @@ class Calibration:
     sigma_ct_95 : tuple of float or None
         95% interval of ``sigma_ct`` (low, high) from the energy's uncertainty
         (phantomless) or the fit's standard error (rods, profile).
+    beta_ct_95 : tuple of float or None
+        95% interval of ``beta_ct`` (rods); None where it is taken as exact.
     effective_energy_kev, energy_sd_kev : float or None
         Effective energy of the beam and its posterior SD (keV).
     kvp : float or None
@@ -392,7 +394,8 @@ class Calibration:
         Name -> measured minus expected HU at the fitted energy.
     qc_flags : tuple of str
         Quality warnings that do not stop the calibration (tissue misfit, air
-        sample off, muscle out of range, energy held at the prior...).
+        sample off, muscle out of range, energy near the grid edge, a rod hidden
+        in its block...).
     details : dict
         Method-specific record (the rods and their HU, the profile used).
     reason : str or None
@@ -415,6 +418,7 @@ class Calibration:
     qc_flags: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
     reason: str | None = None
+    beta_ct_95: tuple[float, float] | None = None
 
     @property
     def slope(self) -> float | None:
@@ -433,11 +437,18 @@ class Calibration:
         return float((hu - self.beta_ct) / self.sigma_ct)
 
     def interval_mg_cm3(self, hu: float | None) -> tuple[float, float] | None:
-        """95% interval (mg/cm^3) of the BMD of a HU value from the slope's uncertainty; ``None`` if uncalibrated."""
-        if not self.ok or hu is None or self.sigma_ct_95 is None:
+        """95% interval (mg/cm^3) of the BMD of a HU value from the line's uncertainty.
+
+        The extremes of ``(HU - beta) / sigma`` over the corners of the
+        ``sigma_ct_95`` x ``beta_ct_95`` box (conservative: the two are treated
+        as independent). ``None`` if uncalibrated or if the slope's interval
+        reaches zero (then no interval can be given).
+        """
+        if not self.ok or hu is None or self.sigma_ct_95 is None or min(self.sigma_ct_95) <= 0:
             return None
-        a, b = ((hu - self.beta_ct) / s for s in self.sigma_ct_95)
-        return float(min(a, b)), float(max(a, b))
+        betas = self.beta_ct_95 or (self.beta_ct, self.beta_ct)
+        ends = [(hu - b) / s for s in self.sigma_ct_95 for b in betas]
+        return float(min(ends)), float(max(ends))
 
 
 @dataclass(frozen=True)

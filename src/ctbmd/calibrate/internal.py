@@ -46,7 +46,7 @@ internal references; precalibrated methods do best); Skornitzke et al., Sci Rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -236,7 +236,7 @@ def fit_calibration(sample: TissueSample, phase: ContrastPhase | None = None, kv
     sample : TissueSample
         From :func:`reference_tissues`.
     phase : ContrastPhase, optional
-        When enhanced (or unknown with a contrast tag), blood is left out of the checks.
+        When enhanced (by the aorta's HU or the DICOM contrast tag), blood is left out of the checks.
     kvp : float, optional
         Tube voltage (kV); ``None`` assumes 120 kVp with a wide prior and says so in ``qc_flags``.
     kvp_source : str
@@ -249,7 +249,7 @@ def fit_calibration(sample: TissueSample, phase: ContrastPhase | None = None, kv
         cannot be established; tissue misfits are ``qc_flags``.
     """
     tissues = dict(sample.tissues)
-    enhanced = phase is not None and (phase.enhanced or phase.phase == "contrast")
+    enhanced = phase is not None and phase.enhanced
     blood = tissues.get("aortic_blood")
     blood_ok = blood is not None and not enhanced and blood.hu_iqr <= 60
     if blood is not None and not blood_ok:
@@ -260,7 +260,8 @@ def fit_calibration(sample: TissueSample, phase: ContrastPhase | None = None, kv
             t = tissues[name]
             tissues[name] = ReferenceTissue(t.name, t.hu_median, t.hu_iqr, t.n_voxels, used_in_fit=False)
     if not np.isfinite(sample.dw_cm) or sample.dw_cm <= 5.0:
-        return _failed("patient outline not found: no water-equivalent diameter for the energy prior", None, tissues)
+        failed = _failed("patient outline not found: no water-equivalent diameter for the energy prior", None, tissues)
+        return replace(failed, kvp=kvp, kvp_source=kvp_source if kvp is not None else None)
     prior = energy_prior(kvp, sample.dw_cm, kvp_source if kvp is not None else "assumed")
     qc: list[str] = []
     if kvp is None:
@@ -279,6 +280,9 @@ def fit_calibration(sample: TissueSample, phase: ContrastPhase | None = None, kv
     energy = float((post * energies).sum())
     energy_sd = float(np.sqrt((post * (energies - energy) ** 2).sum()))
 
+    if min(energy - energies[0], energies[-1] - energy) < 2.0 * energy_sd:
+        qc.append(f"effective energy {energy:.1f} keV lies near the {energies[0]:.0f}-{energies[-1]:.0f} keV "
+                  "grid edge: the tissues contradict the kVp and size; BMD less certain")
     residuals = {"subcutaneous_fat": round(float(fat.hu_median - expected_fat_hu(energy)), 1)}
     if blood_ok:
         residuals["aortic_blood"] = round(blood.hu_median - BLOOD_HU, 1)

@@ -846,6 +846,13 @@ def _energy_sd(sigma: float, se: float, energy: float | None) -> float | None:
     return abs(se / slope) if slope else None
 
 
+def t_quantile_975(n_rods: int) -> float:
+    """97.5% quantile of Student's t with ``n_rods - 2`` degrees of freedom (scipy.stats); 1.96 for n > 200."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, max(1, n_rods - 2))) if n_rods <= 200 else 1.96
+
+
 def rod_calibration(fit: RodFit, measurement: RodMeasurement, ct: CTVolume) -> Calibration:
     """The :class:`~ctbmd.types.Calibration` of a synchronous rod phantom.
 
@@ -861,7 +868,9 @@ def rod_calibration(fit: RodFit, measurement: RodMeasurement, ct: CTVolume) -> C
     Returns
     -------
     Calibration
-        ``method="rods"``; ``sigma_ct_95 = sigma_ct +- 1.96 SE``;
+        ``method="rods"``; ``sigma_ct_95 = sigma_ct +- t SE`` and
+        ``beta_ct_95 = beta_ct +- t SE``, with ``t`` the 97.5% quantile of
+        Student's t with ``n_rods - 2`` degrees of freedom (3.18 for 5 rods);
         ``effective_energy_kev`` is the monoenergetic equivalent of ``sigma_ct``
         (40-120 keV, informative only) with ``energy_sd_kev`` from the slope's
         SE; ``residuals_hu`` per rod (keys ``rod_<K>``); ``details`` holds the
@@ -869,6 +878,8 @@ def rod_calibration(fit: RodFit, measurement: RodMeasurement, ct: CTVolume) -> C
         ``dw_cm`` is None (the pipeline knows the patient's size).
     """
     se = fit.sigma_ct_se if math.isfinite(fit.sigma_ct_se) else 0.0
+    beta_se = fit.beta_ct_se if math.isfinite(fit.beta_ct_se) else 0.0
+    t95 = t_quantile_975(len(measurement.readings))
     energy = monoenergetic_equivalent_kev(fit.sigma_ct)
     flags = []
     if energy is None:
@@ -899,7 +910,8 @@ def rod_calibration(fit: RodFit, measurement: RodMeasurement, ct: CTVolume) -> C
         description=(f"synchronous K2HPO4 rod phantom ({len(rods)} rods, r2 {fit.r2:.4f}), "
                      "QCT Pro convention"),
         sigma_ct=fit.sigma_ct, beta_ct=fit.beta_ct,
-        sigma_ct_95=(fit.sigma_ct - 1.96 * se, fit.sigma_ct + 1.96 * se),
+        sigma_ct_95=(fit.sigma_ct - t95 * se, fit.sigma_ct + t95 * se),
+        beta_ct_95=(fit.beta_ct - t95 * beta_se, fit.beta_ct + t95 * beta_se),
         effective_energy_kev=energy, energy_sd_kev=_energy_sd(fit.sigma_ct, se, energy),
         kvp=None if ct.info.kvp is None else float(ct.info.kvp),
         kvp_source="header" if ct.info.kvp is not None else None, dw_cm=None,
@@ -1132,9 +1144,10 @@ def profile_calibration(profile: ScannerProfile, ct: CTVolume, dw_cm: float | No
     ``sigma_patient = sigma_profile * s(E(kVp, Dw_patient)) / s(E(kVp, Dw_profile))``.
 
     Asynchronous and synchronous BMD agreed within 1.4-6.7% in Wang et al.
-    (Sci Rep 2017;7:6284). The 95% interval is the profile's +-1.96 SE,
-    scaled alike; it leaves out the drift of the scanner since the profile
-    was made.
+    (Sci Rep 2017;7:6284). The 95% interval of the slope is the profile's
+    +- t SE (Student's t, ``n_rods - 2`` degrees of freedom), scaled alike; it
+    leaves out the drift of the scanner since the profile was made and the
+    uncertainty of the size adjustment.
 
     Parameters
     ----------
@@ -1208,6 +1221,7 @@ def profile_calibration(profile: ScannerProfile, ct: CTVolume, dw_cm: float | No
     return Calibration(
         ok=True, method="scanner_profile",
         description=f"asynchronous phantom calibration (scanner profile {name}, made {profile.created}){size}",
-        sigma_ct=sigma, beta_ct=profile.beta_ct, sigma_ct_95=(sigma - 1.96 * se, sigma + 1.96 * se),
+        sigma_ct=sigma, beta_ct=profile.beta_ct,
+        sigma_ct_95=(sigma - t_quantile_975(len(profile.rods)) * se, sigma + t_quantile_975(len(profile.rods)) * se),
         effective_energy_kev=energy, energy_sd_kev=None, kvp=kvp, kvp_source=kvp_source, dw_cm=dw_use,
         tissues={}, residuals_hu={}, qc_flags=tuple(flags), details=details)

@@ -50,7 +50,7 @@ FEATURES: tuple[str, ...] = (
     "fat_hu", "muscle_hu", "aorta_hu", "aorta_found", "contrast_enhanced", "slice_spacing_mm",
 )
 #: Bump when crop or feature extraction changes, so cached crops are rebuilt.
-CROP_VERSION = 1
+CROP_VERSION = 2  # 2: QCT Pro calibration (issue 12) changed channel 1 and the scan features
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ def scan_features(calibration: Calibration, phase: ContrastPhase, ct: CTVolume) 
     def hu(name):
         return t[name].hu_median if name in t else float("nan")
 
-    return {"calibration_slope": float(calibration.slope), "effective_energy_kev": float(calibration.effective_energy_kev),
+    return {"calibration_slope": float(calibration.slope), "effective_energy_kev": float("nan") if calibration.effective_energy_kev is None
+            else float(calibration.effective_energy_kev),
             "fat_hu": hu("subcutaneous_fat"), "muscle_hu": hu("paraspinal_muscle"),
             "aorta_hu": float(phase.aorta_hu) if phase.aorta_hu is not None else float("nan"),
             "aorta_found": float(phase.aorta_hu is not None), "contrast_enhanced": float(phase.enhanced),

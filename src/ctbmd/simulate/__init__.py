@@ -36,7 +36,6 @@ judged against, and the difference is reported separately.
 from __future__ import annotations
 
 import copy
-
 import json
 import re
 from dataclasses import asdict, dataclass, field
