@@ -9,7 +9,12 @@ distance transforms that respect anisotropic voxels):
    A backend that supplies a body mask is used as is.
 2. **Cortical shell**: body voxels closer than 4 mm to the body surface are
    dropped (the erosion of TotalSegmentator's spine report, Wasserthal et al.
-   2023; it also removes the endplates).
+   2023; it also removes the endplates). Along z the margin grows by half of
+   the slice thickness beyond 1 mm, ``4 + (t - 1) / 2`` mm, measured along z
+   alone: a slice averages
+   tissue over its thickness ``t`` (its slice sensitivity profile), so a thick
+   slice near an endplate reads some endplate bone; the ROI mean, which QCT
+   reports, would read high by it (+7 mg/cm^3 at 5 mm on the phantoms).
 3. **Hyperdense foci**: voxels above ``median + max(150 HU, 4 robust SD)`` of
    the eroded body (bone islands, sclerosis, calcified basivertebral vein walls)
    are dropped; more than 10% of the deep core (>= 8 mm inside) dropped raises the
@@ -71,8 +76,8 @@ def vertebral_body(vertebra: np.ndarray, spacing_mm: tuple[float, float, float],
     return largest_component(opened)[1:-1, 1:-1, 1:-1]
 
 
-def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float]
-                   ) -> tuple[np.ndarray, float]:
+def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float],
+                   slice_thickness_mm: float | None = None) -> tuple[np.ndarray, float]:
     """Trabecular ROI of a vertebral body (steps 2-3 of the module method).
 
     Parameters
@@ -83,6 +88,8 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
         HU of the same region and shape.
     spacing_mm : tuple of float
         Voxel size in mm.
+    slice_thickness_mm : float, optional
+        Reconstructed slice thickness (mm); the z spacing when not given.
 
     Returns
     -------
@@ -94,6 +101,12 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
     """
     depth = ndi.distance_transform_edt(np.pad(body, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
     core = depth >= CORTEX_EROSION_MM
+    thickness = float(slice_thickness_mm or spacing_mm[2])
+    z_margin = CORTEX_EROSION_MM + max(0.0, thickness - 1.0) / 2.0
+    if z_margin > CORTEX_EROSION_MM:
+        # distance to the body surface along z alone (in-plane steps made prohibitively long)
+        z_depth = ndi.distance_transform_edt(np.pad(body, 1), sampling=(1e6, 1e6, spacing_mm[2]))[1:-1, 1:-1, 1:-1]
+        core &= z_depth >= z_margin
     if not core.any():
         return core, 0.0
     values = hu[core]
@@ -166,7 +179,7 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[Lev
             flags.append("partial")
     opened = vertebral_body(vertebra, spacing)
     body = seg.body[crop] == value if seg.body is not None else opened
-    roi, excluded = trabecular_roi(body, hu, spacing)
+    roi, excluded = trabecular_roi(body, hu, spacing, ct.info.slice_thickness_mm)
     if np.count_nonzero(hu[vertebra] > METAL_HU) >= 3:
         flags.append("metal")
     # heights from the whole body: a backend's body may stop short of the endplates
