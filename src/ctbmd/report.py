@@ -100,6 +100,8 @@ def result_dict(res: Result) -> dict:
         "levels": levels,
         "patient": {"bmd_mg_cm3": p.bmd_mg_cm3,
                     "bmd_ci95_mg_cm3": None if p.bmd_ci95_mg_cm3 is None else list(p.bmd_ci95_mg_cm3),
+                    "bmd_ci95_covers": "the calibration's uncertainty only (effective energy, or the rod fit); "
+                                       "ROI noise and partial volume are not in it",
                     "category_certain": p.category_certain, "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(p.bmd_mg_cm3)),
                     "trabecular_hu_mean": p.hu_mean, "trabecular_hu_median": p.hu_median_mean, "levels_used": list(p.levels_used), "category": p.category,
                     "category_system": p.category_system,
