@@ -79,9 +79,9 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
             warnings.append(f"--kvp {kvp:g} overrides the header's KVP {ct.info.kvp:g}")
         kvp_used, kvp_source = float(kvp), "option"
     if profile is not None:
-        from ctbmd.calibrate.rods import profile_calibration
+        from ctbmd.calibrate.rods import check_profile
 
-        profile_calibration(profile, _with_kvp(ct, kvp_used), None)  # a kVp or kernel mismatch fails here, early
+        check_profile(profile, _with_kvp(ct, kvp_used).info)  # a kVp or kernel mismatch fails here, before segmenting
     tick("segment")
     seg = segment(ct, segmenter, labels, label_map, levels)
     warnings += list(seg.warnings)

@@ -45,6 +45,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ from scipy.signal import fftconvolve
 
 from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.materials import QCT_PRO_BETA_SHIFT, QCT_PRO_SIGMA_SHIFT, qct_pro_from_reference, qct_pro_line
-from ctbmd.types import Calibration, CTVolume
+from ctbmd.types import Calibration, CTVolume, ScanInfo
 
 #: Default rod diameter (mm).
 DEFAULT_DIAMETER_MM = 20.0
@@ -827,15 +828,11 @@ def monoenergetic_equivalent_kev(sigma_ct: float) -> float | None:
     return float(np.interp(sigma_ct, s[::-1], e[::-1]))
 
 
-_SIGMA_GRID: tuple[np.ndarray, np.ndarray] | None = None
-
-
+@lru_cache(maxsize=1)
 def _sigma_grid() -> tuple[np.ndarray, np.ndarray]:
-    global _SIGMA_GRID
-    if _SIGMA_GRID is None:
-        e = np.arange(ENERGY_SEARCH_KEV[0], ENERGY_SEARCH_KEV[1] + 1e-9, 0.05)
-        _SIGMA_GRID = (e, np.asarray(qct_pro_line(e)[0], float))
-    return _SIGMA_GRID
+    """Energies (keV, 0.05 keV steps over ENERGY_SEARCH_KEV) and the ideal QCT Pro slope at each."""
+    e = np.arange(ENERGY_SEARCH_KEV[0], ENERGY_SEARCH_KEV[1] + 1e-9, 0.05)
+    return e, np.asarray(qct_pro_line(e)[0], float)
 
 
 def _energy_sd(sigma: float, se: float, energy: float | None) -> float | None:
@@ -848,8 +845,6 @@ def _energy_sd(sigma: float, se: float, energy: float | None) -> float | None:
 
 def t_quantile_975(n_rods: int) -> float:
     """97.5% quantile of Student's t with ``n_rods - 2`` degrees of freedom (scipy.stats); 1.96 for n > 200."""
-    from scipy import stats
-
     return float(stats.t.ppf(0.975, max(1, n_rods - 2))) if n_rods <= 200 else 1.96
 
 
@@ -1132,6 +1127,34 @@ def _same_kernel(a: str, b: str) -> bool:
     return " ".join(str(a).split()).upper() == " ".join(str(b).split()).upper()
 
 
+def check_profile(profile: ScannerProfile, info: ScanInfo) -> None:
+    """Refuse a profile made for another tube voltage or reconstruction kernel than the scan's.
+
+    Parameters
+    ----------
+    profile : ScannerProfile
+    info : ScanInfo
+        The patient scan's header values (``kvp`` in kV, ``convolution_kernel``);
+        an unknown value is not checked.
+
+    Raises
+    ------
+    UsageError
+        (exit 2) The kVp differs by more than 1 kV, or both kernels are known
+        and differ (kernels compared without case or extra spaces). Internal
+        calibration is scanner-, kV- and kernel-specific (Engelke, Chaudry &
+        Bartenschlager, Curr Osteoporos Rep 2023).
+    """
+    where = profile.path or info.path or None
+    if info.kvp is not None and abs(float(info.kvp) - profile.kvp) > MAX_KVP_DIFFERENCE:
+        raise UsageError(f"scanner profile is for {profile.kvp:g} kVp but the scan was taken at {info.kvp:g} kVp",
+                         where)
+    kernel = info.convolution_kernel
+    if kernel and profile.convolution_kernel and not _same_kernel(kernel, profile.convolution_kernel):
+        raise UsageError(f"scanner profile is for kernel {profile.convolution_kernel!r} but the scan used "
+                         f"{kernel!r}", where)
+
+
 def profile_calibration(profile: ScannerProfile, ct: CTVolume, dw_cm: float | None) -> Calibration:
     """The :class:`~ctbmd.types.Calibration` of a patient scan from a scanner profile (asynchronous).
 
@@ -1171,16 +1194,10 @@ def profile_calibration(profile: ScannerProfile, ct: CTVolume, dw_cm: float | No
     """
     from ctbmd.calibrate.energy import effective_energy_kev
 
-    where = profile.path or ct.info.path or None
+    check_profile(profile, ct.info)
     flags = []
     scan_kvp = ct.info.kvp
-    if scan_kvp is not None and abs(float(scan_kvp) - profile.kvp) > MAX_KVP_DIFFERENCE:
-        raise UsageError(f"scanner profile is for {profile.kvp:g} kVp but the scan was taken at {scan_kvp:g} kVp",
-                         where)
     kernel = ct.info.convolution_kernel
-    if kernel and profile.convolution_kernel and not _same_kernel(kernel, profile.convolution_kernel):
-        raise UsageError(f"scanner profile is for kernel {profile.convolution_kernel!r} but the scan used "
-                         f"{kernel!r}", where)
     if scan_kvp is None:
         flags.append(f"kVp not in the scan's header: the profile's {profile.kvp:g} kVp assumed")
         kvp, kvp_source = profile.kvp, "profile"

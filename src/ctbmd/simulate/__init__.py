@@ -350,7 +350,7 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     # The tissue draws come from ``rng`` here, as they always have (the anatomy painted next keeps its
     # draws); the table is made again once the painted phantom gives the patient's size.
     rng_table = copy.deepcopy(rng)
-    material_table(70.0, spec, bmd, levels, rng)
+    provisional, _ = material_table(70.0, spec, bmd, levels, rng)
 
     thick = float(spec.slice_thickness_mm)
     dz = thick / int(np.ceil(thick / 1.0 - 1e-6))  # fine slices of at most 1 mm inside each slice
@@ -367,7 +367,7 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
         drawn = _paint_chest(canvas, anat, spec, rng, vrng, shell)
     else:
         drawn = _paint_abdomen(canvas, anat, spec, rng, vrng, shell, sacral_disc)
-    dw_cm = phantom_dw_cm(canvas, spec) if spec.beam_hardening else 30.0
+    dw_cm = phantom_dw_cm(canvas, provisional) if spec.beam_hardening else 30.0
     offset = scanner_energy_offset_kev(spec, dw_cm)
     energy = effective_energy_kev(spec.kvp, dw_cm, offset)
     table, scan = material_table(energy, spec, bmd, levels, rng_table)
@@ -386,21 +386,30 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     return Phantom(hu=hu_i16, grid=grid, labels=labels, truth=truth)
 
 
-def phantom_dw_cm(canvas, spec: PhantomSpec) -> float:
+def phantom_dw_cm(canvas, table: dict) -> float:
     """Water-equivalent diameter (cm, AAPM Report 220) of the painted phantom, over the slices of T11-L5.
 
-    Attenuation relative to water at 70 keV, ICRU-44 tissues; on a chest phantom (no T11-L5 in most
-    of it) over every slice holding vertebral bone.
+    Parameters
+    ----------
+    canvas : ctbmd.simulate.anatomy.Canvas
+        The painted phantom: material ids, shape ``(nx, ny, nz)`` on axes L, P, S, spacing in mm.
+    table : dict
+        A :func:`ctbmd.simulate.physics.material_table` result (``mu`` by material id and
+        ``mu_water``); the phantom's own tissues at 70 keV.
+
+    Returns
+    -------
+    float
+        ``mean_k 2 sqrt(A_w,k / pi)`` in cm, with ``A_w`` the sum of ``mu / mu_water`` times the pixel
+        area over up to 40 slices of T11-L5 (on a chest phantom, where few of them are in view, over every
+        slice holding vertebral bone).
     """
     levels = [VERSE_LABELS[lv] for lv in ("T11", "T12", "L1", "L2", "L3", "L4", "L5")]
     zs = np.nonzero(np.isin(canvas.level, levels).any(axis=(0, 1)))[0]
     if zs.size < 5:
         zs = np.nonzero((canvas.level > 0).any(axis=(0, 1)))[0]
     zs = zs[:: max(1, zs.size // 40)]
-    ratio = np.zeros(256, np.float32)
-    probe, _ = material_table(70.0, spec, {lv: 150.0 for lv in spec.levels()}, spec.levels(),
-                              np.random.default_rng(0))
-    ratio[:] = probe["mu"] / probe["mu_water"]
+    ratio = (table["mu"] / table["mu_water"]).astype(np.float32)
     area_cm2 = float(canvas.spacing[0] * canvas.spacing[1]) / 100.0
     aw = np.array([ratio[canvas.mat[:, :, k]].sum() * area_cm2 for k in zs])
     return float(np.mean(2.0 * np.sqrt(aw / np.pi)))
