@@ -92,3 +92,26 @@ def test_classification_thresholds():
     assert pickhardt_flag(150)["flag"] == "osteoporosis_possible"
     assert pickhardt_flag(170)["flag"] == "osteoporosis_unlikely"
     assert abs(k2hpo4_to_caha(100) - 107.68) < 1e-9
+
+
+def test_attenuation_table_is_xraydb_bit_for_bit():
+    # the committed table (tools/make_attenuation_table.py) cannot drift from the compositions
+    from ctbmd.materials import COMPOSITIONS, TABLE_ENERGIES_KEV, _table, xraydb_mass_attenuation
+
+    table = _table()
+    assert set(COMPOSITIONS) <= set(table)
+    assert np.array_equal(table["energy_kev"], TABLE_ENERGIES_KEV)
+    for material in COMPOSITIONS:
+        assert np.array_equal(table[material], xraydb_mass_attenuation(material, TABLE_ENERGIES_KEV)), material
+    # off the grid, xraydb is used: the same numbers either way
+    assert mass_attenuation("water", 70.1) == float(xraydb_mass_attenuation("water", [70.1])[0])
+
+
+def test_calibration_line_between_grid_points_matches_the_exact_line():
+    from ctbmd.calibrate.internal import qct_pro_line_at
+
+    for e in (40.13, 55.5, 69.46, 70.0, 88.88, 99.99, 12.0):
+        sigma, beta = qct_pro_line_at(e)
+        s_exact, b_exact = qct_pro_line(e)
+        assert abs(sigma / float(s_exact) - 1.0) < 5e-6 if e >= 40 else abs(sigma / float(s_exact) - 1.0) < 1e-12
+        assert abs(beta - float(b_exact)) < 1e-6

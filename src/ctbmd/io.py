@@ -18,6 +18,7 @@ import os
 import tempfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +100,13 @@ def _check_complete(path: Path) -> None:
     """Raise InvalidInputError for a truncated gzip stream or a NIfTI shorter than its header says.
 
     SimpleITK zero-fills some truncated files instead of failing, so this is checked first.
+    A ``.nii.gz`` whose gzip trailer gives the uncompressed size its NIfTI header needs
+    (:func:`_gzip_size_matches`) is complete; any other ``.gz`` is decompressed once to
+    the end, which also checks its CRC.
     """
     name = path.name.lower()
+    if name.endswith(".nii.gz") and _gzip_size_matches(path):
+        return
     if name.endswith(".gz"):
         try:
             with gzip.open(path, "rb") as fh:
@@ -118,16 +124,43 @@ def _check_complete(path: Path) -> None:
             raise InvalidInputError(f"truncated NIfTI: {path.stat().st_size} bytes, header needs {need}", path)
 
 
-def _read_volume_file(path: Path) -> sitk.Image:
-    _check_complete(path)
+def _gzip_size_matches(path: Path) -> bool:
+    """True when a ``.nii.gz`` file's gzip trailer holds the size its NIfTI header needs.
+
+    The last 4 bytes of a gzip stream give its uncompressed size modulo 2**32
+    (ISIZE, RFC 1952 section 2.3.1); a truncated stream ends in compressed data
+    instead, which matches by chance with probability 2**-32. The header needs
+    ``vox_offset + nvoxels * itemsize`` bytes. Any doubt (an unreadable header, a
+    multi-member file, trailing bytes) returns False, and the caller decompresses
+    the whole stream.
+    """
     try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()
-        hint = next((line.strip() for line in detail if "rror" in line and "itk::" not in line), "")
-        raise InvalidInputError(
-            f"cannot read image: the file is corrupt, truncated or not a {_format_of(path)} volume"
-            + (f" ({hint[:120]})" if hint else ""), path) from None
+        img = nib.load(path)
+        need = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(fh.read(4), "little")
+    except Exception:  # noqa: BLE001 - any failure means: check the slow way
+        return False
+    return isize == need % (1 << 32)
+
+
+def _read_volume_file(path: Path) -> sitk.Image:
+    # The completeness check decompresses the whole stream once; zlib releases the GIL,
+    # so it runs in a thread beside SimpleITK's own read instead of before it.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        complete = pool.submit(_check_complete, path)
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            complete.result()  # a truncated or corrupt stream is named as such first
+            detail = str(exc).strip().splitlines()
+            hint = next((line.strip() for line in detail if "rror" in line and "itk::" not in line), "")
+            raise InvalidInputError(
+                f"cannot read image: the file is corrupt, truncated or not a {_format_of(path)} volume"
+                + (f" ({hint[:120]})" if hint else ""), path) from None
+        complete.result()
+    return image
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -508,10 +541,21 @@ def read_label_map(path: str | Path, ct: CTVolume) -> np.ndarray:
 def labels_on_input_grid(labels: np.ndarray, ct: CTVolume) -> sitk.Image:
     """Resample a canonical label array back onto the input's stored grid (nearest neighbour).
 
-    The canonical grid is a permutation/flip of the input grid, so this is exact.
+    The canonical grid is a permutation/flip of the input grid, so this is exact:
+    the axes are permuted and flipped back (:func:`SimpleITK.DICOMOrient` to the
+    input's orientation code), with the input's geometry copied exactly. A grid
+    that is not such a permutation is resampled.
     """
     image = array_to_image(labels, ct.grid)
-    ref = grid_reference_image(ct.info.input_grid, image.GetPixelID())
+    src = ct.info.input_grid
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(src.direction)
+    out = sitk.DICOMOrient(image, code)
+    if (tuple(out.GetSize()) == tuple(src.size) and np.allclose(out.GetDirection(), src.direction, atol=1e-6)
+            and np.allclose(out.GetOrigin(), src.origin_lps_mm, atol=1e-3)):
+        out.SetOrigin(src.origin_lps_mm)
+        out.SetDirection(src.direction)
+        return out
+    ref = grid_reference_image(src, image.GetPixelID())
     return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import cc3d
+import edt
 import numpy as np
+from scipy import ndimage as ndi
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -18,3 +20,53 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     counts = np.bincount(labels.ravel())
     counts[0] = 0
     return labels == np.argmax(counts)
+
+
+def label_values(labels: np.ndarray) -> set[int]:
+    """The non-zero values present in a non-negative integer label map (any shape).
+
+    From the bounding boxes (:func:`label_boxes`): one pass, about twice as fast
+    as ``numpy.unique`` on a full-resolution volume.
+    """
+    return set(label_boxes(labels))
+
+
+def label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of every label value present, in one pass over the volume.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Non-negative integer label map, any shape (here ``(nx, ny, nz)``).
+
+    Returns
+    -------
+    dict
+        Label value (> 0) -> tuple of slices, one per axis
+        (:func:`scipy.ndimage.find_objects`).
+    """
+    return {i + 1: box for i, box in enumerate(ndi.find_objects(labels)) if box is not None}
+
+
+def distance_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Euclidean distance (mm) from each voxel of ``mask`` to the nearest voxel outside it.
+
+    The exact anisotropic distance transform of the ``edt`` library (seung-lab,
+    the maker of connected-components-3d), single-threaded (its threads cost more
+    than they save at these sizes); the same values as
+    :func:`scipy.ndimage.distance_transform_edt` to float32 precision, two to three
+    times faster. As there, the array's edge is not a boundary.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        Boolean, shape ``(nx, ny, nz)``.
+    spacing_mm : tuple of float
+        Voxel size along the three axes (mm).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape; 0 outside the mask.
+    """
+    return edt.edt(mask, anisotropy=tuple(float(s) for s in spacing_mm), black_border=False, parallel=1)

@@ -4,7 +4,10 @@ Elemental mass fractions and densities are those of ICRU Report 44 as
 tabulated by NIST (Hubbell & Seltzer 1995, "Tables of X-Ray Mass Attenuation
 Coefficients", NISTIR 5632, Table 2). Mass attenuation coefficients come from
 xraydb's elemental tables (Elam, Ravel & Sieber, Radiat Phys Chem 2002), summed
-by mass fraction (the mixture rule).
+by mass fraction (the mixture rule). On the 20-150 keV grid of 0.25 keV steps
+they are read from ``attenuation_kev.csv``, generated from xraydb by
+``tools/make_attenuation_table.py`` and checked against it by the tests; xraydb
+itself is imported only for energies off that grid.
 
 Units: energies in keV, mass attenuation in cm^2/g, linear attenuation in 1/cm,
 densities in g/cm^3, HU relative to water and air at the same energy.
@@ -13,9 +16,9 @@ densities in g/cm^3, HU relative to water and air at the same energy.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
-import xraydb
 
 #: name -> (mass fractions by element, density g/cm^3). ICRU-44 via NIST NISTIR 5632, except k2hpo4
 #: (stoichiometric, density 2.44 g/cm^3) and titanium (pure element, 4.51 g/cm^3).
@@ -49,12 +52,56 @@ COMPOSITIONS: dict[str, tuple[dict[str, float], float]] = {
 K2HPO4_DENSITY = COMPOSITIONS["k2hpo4"][1]
 
 
-@lru_cache(maxsize=1024)
-def _mass_attenuation_cached(material: str, energies_kev: tuple[float, ...]) -> np.ndarray:
+#: Energies (keV) of the committed attenuation table: 20-150 keV in 0.25 keV steps.
+TABLE_ENERGIES_KEV = np.round(np.arange(20.0, 150.0 + 1e-9, 0.25), 2)
+#: The committed table (``tools/make_attenuation_table.py``).
+TABLE_PATH = Path(__file__).with_name("attenuation_kev.csv")
+
+
+def xraydb_mass_attenuation(material: str, energies_kev) -> np.ndarray:
+    """(mu/rho) in cm^2/g of a :data:`COMPOSITIONS` material from xraydb, one call per element.
+
+    Parameters
+    ----------
+    material : str
+        Key of :data:`COMPOSITIONS`.
+    energies_kev : array_like
+        Photon energies, keV (1-D).
+
+    Raises
+    ------
+    KeyError
+        Unknown material.
+    """
+    import xraydb  # its database layer is slow to import; most runs never need it
+
     fractions, _ = COMPOSITIONS[material]
     e_ev = np.asarray(energies_kev, dtype=float) * 1000.0
     out = sum(w * np.atleast_1d(xraydb.mu_elam(el, e_ev)) for el, w in fractions.items())
-    out = np.asarray(out, dtype=float)
+    return np.asarray(out, dtype=float)
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, np.ndarray]:
+    with open(TABLE_PATH) as fh:
+        names = fh.readline().strip().split(",")
+    data = np.loadtxt(TABLE_PATH, delimiter=",", skiprows=1, ndmin=2)
+    return {n: data[:, i] for i, n in enumerate(names)}
+
+
+@lru_cache(maxsize=1024)
+def _mass_attenuation_cached(material: str, energies_kev: tuple[float, ...]) -> np.ndarray:
+    e = np.asarray(energies_kev, dtype=float)
+    step = TABLE_ENERGIES_KEV[1] - TABLE_ENERGIES_KEV[0]
+    index = np.rint((e - TABLE_ENERGIES_KEV[0]) / step).astype(int)
+    on_grid = (index >= 0) & (index < len(TABLE_ENERGIES_KEV))
+    if on_grid.all() and np.allclose(TABLE_ENERGIES_KEV[index], e, rtol=0.0, atol=1e-6):
+        table = _table()
+        if material in table:
+            out = table[material][index].copy()
+            out.setflags(write=False)
+            return out
+    out = xraydb_mass_attenuation(material, e)
     out.setflags(write=False)
     return out
 
@@ -62,9 +109,10 @@ def _mass_attenuation_cached(material: str, energies_kev: tuple[float, ...]) -> 
 def mass_attenuation(material: str, energy_kev) -> np.ndarray:
     """(mu/rho) of a :data:`COMPOSITIONS` material, cm^2/g.
 
-    xraydb is called once per element on the whole energy array, and the
-    result is cached per (material, energies), so repeated calls on a fixed
-    energy grid cost nothing.
+    Energies on the committed grid (:data:`TABLE_ENERGIES_KEV`) are read from
+    the table, others come from xraydb (:func:`xraydb_mass_attenuation`); both
+    give the same numbers. Results are cached per (material, energies), so
+    repeated calls on a fixed energy grid cost nothing.
 
     Parameters
     ----------
@@ -79,6 +127,8 @@ def mass_attenuation(material: str, energy_kev) -> np.ndarray:
         Unknown material.
     """
     e = np.atleast_1d(np.asarray(energy_kev, dtype=float))
+    if material not in COMPOSITIONS:
+        raise KeyError(material)
     out = _mass_attenuation_cached(material, tuple(round(float(x), 4) for x in e))
     return out.copy() if np.ndim(energy_kev) else float(out[0])
 

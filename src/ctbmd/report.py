@@ -15,8 +15,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402  (no pyplot: a standalone figure imports half as much)
 
 from ctbmd import __version__  # noqa: E402
 from ctbmd.calibrate import k2hpo4_to_caha  # noqa: E402
@@ -82,7 +82,7 @@ def result_dict(res: Result) -> dict:
                   "aorta_hu": res.phase.aorta_hu, "frame": "LPS (DICOM patient coordinates), mm"},
         "segmentation": {"backend": res.seg.backend, "levels": list(res.seg.levels), "anchors": res.seg.anchors,
                          "label_map": "VerSe (T1=8 ... T12=19, L1=20 ... L5=24)",
-                         "levels_in_label_map": _levels_in(res.seg.labels)},
+                         "levels_in_label_map": _levels_in(res.seg.boxes)},
         "labelling": labelling_dict(res.seg.labelling),
         "calibration": {"ok": cal.ok, "method": cal.method, "description": cal.description,
                         "convention": "Mindways QCT Pro: HU = sigma_ct * BMD + beta_ct, BMD in mg/cm3 K2HPO4; "
@@ -114,10 +114,10 @@ def result_dict(res: Result) -> dict:
     return out
 
 
-def _levels_in(labels: np.ndarray) -> list[str]:
+def _levels_in(boxes: dict[int, tuple]) -> list[str]:
     from ctbmd.types import LEVEL_ORDER, VERSE_NAMES
 
-    names = [VERSE_NAMES[int(v)] for v in np.unique(labels) if int(v) in VERSE_NAMES]
+    names = [VERSE_NAMES[v] for v in boxes if v in VERSE_NAMES]
     return sorted(names, key=LEVEL_ORDER.index)
 
 
@@ -207,13 +207,17 @@ def render_png(res: Result, result: dict, path: Path) -> None:
     hu, labels, roi = res.ct.hu, res.seg.labels, res.roi_labels
     sp = res.ct.spacing_mm
     measured_values = [VERSE_LABELS[lv] for lv in res.seg.levels]
-    idx = np.nonzero(np.isin(labels, measured_values))
-    cx, cy = int(np.median(idx[0])), int(np.median(idx[1]))
+    boxes = res.seg.boxes
+    box = tuple(slice(min(boxes[v][a].start for v in measured_values if v in boxes),
+                      max(boxes[v][a].stop for v in measured_values if v in boxes)) for a in range(3))
+    idx = np.nonzero(np.isin(labels[box], measured_values))  # within the measured levels' box
+    cx, cy = int(np.median(idx[0])) + box[0].start, int(np.median(idx[1])) + box[1].start
     rec = res.seg.labelling
     panels = 3 if rec is not None and rec.overview is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.8 * panels, 7.5), facecolor="black")
+    fig = Figure(figsize=(5.8 * panels, 7.5), facecolor="black")
+    axes = fig.subplots(1, panels)
     views = [("sagittal", hu[cx].T, labels[cx].T, roi[cx].T, sp[1]), ("coronal", hu[:, cy].T, labels[:, cy].T, roi[:, cy].T, sp[0])]
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     by_level = {lv["level"]: lv for lv in result["levels"]}
     for ax, (name, img, lab, r, s_in) in zip(axes, views):
         ax.imshow(img, cmap="gray", vmin=-250, vmax=900, origin="lower", aspect=sp[2] / s_in)
@@ -258,7 +262,6 @@ def render_png(res: Result, result: dict, path: Path) -> None:
                  color="white", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, facecolor="black", format="png")
-    plt.close(fig)
 
 
 def _calibration_line(cal: dict) -> str:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ctbmd.masks import largest_component
+from ctbmd.masks import distance_mm, largest_component
 from ctbmd.types import VERSE_LABELS, CTVolume, LevelMeasurement, SpineSegmentation
 
 BODY_OPENING_MM = 6.0
@@ -69,10 +69,10 @@ def vertebral_body(vertebra: np.ndarray, spacing_mm: tuple[float, float, float],
         nothing survives.
     """
     padded = np.pad(vertebra, 1)
-    inside = ndi.distance_transform_edt(padded, sampling=spacing_mm) >= radius_mm
+    inside = distance_mm(padded, spacing_mm) >= radius_mm
     if not inside.any():
         return np.zeros_like(vertebra)
-    opened = (ndi.distance_transform_edt(~inside, sampling=spacing_mm) <= radius_mm) & padded
+    opened = (distance_mm(~inside, spacing_mm) <= radius_mm) & padded
     return largest_component(opened)[1:-1, 1:-1, 1:-1]
 
 
@@ -99,13 +99,13 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
         Fraction of the deep core (>= 8 mm inside the body; the eroded body when
         that is too small) removed as hyperdense.
     """
-    depth = ndi.distance_transform_edt(np.pad(body, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
+    depth = distance_mm(np.pad(body, 1), spacing_mm)[1:-1, 1:-1, 1:-1]
     core = depth >= CORTEX_EROSION_MM
     thickness = float(slice_thickness_mm or spacing_mm[2])
     z_margin = CORTEX_EROSION_MM + max(0.0, thickness - 1.0) / 2.0
     if z_margin > CORTEX_EROSION_MM:
         # distance to the body surface along z alone (in-plane steps made prohibitively long)
-        z_depth = ndi.distance_transform_edt(np.pad(body, 1), sampling=(1e6, 1e6, spacing_mm[2]))[1:-1, 1:-1, 1:-1]
+        z_depth = distance_mm(np.pad(body, 1), (1e6, 1e6, spacing_mm[2]))[1:-1, 1:-1, 1:-1]
         core &= z_depth >= z_margin
     if not core.any():
         return core, 0.0
@@ -142,8 +142,12 @@ def body_heights(body: np.ndarray, spacing_mm: tuple[float, float, float]) -> di
     return out
 
 
-def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[LevelMeasurement, np.ndarray, tuple]:
+def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
+                  box: tuple[slice, ...] | None = None) -> tuple[LevelMeasurement, np.ndarray, tuple]:
     """Measure the trabecular ROI of one level.
+
+    All work is done on the vertebra's bounding box (plus 2 voxels), never on
+    the whole volume.
 
     Parameters
     ----------
@@ -153,6 +157,9 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[Lev
         Labels on the same grid.
     level : str
         Level name, e.g. ``"L1"``.
+    box : tuple of slice, optional
+        Bounding box of the level's label in ``seg.labels``; ``seg.boxes``
+        when not given.
 
     Returns
     -------
@@ -161,20 +168,26 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[Lev
         Boolean ROI mask of the crop.
     crop : tuple of slice
         Where the crop lies in ``ct.hu``.
+
+    Raises
+    ------
+    ValueError
+        ``level`` is not in ``seg.labels``.
     """
     value = VERSE_LABELS[level]
     spacing = ct.spacing_mm
-    full = seg.labels == value
-    idx = np.nonzero(full)
-    lo = [int(i.min()) for i in idx]
-    hi = [int(i.max()) + 1 for i in idx]
-    crop = tuple(slice(max(0, a - 2), min(n, b + 2)) for a, b, n in zip(lo, hi, full.shape))
-    vertebra = full[crop]
+    shape = seg.labels.shape
+    if box is None:
+        box = seg.boxes.get(value)
+    if box is None:
+        raise ValueError(f"{level} (label {value}) is not in the label map")
+    crop = tuple(slice(max(0, b.start - 2), min(n, b.stop + 2)) for b, n in zip(box, shape))
+    vertebra = seg.labels[crop] == value
     hu = ct.hu[crop]
-    centroid = ct.index_to_lps(np.array([float(i.mean()) for i in idx]))
+    offset = np.array([c.start for c in crop], float)
+    centroid = ct.index_to_lps(np.array(ndi.center_of_mass(vertebra)) + offset)
     flags = list(seg.level_flags.get(level, []))
-    shape = full.shape
-    if lo[2] == 0 or hi[2] == shape[2] or lo[0] == 0 or hi[0] == shape[0] or lo[1] == 0 or hi[1] == shape[1]:
+    if any(b.start == 0 or b.stop == n for b, n in zip(box, shape)):
         if "partial" not in flags:
             flags.append("partial")
     opened = vertebral_body(vertebra, spacing)
@@ -211,7 +224,7 @@ def measure_levels(ct: CTVolume, seg: SpineSegmentation) -> tuple[list[LevelMeas
     roi_labels : numpy.ndarray
         uint8 ROI map on the CT grid, VerSe numbering, shape ``ct.hu.shape``.
     """
-    roi_labels = np.zeros(ct.hu.shape, np.uint8)
+    roi_labels = np.zeros(ct.hu.shape, np.uint8, order="F")  # x fastest, as the CT array
     out = []
     for level in seg.levels:
         m, roi, crop = measure_level(ct, seg, level)

@@ -17,6 +17,7 @@ Coordinate conventions used everywhere in ctbmd
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -283,6 +284,17 @@ class SpineSegmentation:
     anchors: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     labelling: LabellingRecord | None = None
+
+    @cached_property
+    def boxes(self) -> dict[int, tuple[slice, ...]]:
+        """Bounding box (one slice per axis) of each label value in ``labels``, found once.
+
+        See :func:`ctbmd.masks.label_boxes`; the stages after segmentation look
+        at each level inside its box instead of scanning the whole volume.
+        """
+        from ctbmd.masks import label_boxes
+
+        return label_boxes(self.labels)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ctbmd.errors import NoSpineError, UsageError
 from ctbmd.io import read_label_map
+from ctbmd.masks import label_values
 from ctbmd.segment.builtin import REPORTED_LEVELS, segment_builtin
 from ctbmd.segment.labelmaps import to_verse
 from ctbmd.types import LEVEL_ORDER, VERSE_LABELS, CTVolume, SpineSegmentation
@@ -53,7 +54,7 @@ def parse_levels(text: str) -> tuple[str, ...]:
 
 
 def _from_verse_labels(labels: np.ndarray, backend: str, source: str, levels: tuple[str, ...]) -> SpineSegmentation:
-    present = set(np.unique(labels).tolist())
+    present = label_values(labels)
     measured = tuple(n for n in levels if VERSE_LABELS[n] in present)
     if not measured:
         raise NoSpineError(f"none of the measured levels ({', '.join(levels)}) is in the label map", source)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ctbmd.errors import LabellingRefusedError, NoSpineError
+from ctbmd.masks import label_values
 from ctbmd.segment.builtin.column import find_column
 from ctbmd.segment.builtin.discs import find_discs
 from ctbmd.segment.builtin.evidence import ColumnEvidence, gather_evidence
@@ -93,7 +94,7 @@ def segment_builtin(ct: CTVolume, levels: tuple[str, ...] = REPORTED_LEVELS) -> 
     _drop_empty_ends(vert_w, body_w, segs, values)
     labels = labels_to_ct_grid(vert_w, work.grid, ct)
     body = labels_to_ct_grid(body_w, work.grid, ct)
-    present = set(np.unique(labels).tolist())
+    present = label_values(labels)
     measured = tuple(n for n in LEVEL_ORDER if n in levels and VERSE_LABELS[n] in present)
     named = [n for n in naming.names if n in DRAWN_LEVELS]
     if not measured:

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage as ndi
+from scipy import sparse
 
-from ctbmd.io import array_to_image, grid_reference_image, image_to_array
 from ctbmd.masks import largest_component
 from ctbmd.types import CTVolume, Grid
 
@@ -56,32 +55,106 @@ class WorkGrid:
         return np.asarray(ijk, float) @ a[:3, :3].T + a[:3, 3]
 
 
+def resampling_matrix(n_in: int, spacing_mm: float, n_out: int, first: float,
+                      step: float = WORK_SPACING_MM) -> sparse.csr_matrix:
+    """Weights that smooth one axis for anti-aliasing and sample it on a coarser grid.
+
+    Row ``i`` gives the value at input index ``first + i * step / spacing_mm``
+    as a weighted sum of the input samples: a Gaussian of
+    ``sigma = max(0, (step - spacing_mm) / 2)`` mm, sampled on the input grid,
+    cut at 4 sigma (as :func:`scipy.ndimage.gaussian_filter`) and normalised (edges
+    replicated), then linear interpolation between the two nearest smoothed
+    samples (positions beyond the ends take the end sample). With ``sigma = 0``
+    it is plain linear interpolation.
+
+    Parameters
+    ----------
+    n_in : int
+        Number of input samples along the axis.
+    spacing_mm : float
+        Input sample spacing (mm).
+    n_out : int
+        Number of output samples.
+    first : float
+        Input index (continuous) of the first output sample.
+    step : float
+        Output sample spacing (mm).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32, shape ``(n_out, n_in)``, a few non-zeros per row; every row sums to 1.
+    """
+    sigma = max(0.0, (step - spacing_mm) / 2.0)
+    smooth = np.eye(n_in)
+    if sigma > 0 and n_in > 1:
+        i = np.arange(n_in)
+        d_mm = (i[:, None] - i[None, :]) * spacing_mm
+        smooth = np.where(np.abs(d_mm) <= 4.0 * sigma, np.exp(-0.5 * (d_mm / sigma) ** 2), 0.0)
+        smooth /= smooth.sum(axis=1, keepdims=True)
+    pos = np.clip(first + np.arange(n_out) * (step / spacing_mm), 0.0, n_in - 1.0)
+    lo = np.minimum(np.floor(pos).astype(int), max(n_in - 2, 0))
+    frac = pos - lo
+    interp = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    interp[rows, lo] = 1.0 - frac
+    interp[rows, np.minimum(lo + 1, n_in - 1)] += frac
+    return sparse.csr_matrix((interp @ smooth).astype(np.float32))
+
+
+def _apply_along(weights: sparse.csr_matrix, volume: np.ndarray, axis: int) -> np.ndarray:
+    """``weights`` (``(n_out, n_in)``) applied along ``axis`` of ``volume``: that axis becomes ``n_out`` long."""
+    moved = np.moveaxis(volume, axis, 0)
+    flat = np.ascontiguousarray(moved).reshape(moved.shape[0], -1)
+    return np.moveaxis((weights @ flat).reshape((weights.shape[0],) + moved.shape[1:]), 0, axis)
+
+
 def to_working_grid(ct: CTVolume) -> WorkGrid:
     """Resample ``ct`` to the 2 mm working grid and find the body outline.
 
-    The first working voxel keeps the outer corner of the first CT voxel, so the
-    two grids cover the same box. Raises nothing; an empty body outline is
-    reported by the caller.
+    Along each axis the CT is Gaussian smoothed (sigma ``(2 - spacing) / 2`` mm,
+    none for spacings of 2 mm and more) and linearly interpolated
+    (:func:`resampling_matrix`), one axis after another. The first working voxel
+    keeps the outer corner of the first CT voxel, so the two grids cover the
+    same box. Raises nothing; an empty body outline is reported by the caller.
     """
-    image = array_to_image(ct.hu, ct.grid)
-    sigma = [max(0.0, (WORK_SPACING_MM - s) / 2.0) for s in ct.grid.spacing_mm]
-    if max(sigma) > 0:
-        image = sitk.SmoothingRecursiveGaussian(image, [max(s, 1e-3) for s in sigma])
     size = [max(1, int(round(n * s / WORK_SPACING_MM))) for n, s in zip(ct.grid.size, ct.grid.spacing_mm)]
-    origin = ct.index_to_lps(np.array([(WORK_SPACING_MM / s - 1.0) / 2.0 for s in ct.grid.spacing_mm]))
+    first = [(WORK_SPACING_MM / s - 1.0) / 2.0 for s in ct.grid.spacing_mm]
+    origin = ct.index_to_lps(np.array(first))
     grid = Grid(size=tuple(size), spacing_mm=(WORK_SPACING_MM,) * 3,
                 origin_lps_mm=tuple(float(v) for v in origin), direction=ct.grid.direction)
-    ref = grid_reference_image(grid, sitk.sitkFloat32)
-    hu = image_to_array(sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32))
+    hu = ct.hu
+    # the axis that shrinks most first: every later product works on less data
+    for axis in np.argsort([n_out / n for n_out, n in zip(size, hu.shape)]):
+        weights = resampling_matrix(hu.shape[axis], ct.grid.spacing_mm[axis], size[axis], first[axis])
+        hu = _apply_along(weights, hu, int(axis))
+    hu = np.asfortranarray(hu, dtype=np.float32)  # x fastest, as the CT array itself
     body = largest_component(ndi.binary_opening(hu > BODY_HU, iterations=2))
     return WorkGrid(hu=hu, grid=grid, body=body)
 
 
 def labels_to_ct_grid(labels: np.ndarray, work_grid: Grid, ct: CTVolume) -> np.ndarray:
-    """Resample a uint8 label map from the working grid onto ``ct``'s grid (nearest neighbour).
+    """Resample a label map from the working grid onto ``ct``'s grid (nearest neighbour).
+
+    The two grids share their axes (:func:`to_working_grid`), so nearest
+    neighbour is a lookup per axis: each CT voxel takes the working voxel whose
+    centre is nearest along each axis (ties to the higher index); CT voxels
+    more than half a working voxel outside the working grid get 0.
 
     Returns a uint8 array of shape ``ct.hu.shape``.
     """
-    image = array_to_image(labels.astype(np.uint8), work_grid)
-    ref = grid_reference_image(ct.grid, sitk.sitkUInt8)
-    return image_to_array(sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    direction = np.array(ct.grid.direction).reshape(3, 3)
+    offset_mm = direction.T @ (np.array(ct.grid.origin_lps_mm) - np.array(work_grid.origin_lps_mm))
+    index, inside = [], []
+    for axis in range(3):
+        pos = (offset_mm[axis] + np.arange(ct.grid.size[axis]) * ct.grid.spacing_mm[axis]) / work_grid.spacing_mm[axis]
+        k = np.floor(pos + 0.5).astype(np.intp)
+        inside.append((k >= 0) & (k < work_grid.size[axis]))
+        index.append(np.clip(k, 0, work_grid.size[axis] - 1))
+    # gathered in (z, y, x) order and transposed: x fastest in memory, as the CT array itself
+    zyx = np.ascontiguousarray(labels.astype(np.uint8, copy=False).transpose(2, 1, 0))
+    out = zyx[np.ix_(index[2], index[1], index[0])].transpose(2, 1, 0)
+    for axis, ok in enumerate(inside):
+        if not ok.all():
+            out[(slice(None),) * axis + (~ok,)] = 0
+    return out
