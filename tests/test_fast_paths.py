@@ -98,3 +98,12 @@ def test_measure_level_in_its_box_equals_the_whole_volume_result():
     assert np.allclose(m.centroid_lps_mm, ct.index_to_lps(np.array([i.mean() for i in idx])), atol=0.01)
     assert m.roi_voxels == int(roi.sum()) > 100
     assert np.isclose(m.hu_mean, float(ct.hu[crop][roi].mean()))
+
+
+def test_working_grid_of_a_thick_slice_ct_is_simpleitk_linear_resampling():
+    # 3 mm: no smoothing; every working voxel, edges and outside-the-CT air included, as SimpleITK gives it
+    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    work = to_working_grid(ct)
+    ref = image_to_array(sitk.Resample(array_to_image(ct.hu, ct.grid), grid_reference_image(work.grid, sitk.sitkFloat32),
+                                       sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32))
+    assert np.abs(work.hu - ref).max() < 0.01

@@ -18,7 +18,6 @@ import os
 import tempfile
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +100,9 @@ def _check_complete(path: Path) -> None:
 
     SimpleITK zero-fills some truncated files instead of failing, so this is checked first.
     A ``.nii.gz`` whose gzip trailer gives the uncompressed size its NIfTI header needs
-    (:func:`_gzip_size_matches`) is complete; any other ``.gz`` is decompressed once to
-    the end, which also checks its CRC.
+    (:func:`_gzip_size_matches`, a few milliseconds) is complete; any other ``.gz`` is
+    decompressed once to the end, which also checks its CRC. Corruption inside a
+    complete stream is left to SimpleITK's own decoder.
     """
     name = path.name.lower()
     if name.endswith(".nii.gz") and _gzip_size_matches(path):
@@ -146,21 +146,15 @@ def _gzip_size_matches(path: Path) -> bool:
 
 
 def _read_volume_file(path: Path) -> sitk.Image:
-    # The completeness check decompresses the whole stream once; zlib releases the GIL,
-    # so it runs in a thread beside SimpleITK's own read instead of before it.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        complete = pool.submit(_check_complete, path)
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            complete.result()  # a truncated or corrupt stream is named as such first
-            detail = str(exc).strip().splitlines()
-            hint = next((line.strip() for line in detail if "rror" in line and "itk::" not in line), "")
-            raise InvalidInputError(
-                f"cannot read image: the file is corrupt, truncated or not a {_format_of(path)} volume"
-                + (f" ({hint[:120]})" if hint else ""), path) from None
-        complete.result()
-    return image
+    _check_complete(path)  # before ITK allocates what a corrupt header declares
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        hint = next((line.strip() for line in detail if "rror" in line and "itk::" not in line), "")
+        raise InvalidInputError(
+            f"cannot read image: the file is corrupt, truncated or not a {_format_of(path)} volume"
+            + (f" ({hint[:120]})" if hint else ""), path) from None
 
 
 # --------------------------------------------------------------------------- DICOM

@@ -290,7 +290,9 @@ class SpineSegmentation:
         """Bounding box (one slice per axis) of each label value in ``labels``, found once.
 
         See :func:`ctbmd.masks.label_boxes`; the stages after segmentation look
-        at each level inside its box instead of scanning the whole volume.
+        at each level inside its box instead of scanning the whole volume. The
+        boxes are cached on first use, so ``labels`` must not be changed after
+        the segmentation is made (make a new one with :func:`dataclasses.replace`).
         """
         from ctbmd.masks import label_boxes
 

@@ -21,6 +21,8 @@ from ctbmd.types import CTVolume, Grid
 
 #: Voxel size (mm) of the working grid.
 WORK_SPACING_MM = 2.0
+#: HU of a working voxel outside the CT (as SimpleITK's default value when resampling).
+AIR_HU = -1024.0
 #: Threshold (HU) of the body outline: everything denser than lung and air.
 BODY_HU = -400.0
 
@@ -61,11 +63,12 @@ def resampling_matrix(n_in: int, spacing_mm: float, n_out: int, first: float,
 
     Row ``i`` gives the value at input index ``first + i * step / spacing_mm``
     as a weighted sum of the input samples: a Gaussian of
-    ``sigma = max(0, (step - spacing_mm) / 2)`` mm, sampled on the input grid,
-    cut at 4 sigma (as :func:`scipy.ndimage.gaussian_filter`) and normalised (edges
-    replicated), then linear interpolation between the two nearest smoothed
-    samples (positions beyond the ends take the end sample). With ``sigma = 0``
-    it is plain linear interpolation.
+    ``sigma = max(0, (step - spacing_mm) / 2)`` mm, sampled on the input grid and
+    cut at 4 sigma (as :func:`scipy.ndimage.gaussian_filter`), its weights
+    renormalised near the ends, then linear interpolation between the two
+    nearest smoothed samples (positions beyond the end samples take the end
+    sample; see :func:`to_working_grid` for positions outside the volume). With
+    ``sigma = 0`` it is plain linear interpolation.
 
     Parameters
     ----------
@@ -83,23 +86,26 @@ def resampling_matrix(n_in: int, spacing_mm: float, n_out: int, first: float,
     Returns
     -------
     scipy.sparse.csr_matrix
-        float32, shape ``(n_out, n_in)``, a few non-zeros per row; every row sums to 1.
+        float32, shape ``(n_out, n_in)``, a few non-zeros per row (built as a
+        band: no dense ``n_in x n_in`` matrix); every row sums to 1.
     """
     sigma = max(0.0, (step - spacing_mm) / 2.0)
-    smooth = np.eye(n_in)
-    if sigma > 0 and n_in > 1:
-        i = np.arange(n_in)
-        d_mm = (i[:, None] - i[None, :]) * spacing_mm
-        smooth = np.where(np.abs(d_mm) <= 4.0 * sigma, np.exp(-0.5 * (d_mm / sigma) ** 2), 0.0)
-        smooth /= smooth.sum(axis=1, keepdims=True)
+    half = int(np.floor(4.0 * sigma / spacing_mm)) if n_in > 1 else 0
+    if half > 0:
+        offsets = np.arange(-half, half + 1)
+        kernel = np.exp(-0.5 * (offsets * spacing_mm / sigma) ** 2)
+        smooth = sparse.diags([np.full(n_in - abs(k), w) for k, w in zip(offsets, kernel) if abs(k) < n_in],
+                              [k for k in offsets if abs(k) < n_in], shape=(n_in, n_in), format="csr")
+        smooth = sparse.diags(1.0 / np.asarray(smooth.sum(axis=1)).ravel()) @ smooth
+    else:
+        smooth = sparse.identity(n_in, format="csr")
     pos = np.clip(first + np.arange(n_out) * (step / spacing_mm), 0.0, n_in - 1.0)
     lo = np.minimum(np.floor(pos).astype(int), max(n_in - 2, 0))
     frac = pos - lo
-    interp = np.zeros((n_out, n_in))
     rows = np.arange(n_out)
-    interp[rows, lo] = 1.0 - frac
-    interp[rows, np.minimum(lo + 1, n_in - 1)] += frac
-    return sparse.csr_matrix((interp @ smooth).astype(np.float32))
+    interp = sparse.csr_matrix((np.r_[1.0 - frac, frac], (np.r_[rows, rows], np.r_[lo, np.minimum(lo + 1, n_in - 1)])),
+                               shape=(n_out, n_in))
+    return (interp @ smooth).astype(np.float32).tocsr()
 
 
 def _apply_along(weights: sparse.csr_matrix, volume: np.ndarray, axis: int) -> np.ndarray:
@@ -129,6 +135,13 @@ def to_working_grid(ct: CTVolume) -> WorkGrid:
         weights = resampling_matrix(hu.shape[axis], ct.grid.spacing_mm[axis], size[axis], first[axis])
         hu = _apply_along(weights, hu, int(axis))
     hu = np.asfortranarray(hu, dtype=np.float32)  # x fastest, as the CT array itself
+    for axis in range(3):
+        # a working voxel whose centre lies half a CT voxel or more outside the CT is air
+        # (SimpleITK's rule for resampling, which this replaces)
+        pos = first[axis] + np.arange(size[axis]) * (WORK_SPACING_MM / ct.grid.spacing_mm[axis])
+        outside = (pos < -0.5 - 1e-6) | (pos >= ct.grid.size[axis] - 0.5 - 1e-6)  # an exact half: outside
+        if outside.any():
+            hu[(slice(None),) * axis + (outside,)] = AIR_HU
     body = largest_component(ndi.binary_opening(hu > BODY_HU, iterations=2))
     return WorkGrid(hu=hu, grid=grid, body=body)
 
