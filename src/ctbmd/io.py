@@ -116,12 +116,17 @@ def _check_complete(path: Path) -> None:
             raise InvalidInputError(f"truncated or corrupt gzip data ({exc})", path) from None
     if name.endswith(".nii"):
         try:
-            img = nib.load(path)
-            need = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+            need = _nifti_bytes_needed(path)
         except Exception as exc:  # noqa: BLE001 - any header failure is a corrupt file
             raise InvalidInputError(f"corrupt NIfTI header ({exc})", path) from None
         if path.stat().st_size < need:
             raise InvalidInputError(f"truncated NIfTI: {path.stat().st_size} bytes, header needs {need}", path)
+
+
+def _nifti_bytes_needed(path: Path) -> int:
+    """Bytes a NIfTI file (uncompressed) must hold by its header: ``vox_offset + nvoxels * itemsize``."""
+    img = nib.load(path)
+    return int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
 
 
 def _gzip_size_matches(path: Path) -> bool:
@@ -135,8 +140,7 @@ def _gzip_size_matches(path: Path) -> bool:
     the whole stream.
     """
     try:
-        img = nib.load(path)
-        need = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        need = _nifti_bytes_needed(path)
         with open(path, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
             isize = int.from_bytes(fh.read(4), "little")

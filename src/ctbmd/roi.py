@@ -142,12 +142,11 @@ def body_heights(body: np.ndarray, spacing_mm: tuple[float, float, float]) -> di
     return out
 
 
-def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
-                  box: tuple[slice, ...] | None = None) -> tuple[LevelMeasurement, np.ndarray, tuple]:
+def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[LevelMeasurement, np.ndarray, tuple]:
     """Measure the trabecular ROI of one level.
 
-    All work is done on the vertebra's bounding box (plus 2 voxels), never on
-    the whole volume.
+    All work is done on the vertebra's bounding box (``seg.boxes``, plus 2
+    voxels), never on the whole volume.
 
     Parameters
     ----------
@@ -157,9 +156,6 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
         Labels on the same grid.
     level : str
         Level name, e.g. ``"L1"``.
-    box : tuple of slice, optional
-        Bounding box of the level's label in ``seg.labels``; ``seg.boxes``
-        when not given.
 
     Returns
     -------
@@ -177,8 +173,7 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
     value = VERSE_LABELS[level]
     spacing = ct.spacing_mm
     shape = seg.labels.shape
-    if box is None:
-        box = seg.boxes.get(value)
+    box = seg.boxes.get(value)
     if box is None:
         raise ValueError(f"{level} (label {value}) is not in the label map")
     crop = tuple(slice(max(0, b.start - 2), min(n, b.stop + 2)) for b, n in zip(box, shape))

@@ -218,6 +218,18 @@ def qct_pro_line_at(energy_kev: float) -> tuple[float, float]:
     linearly in log-log (it falls nearly as a power of the energy; relative
     error below 4e-6 at 40-100 keV, 4e-5 below) and ``beta_CT`` linearly, so a run needs no xraydb.
     Outside the grid (20-150 keV) the line is computed exactly.
+
+    Parameters
+    ----------
+    energy_kev : float
+        Effective energy, keV.
+
+    Returns
+    -------
+    sigma_ct : float
+        Slope, HU per mg/cm^3 K2HPO4 (QCT PRO User Guide v5.0 convention).
+    beta_ct : float
+        Intercept, HU.
     """
     e = float(energy_kev)
     if not TABLE_ENERGIES_KEV[0] <= e <= TABLE_ENERGIES_KEV[-1]:

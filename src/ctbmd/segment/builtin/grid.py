@@ -16,13 +16,12 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import sparse
 
+from ctbmd.io import AIR_HU
 from ctbmd.masks import largest_component
 from ctbmd.types import CTVolume, Grid
 
 #: Voxel size (mm) of the working grid.
 WORK_SPACING_MM = 2.0
-#: HU of a working voxel outside the CT (as SimpleITK's default value when resampling).
-AIR_HU = -1024.0
 #: Threshold (HU) of the body outline: everything denser than lung and air.
 BODY_HU = -400.0
 
