@@ -8,7 +8,7 @@ from conftest import DATA, EXAMPLE
 from ctbmd.io import array_to_image, grid_reference_image, image_to_array, labels_on_input_grid, read_ct
 from ctbmd.masks import distance_mm, label_boxes, label_values
 from ctbmd.roi import measure_level
-from ctbmd.segment.builtin.grid import labels_to_ct_grid, resampling_matrix, to_working_grid
+from ctbmd.segment.builtin.grid import labels_to_ct_grid, resampling_matrix, to_working_grid, values_on_ct_grid
 from ctbmd.types import SpineSegmentation
 
 LIDC = DATA / "lidc_idri_0001_chest" / "dicom"
@@ -29,6 +29,14 @@ def test_working_grid_labels_return_to_the_ct_grid_as_simpleitk_puts_them():
         ours = labels_to_ct_grid(labels, work.grid, ct)
         assert ours.shape == ct.hu.shape
         assert np.array_equal(ours, _sitk_nearest(labels, work.grid, ct.grid))
+        # sparse labels: the values that reach the CT grid are found without making the map
+        sparse_labels = np.where(labels > 26, labels, 0).astype(np.uint8)
+        sparse_labels[::7, ::5, ::3] = 0
+        on_ct = set(np.unique(labels_to_ct_grid(sparse_labels, work.grid, ct)).tolist()) - {0}
+        assert values_on_ct_grid(sparse_labels, work.grid, ct) == on_ct
+        one = np.zeros_like(labels)
+        one[5, 5, 1] = 9  # a single working voxel may fall between the CT's thick slices
+        assert values_on_ct_grid(one, work.grid, ct) == set(np.unique(labels_to_ct_grid(one, work.grid, ct)).tolist()) - {0}
 
 
 def test_labels_go_back_to_the_stored_grid_exactly():
@@ -107,3 +115,84 @@ def test_working_grid_of_a_thick_slice_ct_is_simpleitk_linear_resampling():
     ref = image_to_array(sitk.Resample(array_to_image(ct.hu, ct.grid), grid_reference_image(work.grid, sitk.sitkFloat32),
                                        sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32))
     assert np.abs(work.hu - ref).max() < 0.01
+
+
+def test_prominent_peaks_are_scipy_find_peaks():
+    # random walks with flat runs (rounded), plateaus at the ends, and a real disc signal
+    from scipy.signal import find_peaks
+
+    from ctbmd.segment.builtin.column import find_column
+    from ctbmd.segment.builtin.discs import disc_profiles, prominent_peaks
+
+    rng = np.random.default_rng(3)
+    signals = [np.round(np.cumsum(rng.normal(size=n)), 1) for n in rng.integers(3, 400, 200)]
+    signals += [np.array([1.0, 1.0, 2.0, 2.0, 2.0, 1.0, 3.0, 3.0]), np.zeros(5), np.array([0.0, 1.0])]
+    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    profile = disc_profiles(find_column(to_working_grid(ct))).signal
+    signals.append(np.nan_to_num(profile, nan=float(np.nanmin(profile))))
+    for sig in signals:
+        for floor in (0.0, 0.3, 2.0):
+            idx, props = find_peaks(sig, prominence=floor)
+            ours, prom = prominent_peaks(sig, floor)
+            assert np.array_equal(ours, idx)
+            assert np.allclose(prom, props["prominences"], rtol=0, atol=1e-12)
+    assert len(prominent_peaks(signals[-1], 0.3)[0]) >= 5  # the example's discs are found
+
+
+def test_mask_shortcuts_equal_the_scipy_calls_they_replace():
+    # per-plane hole filling, the separable box closing and the edge-replicating shift, on random masks
+    from ctbmd.masks import plane_holes
+    from ctbmd.segment.builtin.column import _shift_xy
+    from ctbmd.segment.builtin.segments import _box_closing
+
+    rng = np.random.default_rng(4)
+    for shape in [(40, 30, 12), (5, 6, 7), (1, 4, 3)]:
+        for p in (0.2, 0.5, 0.8):
+            m = rng.random(shape) < p
+            holes = np.stack([ndi.binary_fill_holes(m[:, :, k]) & ~m[:, :, k] for k in range(shape[2])], axis=2)
+            assert np.array_equal(plane_holes(m), holes)
+            assert np.array_equal(_box_closing(m), ndi.binary_closing(m, structure=np.ones((3, 3, 3))))
+    a = np.asfortranarray(rng.normal(size=(7, 5, 3)))
+    for dx in range(-9, 10):
+        for dy in range(-7, 8):
+            xs, ys = np.clip(np.arange(7) + dx, 0, 6), np.clip(np.arange(5) + dy, 0, 4)
+            assert np.array_equal(_shift_xy(a, dx, dy), a[xs][:, ys])
+
+
+def test_labels_go_back_to_every_stored_orientation(tmp_path):
+    # all 48 axis permutations and flips: the numpy path equals SimpleITK's nearest-neighbour resampling
+    import itertools
+
+    rng = np.random.default_rng(5)
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product([1, -1], repeat=3):
+            arr = rng.normal(0, 300, (20, 24, 28)).astype(np.int16)
+            arr[0, 0, 0] = -1000
+            image = sitk.GetImageFromArray(arr)
+            direction = np.zeros((3, 3))
+            direction[list(perm), [0, 1, 2]] = signs
+            image.SetDirection(direction.ravel().tolist())
+            image.SetSpacing((1.7, 1.9, 2.5))
+            image.SetOrigin((10.0, -20.0, 30.0))
+            sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+            ct, _ = read_ct(tmp_path / "ct.nii.gz")
+            labels = rng.integers(0, 30, ct.hu.shape).astype(np.uint8)
+            ours = labels_on_input_grid(labels, ct)
+            ref = sitk.Resample(array_to_image(labels, ct.grid), grid_reference_image(ct.info.input_grid, sitk.sitkUInt8),
+                                sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+            assert ours.GetSize() == image.GetSize() and np.allclose(ours.GetDirection(), image.GetDirection())
+            assert np.allclose(ours.GetOrigin(), image.GetOrigin())
+
+
+def test_cross_opening_is_scipy_binary_opening():
+    from ctbmd.masks import cross_opening
+
+    rng = np.random.default_rng(6)
+    for shape in [(30, 25, 20), (7, 6, 5), (1, 5, 4), (2, 1, 3)]:
+        for p in (0.3, 0.6, 0.9):
+            m = rng.random(shape) < p
+            if min(shape) > 5:
+                m = ndi.binary_opening(m) | (rng.random(shape) < 0.1)
+            for n in (1, 2):
+                assert np.array_equal(cross_opening(m, n), ndi.binary_opening(m, iterations=n))

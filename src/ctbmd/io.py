@@ -90,6 +90,14 @@ def image_to_array(image: sitk.Image) -> np.ndarray:
     return np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
 
 
+def image_to_array_view(image: sitk.Image) -> np.ndarray:
+    """Read-only ``(nx, ny, nz)`` view of a SimpleITK image's voxels, without a copy.
+
+    Valid only while ``image`` lives: copy it (e.g. ``.astype``) before the image goes.
+    """
+    return np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0))
+
+
 def to_canonical(image: sitk.Image) -> sitk.Image:
     """Reorient (permute/flip, no interpolation) so the index axes point toward L, P, S."""
     return sitk.DICOMOrient(image, "LPS")
@@ -496,10 +504,10 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> tuple[CTVolume, 
             raise InvalidInputError(f"expected a scalar 3-D volume, got {image.GetDimension()}-D with "
                                     f"{image.GetNumberOfComponentsPerPixel()} component(s)", path)
         info = ScanInfo(path=str(path), format=fmt, input_grid=_grid_of(image))
-        image = sitk.Cast(image, sitk.sitkFloat32)
+    # reoriented in the stored type (int16 for most files: half the bytes of float32), then
+    # converted to float32 and clipped at the padding floor in the one pass that leaves SimpleITK
     canonical = to_canonical(image)
-    hu = image_to_array(canonical).astype(np.float32, copy=False)
-    np.maximum(hu, AIR_HU, out=hu)
+    hu = np.maximum(image_to_array_view(canonical), np.float32(AIR_HU), dtype=np.float32)
     grid = _grid_of(canonical)
     warnings = validate_ct(hu, grid, path)
     return CTVolume(hu=hu, grid=grid, info=info), list(info.notes) + warnings
@@ -537,22 +545,46 @@ def read_label_map(path: str | Path, ct: CTVolume) -> np.ndarray:
 
 
 def labels_on_input_grid(labels: np.ndarray, ct: CTVolume) -> sitk.Image:
-    """Resample a canonical label array back onto the input's stored grid (nearest neighbour).
+    """Put a canonical label array back onto the input's stored grid (nearest neighbour).
 
-    The canonical grid is a permutation/flip of the input grid, so this is exact:
-    the axes are permuted and flipped back (:func:`SimpleITK.DICOMOrient` to the
-    input's orientation code), with the input's geometry copied exactly. A grid
-    that is not such a permutation is resampled.
+    The canonical grid is a permutation/flip of the input grid
+    (:func:`to_canonical`), so this is exact: the array axes are permuted and
+    flipped back in numpy (no interpolation, one copy) and the input's geometry
+    is copied exactly. The permutation is read off the two direction matrices
+    and checked against the sizes, spacings and origin; a grid that is not such
+    a permutation is resampled (SimpleITK nearest neighbour).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer labels, shape ``ct.hu.shape`` (canonical L, P, S axes).
+    ct : CTVolume
+        The scan, whose ``info.input_grid`` is the stored grid.
+
+    Returns
+    -------
+    SimpleITK.Image
+        Same pixel type as ``labels``, on the stored grid.
     """
-    image = array_to_image(labels, ct.grid)
     src = ct.info.input_grid
-    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(src.direction)
-    out = sitk.DICOMOrient(image, code)
-    if (tuple(out.GetSize()) == tuple(src.size) and np.allclose(out.GetDirection(), src.direction, atol=1e-6)
-            and np.allclose(out.GetOrigin(), src.origin_lps_mm, atol=1e-3)):
+    canon = np.array(ct.grid.direction).reshape(3, 3)
+    m = canon.T @ np.array(src.direction).reshape(3, 3)  # column i: stored axis i in canonical axes
+    perm = np.argmax(np.abs(m), axis=0)
+    sign = np.sign(m[perm, np.arange(3)])
+    corner = [0 if sg > 0 else labels.shape[a] - 1 for a, sg in zip(perm, sign)]  # stored voxel 0, canonical index
+    first = np.zeros(3)
+    first[perm] = corner
+    if (sorted(perm) == [0, 1, 2] and np.allclose(np.abs(m[perm, np.arange(3)]), 1.0, atol=1e-6)
+            and all(labels.shape[a] == n for a, n in zip(perm, src.size))
+            and np.allclose([ct.grid.spacing_mm[a] for a in perm], src.spacing_mm, rtol=1e-6)
+            and np.allclose(ct.index_to_lps(first), src.origin_lps_mm, atol=1e-3)):
+        stored = labels.transpose(perm)[tuple(slice(None, None, -1) if sg < 0 else slice(None) for sg in sign)]
+        out = sitk.GetImageFromArray(np.ascontiguousarray(stored.transpose(2, 1, 0)))
+        out.SetSpacing(src.spacing_mm)
         out.SetOrigin(src.origin_lps_mm)
         out.SetDirection(src.direction)
         return out
+    image = array_to_image(labels, ct.grid)
     ref = grid_reference_image(src, image.GetPixelID())
     return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
 

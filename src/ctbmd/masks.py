@@ -22,6 +22,75 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == np.argmax(counts)
 
 
+def cross_opening(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary opening by the 6-connected cross, repeated: ``scipy.ndimage.binary_opening(mask, iterations=n)``.
+
+    The same result as that call with its default structure (outside the array
+    counted as background, so the outermost voxels are eroded away; tested
+    against it), made of whole-array slice operations: each erosion keeps a
+    voxel when it and its six face neighbours are set, each dilation sets it
+    when any of them is. About seven times faster on the working grid, where
+    scipy's generic neighbourhood loop was a tenth of a 3 mm run (issue 13).
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool, 3-D, any axis order.
+    iterations : int
+        Erosions, then as many dilations (>= 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, same shape; a new array.
+    """
+    out = np.asarray(mask, bool)
+    for erode in [True] * iterations + [False] * iterations:
+        out = _cross_step(out, erode)
+    return out
+
+
+def _cross_step(mask: np.ndarray, erode: bool) -> np.ndarray:
+    """One erosion (``erode``) or dilation of a bool 3-D mask by the 6-connected cross."""
+    out = mask.copy()
+    combine = np.logical_and if erode else np.logical_or
+    for axis in range(3):
+        n = mask.shape[axis]
+        at = lambda index: (slice(None),) * axis + (index,)  # noqa: E731
+        combine(out[at(slice(0, n - 1))], mask[at(slice(1, n))], out=out[at(slice(0, n - 1))])
+        combine(out[at(slice(1, n))], mask[at(slice(0, n - 1))], out=out[at(slice(1, n))])
+        if erode:  # the neighbour beyond the array's edge is background
+            out[at(0)] = False
+            out[at(n - 1)] = False
+    return out
+
+
+def plane_holes(mask: np.ndarray) -> np.ndarray:
+    """The holes of each plane ``mask[:, :, k]`` of a 3-D mask, as :func:`scipy.ndimage.binary_fill_holes` finds them per plane.
+
+    A hole is a 4-connected run of background that does not reach the plane's edge.
+    All planes are labelled in one :func:`scipy.ndimage.label` call whose structure
+    connects voxels within a plane only.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool, shape ``(nx, ny, nz)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, same shape: True in the holes (background voxels only).
+    """
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndi.generate_binary_structure(2, 1)
+    lab, n = ndi.label(~mask, structure=in_plane)
+    hole = np.ones(n + 1, bool)
+    hole[0] = False  # the mask itself
+    hole[np.concatenate([lab[0].ravel(), lab[-1].ravel(), lab[:, 0].ravel(), lab[:, -1].ravel()])] = False
+    return hole[lab]
+
+
 def label_values(labels: np.ndarray) -> set[int]:
     """The non-zero values present in a non-negative integer label map (any shape).
 

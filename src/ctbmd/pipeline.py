@@ -15,7 +15,7 @@ from ctbmd.calibrate.energy import KVP_RANGE
 from ctbmd.classify import classify_patient, detect_contrast_phase
 from ctbmd.errors import UsageError
 from ctbmd.io import read_ct
-from ctbmd.report import Result, write_outputs
+from ctbmd.report import Result, preload_plotting, write_outputs
 from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
 from ctbmd.segment.builtin import REPORTED_LEVELS
@@ -157,6 +157,7 @@ def run(path: str | Path, out_dir: str | Path, progress: Callable[[str], None] |
     dict
         The ``result.json`` content.
     """
+    preload_plotting()  # matplotlib imports in the background while the scan is analysed
     res = analyse(path, progress=progress, **options)
     if progress:
         progress("report")

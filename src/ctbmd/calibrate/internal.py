@@ -53,7 +53,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ctbmd.calibrate.energy import EnergyPrior, energy_prior, water_equivalent_diameter_cm
-from ctbmd.masks import distance_mm, largest_component
+from ctbmd.masks import cross_opening, distance_mm, largest_component, plane_holes
 from ctbmd.materials import TABLE_ENERGIES_KEV, hu_from_mu, linear_attenuation, qct_pro_line
 from ctbmd.types import VERSE_LABELS, Calibration, ContrastPhase, CTVolume, ReferenceTissue, SpineSegmentation
 
@@ -149,9 +149,8 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> TissueSample:
     z0, z1 = int(zs[0]), int(zs[-1]) + 1
     h = hu[:, :, z0:z1]
     body = h > -400
-    body = largest_component(ndi.binary_opening(body, iterations=1))
-    for k in range(body.shape[2]):
-        body[:, :, k] = ndi.binary_fill_holes(body[:, :, k])
+    body = largest_component(cross_opening(body, iterations=1))
+    body |= plane_holes(body)  # holes filled slice by slice
     outside = distance_mm(~body, sp)
     inside = distance_mm(body, sp)
     dw_cm = water_equivalent_diameter_cm(h, body, sp)

@@ -26,11 +26,10 @@ from __future__ import annotations
 import numpy as np
 
 from ctbmd.errors import LabellingRefusedError, NoSpineError
-from ctbmd.masks import label_values
 from ctbmd.segment.builtin.column import find_column
 from ctbmd.segment.builtin.discs import find_discs
 from ctbmd.segment.builtin.evidence import ColumnEvidence, gather_evidence
-from ctbmd.segment.builtin.grid import labels_to_ct_grid, to_working_grid
+from ctbmd.segment.builtin.grid import labels_to_ct_grid, to_working_grid, values_on_ct_grid
 from ctbmd.segment.builtin.naming import (HEIGHT_RANGE, Naming, Observation, name_segments, relative_heights,
                                           unsplit_ends)
 from ctbmd.segment.builtin.segments import SPINOUS_SLOPE, split_column, vertebra_masks
@@ -94,7 +93,7 @@ def segment_builtin(ct: CTVolume, levels: tuple[str, ...] = REPORTED_LEVELS) -> 
     _drop_empty_ends(vert_w, body_w, segs, values)
     labels = labels_to_ct_grid(vert_w, work.grid, ct)
     body = labels_to_ct_grid(body_w, work.grid, ct)
-    present = label_values(labels)
+    present = values_on_ct_grid(vert_w, work.grid, ct)
     measured = tuple(n for n in LEVEL_ORDER if n in levels and VERSE_LABELS[n] in present)
     named = [n for n in naming.names if n in DRAWN_LEVELS]
     if not measured:

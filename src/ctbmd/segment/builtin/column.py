@@ -41,7 +41,8 @@ Method (working grid, 2 mm isotropic, axes L, P, S; see :mod:`.grid`):
 
 from __future__ import annotations
 
-import warnings
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,8 @@ STEP_MM = 1.0
 #: Extent (mm) of the straightened column: u (left-right) and v (anterior -, posterior +).
 U_HALF_MM = 60.0
 V_RANGE_MM = (-80.0, 40.0)
+#: Planes sampled per :func:`scipy.ndimage.map_coordinates` call in :func:`straighten` (memory, not method).
+STRAIGHTEN_CHUNK = 64
 #: HU of the canal content: cerebrospinal fluid and cord (about 0-60 HU).
 CANAL_HU = 30.0
 #: Score a slice must exceed to extend the canal track (see :func:`track_canal`): the canal
@@ -158,12 +161,30 @@ class Column:
         return self.point_ijk(s_mm, 0.0, float(self.body_v_mm[self.index_of(s_mm)]))
 
 
+def _shift(a: np.ndarray, d: int, axis: int) -> np.ndarray:
+    """``out[..., x, ...] = a[..., clip(x + d), ...]`` along ``axis``: a shift with the edge replicated.
+
+    Slice copies, not a gather: the memory order of ``a`` is kept. Returns ``a``
+    itself when ``d`` is 0.
+    """
+    n = a.shape[axis]
+    d = int(np.clip(d, -(n - 1), n - 1))
+    if d == 0:
+        return a
+    at = lambda lo, hi: (slice(None),) * axis + (slice(lo, hi),)  # noqa: E731
+    out = np.empty_like(a)
+    if d > 0:
+        out[at(0, n - d)] = a[at(d, n)]
+        out[at(n - d, n)] = a[at(n - 1, n)]
+    else:
+        out[at(-d, n)] = a[at(0, n + d)]
+        out[at(0, -d)] = a[at(0, 1)]
+    return out
+
+
 def _shift_xy(a: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """``out[x, y, z] = a[x + dx, y + dy, z]``, edges replicated."""
-    nx, ny = a.shape[:2]
-    xs = np.clip(np.arange(nx) + dx, 0, nx - 1)
-    ys = np.clip(np.arange(ny) + dy, 0, ny - 1)
-    return a[xs][:, ys]
+    """``out[x, y, z] = a[x + dx, y + dy, z]``, edges replicated (:func:`_shift` along x, then y)."""
+    return _shift(_shift(a, dx, 0), dy, 1)
 
 
 def _box_mean(a: np.ndarray, cx: int, cy: int, hx: int, hy: int) -> np.ndarray:
@@ -193,7 +214,8 @@ def canal_score(work: WorkGrid) -> np.ndarray:
     inside = _box_mean(h, 0, 0, 1, 1)
     body = _box_mean(np.clip(work.hu, -100.0, 200.0).astype(np.float32), 0, -r(18), r(14), r(8))
     behind = _box_mean(h, 0, r(17), 2, r(7))
-    walls = np.minimum(_box_max(h, r(11), 0, 1, r(4)), _box_max(h, -r(11), 0, 1, r(4)))
+    near_max = _box_max(h, 0, 0, 1, r(4))  # the canal's side walls: the box maximum 11 mm left and right
+    walls = np.minimum(_shift_xy(near_max, r(11), 0), _shift_xy(near_max, -r(11), 0))
     # A vertebra is mirror-symmetric about the canal's mid-sagittal line; the sacroiliac
     # joints, sacral foramina and other canal-like gaps in bone are not.
     asym = np.zeros_like(h)
@@ -228,16 +250,20 @@ def track_canal(score: np.ndarray) -> tuple[int, np.ndarray]:
     """
     nx, ny, nz = score.shape
     offsets = [(dx, dy) for dx in range(-MAX_STEP_LR, MAX_STEP_LR + 1) for dy in range(-MAX_STEP_AP, MAX_STEP_AP + 1)]
-    cost = np.array([STEP_COST_LR * abs(dx) + STEP_COST_AP * abs(dy) for dx, dy in offsets], np.float32)[:, None, None]
+    cost = np.array([STEP_COST_LR * abs(dx) + STEP_COST_AP * abs(dy) for dx, dy in offsets], np.float32)
     back = np.full((nz, nx, ny), -1, np.int8)  # -1: the path starts here
     acc = np.maximum(score[:, :, 0] - CANAL_BASELINE, 0.0).astype(np.float32)
     best_val, best_at = float(acc.max()), (0, *np.unravel_index(int(np.argmax(acc)), acc.shape))
     px, py = MAX_STEP_LR, MAX_STEP_AP
     for k in range(1, nz):
         pad = np.pad(acc, ((px, px), (py, py)), constant_values=-np.inf)
-        cand = np.stack([pad[px + dx:px + dx + nx, py + dy:py + dy + ny] for dx, dy in offsets]) - cost
-        arg = np.argmax(cand, axis=0)
-        carried = np.take_along_axis(cand, arg[None], axis=0)[0]
+        # the best predecessor of each voxel: the first of the offsets with the highest value (as argmax)
+        carried = np.full((nx, ny), -np.inf, np.float32)
+        arg = np.zeros((nx, ny), np.int8)
+        for o, (dx, dy) in enumerate(offsets):
+            cand = pad[px + dx:px + dx + nx, py + dy:py + dy + ny] - cost[o]
+            np.copyto(arg, o, where=cand > carried)
+            np.maximum(carried, cand, out=carried)
         fresh = carried <= 0.0
         back[k] = np.where(fresh, -1, arg)
         acc = np.maximum(carried, 0.0) + score[:, :, k] - CANAL_BASELINE
@@ -320,14 +346,18 @@ def straighten(hu: np.ndarray, centre_ijk: np.ndarray, frames: np.ndarray, sp: f
     """
     U, V = np.meshgrid(u_mm / sp, v_mm / sp, indexing="ij")
     out = np.empty((len(u_mm), len(v_mm), len(centre_ijk)), np.float32)
-    chunk = 64
-    for k0 in range(0, len(centre_ijk), chunk):
-        c = centre_ijk[k0:k0 + chunk, :, None, None]
-        f = frames[k0:k0 + chunk]
+
+    def sample(k0: int) -> None:
+        c = centre_ijk[k0:k0 + STRAIGHTEN_CHUNK, :, None, None]
+        f = frames[k0:k0 + STRAIGHTEN_CHUNK]
         pts = c + f[:, 1, :, None, None] * U[None, None] + f[:, 2, :, None, None] * V[None, None]  # (k, 3, nu, nv)
         coords = np.moveaxis(pts, 1, 0).reshape(3, -1).astype(np.float32)
         vals = ndi.map_coordinates(hu, coords, order=order, cval=cval, mode="constant")
-        out[:, :, k0:k0 + chunk] = np.moveaxis(vals.reshape(len(c), len(u_mm), len(v_mm)), 0, 2)
+        out[:, :, k0:k0 + STRAIGHTEN_CHUNK] = np.moveaxis(vals.reshape(len(c), len(u_mm), len(v_mm)), 0, 2)
+
+    # chunks of planes are independent and map_coordinates releases the GIL: two threads
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        list(pool.map(sample, range(0, len(centre_ijk), STRAIGHTEN_CHUNK)))
     return out
 
 

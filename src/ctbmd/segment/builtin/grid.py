@@ -10,14 +10,15 @@ grid by nearest neighbour (:func:`labels_to_ct_grid`).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 from scipy import sparse
 
 from ctbmd.io import AIR_HU
-from ctbmd.masks import largest_component
+from ctbmd.masks import cross_opening, largest_component
 from ctbmd.types import CTVolume, Grid
 
 #: Voxel size (mm) of the working grid.
@@ -108,10 +109,26 @@ def resampling_matrix(n_in: int, spacing_mm: float, n_out: int, first: float,
 
 
 def _apply_along(weights: sparse.csr_matrix, volume: np.ndarray, axis: int) -> np.ndarray:
-    """``weights`` (``(n_out, n_in)``) applied along ``axis`` of ``volume``: that axis becomes ``n_out`` long."""
+    """``weights`` (``(n_out, n_in)``) applied along ``axis`` of ``volume``: that axis becomes ``n_out`` long.
+
+    The volume is cut in two along its last other axis and the halves are done in
+    two threads (the copy and the sparse product release the GIL); every output
+    value is the same sum as in one piece.
+    """
     moved = np.moveaxis(volume, axis, 0)
-    flat = np.ascontiguousarray(moved).reshape(moved.shape[0], -1)
-    return np.moveaxis((weights @ flat).reshape((weights.shape[0],) + moved.shape[1:]), 0, axis)
+    out = np.empty((weights.shape[0],) + moved.shape[1:], np.result_type(weights.dtype, volume.dtype))
+    cuts = np.linspace(0, moved.shape[-1], 3).astype(int)
+
+    def part(i: int) -> None:
+        piece = moved[..., cuts[i]:cuts[i + 1]]
+        if piece.size == 0:
+            return
+        flat = np.ascontiguousarray(piece).reshape(piece.shape[0], -1)
+        out[..., cuts[i]:cuts[i + 1]] = (weights @ flat).reshape((weights.shape[0],) + piece.shape[1:])
+
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        list(pool.map(part, range(2)))
+    return np.moveaxis(out, 0, axis)
 
 
 def to_working_grid(ct: CTVolume) -> WorkGrid:
@@ -141,19 +158,18 @@ def to_working_grid(ct: CTVolume) -> WorkGrid:
         outside = (pos < -0.5 - 1e-6) | (pos >= ct.grid.size[axis] - 0.5 - 1e-6)  # an exact half: outside
         if outside.any():
             hu[(slice(None),) * axis + (outside,)] = AIR_HU
-    body = largest_component(ndi.binary_opening(hu > BODY_HU, iterations=2))
+    body = largest_component(cross_opening(hu > BODY_HU, iterations=2))
     return WorkGrid(hu=hu, grid=grid, body=body)
 
 
-def labels_to_ct_grid(labels: np.ndarray, work_grid: Grid, ct: CTVolume) -> np.ndarray:
-    """Resample a label map from the working grid onto ``ct``'s grid (nearest neighbour).
+def _ct_lookup(work_grid: Grid, ct: CTVolume) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per CT axis: the nearest working index of each CT voxel, and whether it lies on the working grid.
 
-    The two grids share their axes (:func:`to_working_grid`), so nearest
-    neighbour is a lookup per axis: each CT voxel takes the working voxel whose
-    centre is nearest along each axis (ties to the higher index); CT voxels
-    more than half a working voxel outside the working grid get 0.
-
-    Returns a uint8 array of shape ``ct.hu.shape``.
+    The two grids share their axes (:func:`to_working_grid`), so nearest neighbour
+    is a lookup per axis: each CT voxel takes the working voxel whose centre is
+    nearest along each axis (ties to the higher index). Returns ``(index, inside)``,
+    three int and three bool arrays of the CT's axis lengths; ``index`` is clipped
+    to the working grid.
     """
     direction = np.array(ct.grid.direction).reshape(3, 3)
     offset_mm = direction.T @ (np.array(ct.grid.origin_lps_mm) - np.array(work_grid.origin_lps_mm))
@@ -163,10 +179,38 @@ def labels_to_ct_grid(labels: np.ndarray, work_grid: Grid, ct: CTVolume) -> np.n
         k = np.floor(pos + 0.5).astype(np.intp)
         inside.append((k >= 0) & (k < work_grid.size[axis]))
         index.append(np.clip(k, 0, work_grid.size[axis] - 1))
-    # gathered in (z, y, x) order and transposed: x fastest in memory, as the CT array itself
+    return index, inside
+
+
+def labels_to_ct_grid(labels: np.ndarray, work_grid: Grid, ct: CTVolume) -> np.ndarray:
+    """Resample a label map from the working grid onto ``ct``'s grid (nearest neighbour).
+
+    Each CT voxel takes the working voxel whose centre is nearest along each axis
+    (:func:`_ct_lookup`); CT voxels more than half a working voxel outside the
+    working grid get 0. Equal to SimpleITK's nearest-neighbour resampling
+    (``tests/test_fast_paths.py``).
+
+    Returns a uint8 array of shape ``ct.hu.shape``.
+    """
+    index, inside = _ct_lookup(work_grid, ct)
+    # gathered one axis at a time in (z, y, x) order, smallest result first, and transposed:
+    # x fastest in memory, as the CT array itself
     zyx = np.ascontiguousarray(labels.astype(np.uint8, copy=False).transpose(2, 1, 0))
-    out = zyx[np.ix_(index[2], index[1], index[0])].transpose(2, 1, 0)
+    out = zyx.take(index[0], axis=2).take(index[1], axis=1).take(index[2], axis=0).transpose(2, 1, 0)
     for axis, ok in enumerate(inside):
         if not ok.all():
             out[(slice(None),) * axis + (~ok,)] = 0
     return out
+
+
+def values_on_ct_grid(labels: np.ndarray, work_grid: Grid, ct: CTVolume) -> set[int]:
+    """The non-zero values that :func:`labels_to_ct_grid` puts on ``ct``'s grid, without making that map.
+
+    The CT-grid map holds exactly the working voxels that some CT voxel looks up
+    (a thick-slice CT skips some working planes), so this is the set of values
+    in that sub-grid of ``labels``: a few milliseconds where the full-resolution
+    map takes a pass over tens of millions of voxels.
+    """
+    index, inside = _ct_lookup(work_grid, ct)
+    used = [np.unique(i[ok]) for i, ok in zip(index, inside)]
+    return {int(v) for v in np.unique(labels[np.ix_(*used)]) if v}

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from ctbmd.masks import plane_holes
 from ctbmd.segment.builtin.column import STEP_MM, Column
 from ctbmd.segment.builtin.discs import Discs
 from ctbmd.segment.builtin.grid import WorkGrid
@@ -148,7 +149,7 @@ def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
     lo = np.maximum(np.floor(col.centre_ijk.min(axis=0) - reach_mm / sp), 0).astype(int)
     hi = np.minimum(np.ceil(col.centre_ijk.max(axis=0) + reach_mm / sp) + 1, work.hu.shape).astype(int)
     grid = np.mgrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].reshape(3, -1).T
-    dist, k = cKDTree(col.centre_ijk).query(grid, distance_upper_bound=reach_mm / sp)
+    dist, k = cKDTree(col.centre_ijk).query(grid, distance_upper_bound=reach_mm / sp, workers=-1)
     near = np.isfinite(dist)
     grid, k = grid[near], k[near]
     rel = (grid - col.centre_ijk[k]) * sp
@@ -159,15 +160,34 @@ def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
     return (grid[:, 0], grid[:, 1], grid[:, 2]), s, u, v
 
 
+def _box_closing(mask: np.ndarray) -> np.ndarray:
+    """Binary closing by a 3 x 3 x 3 box, outside the array counted as background.
+
+    Equal to ``scipy.ndimage.binary_closing(mask, structure=np.ones((3, 3, 3)))``
+    (so the array's outermost voxels are eroded away), computed as a maximum and
+    then a minimum filter, which a box makes separable: one pass per axis.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool, 3-D.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, same shape.
+    """
+    grown = ndi.maximum_filter(mask.view(np.uint8), size=3, mode="constant", cval=0)
+    return ndi.minimum_filter(grown, size=3, mode="constant", cval=0).view(bool)
+
+
 def _straight_bone(col: Column) -> np.ndarray:
     """Vertebral bone in the straightened column (bool, shape of ``col.straight``)."""
     st, u, v = col.straight, col.u_mm, col.v_mm
     bone = st > VERTEBRA_HU
-    bone = ndi.binary_closing(bone, structure=np.ones((3, 3, 3)), iterations=1) | bone
+    bone = _box_closing(bone) | bone
     front = v < -3.0
-    for k in range(st.shape[2]):  # fill each plane's holes in front of the canal
-        filled = ndi.binary_fill_holes(bone[:, :, k])
-        bone[:, :, k] |= filled & front[None, :]
+    bone |= plane_holes(bone) & front[None, :, None]  # fill each plane's holes in front of the canal
     anterior_limit = (col.body_v_mm - col.body_depth_mm / 2.0 - 3.0)[None, None, :]
     inside = (np.abs(u)[:, None, None] <= HALF_WIDTH_MM) & (v[None, :, None] >= anterior_limit) \
         & (v[None, :, None] <= POSTERIOR_MM)
@@ -220,13 +240,12 @@ def vertebra_masks(work: WorkGrid, col: Column, segments: tuple[Segment, ...], v
     jv = np.rint((v - col.v_mm[0]) / STEP_MM).astype(int)
     ks = np.rint((s - col.s_mm[0]) / STEP_MM).astype(int)
     ok = (iu >= 0) & (iu < len(col.u_mm)) & (jv >= 0) & (jv < len(col.v_mm)) & (ks >= 0) & (ks < len(col.s_mm))
-    i, j, k, s, v, iu, jv, ks = (a[ok] for a in (i, j, k, s, v, iu, jv, ks))
-    is_bone = bone[iu, jv, ks]
+    ok[ok] = bone[iu[ok], jv[ok], ks[ok]]  # every voxel drawn below is bone
+    i, j, k, s, u, v, ks = (a[ok] for a in (i, j, k, s, u, v, ks))
     wall_v = col.body_v_mm + col.body_depth_mm / 2.0  # v of the body's posterior wall (< 0)
     in_body = v <= wall_v[ks] + 1.0
     closed = [g.height_mm for g in segments if g.complete]
     nominal = float(np.median(closed)) if closed else 30.0
-    u_all = u[ok]
     if slopes:
         # behind the canal, shift each voxel up along its vertebra's posterior slope
         bounds = np.array([g.s_hi_mm for g in segments])
@@ -241,7 +260,7 @@ def vertebra_masks(work: WorkGrid, col: Column, segments: tuple[Segment, ...], v
         lo = seg.s_lo_mm if seg.closed_below else max(seg.s_lo_mm, seg.s_hi_mm - OPEN_HEIGHT * nominal)
         hi = seg.s_hi_mm if seg.closed_above else min(seg.s_hi_mm, seg.s_lo_mm + OPEN_HEIGHT * nominal)
         half = HALF_WIDTH_MM if value not in ribbed else RIBBED_HALF_WIDTH_MM
-        sel = is_bone & (s >= lo) & (s < hi) & (np.abs(u_all) <= half)
+        sel = (s >= lo) & (s < hi) & (np.abs(u) <= half)
         vertebrae[i[sel], j[sel], k[sel]] = value
         margin = ENDPLATE_MARGIN * seg.height_mm
         sel &= in_body & (s >= seg.s_lo_mm + margin) & (s < seg.s_hi_mm - margin)
