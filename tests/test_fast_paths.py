@@ -141,9 +141,8 @@ def test_prominent_peaks_are_scipy_find_peaks():
 
 def test_mask_shortcuts_equal_the_scipy_calls_they_replace():
     # per-plane hole filling, the separable box closing and the edge-replicating shift, on random masks
-    from ctbmd.masks import plane_holes
+    from ctbmd.masks import box_closing, plane_holes
     from ctbmd.segment.builtin.column import _shift_xy
-    from ctbmd.segment.builtin.segments import _box_closing
 
     rng = np.random.default_rng(4)
     for shape in [(40, 30, 12), (5, 6, 7), (1, 4, 3)]:
@@ -151,7 +150,7 @@ def test_mask_shortcuts_equal_the_scipy_calls_they_replace():
             m = rng.random(shape) < p
             holes = np.stack([ndi.binary_fill_holes(m[:, :, k]) & ~m[:, :, k] for k in range(shape[2])], axis=2)
             assert np.array_equal(plane_holes(m), holes)
-            assert np.array_equal(_box_closing(m), ndi.binary_closing(m, structure=np.ones((3, 3, 3))))
+            assert np.array_equal(box_closing(m), ndi.binary_closing(m, structure=np.ones((3, 3, 3))))
     a = np.asfortranarray(rng.normal(size=(7, 5, 3)))
     for dx in range(-9, 10):
         for dy in range(-7, 8):

@@ -27,10 +27,9 @@ def cross_opening(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
 
     The same result as that call with its default structure (outside the array
     counted as background, so the outermost voxels are eroded away; tested
-    against it), made of whole-array slice operations: each erosion keeps a
-    voxel when it and its six face neighbours are set, each dilation sets it
-    when any of them is. About seven times faster on the working grid, where
-    scipy's generic neighbourhood loop was a tenth of a 3 mm run (issue 13).
+    against it), made of whole-array slice operations (:func:`_step`). About
+    seven times faster on the working grid, where scipy's generic
+    neighbourhood loop was a tenth of a 3 mm run (issue 13).
 
     Parameters
     ----------
@@ -46,20 +45,49 @@ def cross_opening(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     """
     out = np.asarray(mask, bool)
     for erode in [True] * iterations + [False] * iterations:
-        out = _cross_step(out, erode)
+        out = _step(out, (0, 1, 2), erode)
     return out
 
 
-def _cross_step(mask: np.ndarray, erode: bool) -> np.ndarray:
-    """One erosion (``erode``) or dilation of a bool 3-D mask by the 6-connected cross."""
+def box_closing(mask: np.ndarray) -> np.ndarray:
+    """Binary closing by a 3 x 3 x 3 box: ``scipy.ndimage.binary_closing(mask, structure=np.ones((3, 3, 3)))``.
+
+    The same result as that call (outside the array counted as background, so
+    the outermost voxels are eroded away; tested against it). A box is three
+    segments in a row, so the dilation and the erosion are each done one axis
+    at a time (:func:`_step`).
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool, 3-D, any axis order.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, same shape; a new array.
+    """
+    out = np.asarray(mask, bool)
+    for erode in (False, True):
+        for axis in range(3):
+            out = _step(out, (axis,), erode)
+    return out
+
+
+def _step(mask: np.ndarray, axes: tuple[int, ...], erode: bool) -> np.ndarray:
+    """One erosion (``erode``) or dilation of a bool 3-D mask by the voxel and its two neighbours along each of ``axes``.
+
+    ``axes = (0, 1, 2)`` is the 6-connected cross; one axis is a 3-voxel segment.
+    In an erosion the neighbour beyond the array's edge counts as background.
+    """
     out = mask.copy()
     combine = np.logical_and if erode else np.logical_or
-    for axis in range(3):
+    for axis in axes:
         n = mask.shape[axis]
         at = lambda index: (slice(None),) * axis + (index,)  # noqa: E731
         combine(out[at(slice(0, n - 1))], mask[at(slice(1, n))], out=out[at(slice(0, n - 1))])
         combine(out[at(slice(1, n))], mask[at(slice(0, n - 1))], out=out[at(slice(1, n))])
-        if erode:  # the neighbour beyond the array's edge is background
+        if erode:
             out[at(0)] = False
             out[at(n - 1)] = False
     return out

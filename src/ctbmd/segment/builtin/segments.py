@@ -28,10 +28,9 @@ from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from ctbmd.masks import plane_holes
+from ctbmd.masks import box_closing, plane_holes
 from ctbmd.segment.builtin.column import STEP_MM, Column
 from ctbmd.segment.builtin.discs import Discs
 from ctbmd.segment.builtin.grid import WorkGrid
@@ -160,32 +159,11 @@ def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
     return (grid[:, 0], grid[:, 1], grid[:, 2]), s, u, v
 
 
-def _box_closing(mask: np.ndarray) -> np.ndarray:
-    """Binary closing by a 3 x 3 x 3 box, outside the array counted as background.
-
-    Equal to ``scipy.ndimage.binary_closing(mask, structure=np.ones((3, 3, 3)))``
-    (so the array's outermost voxels are eroded away), computed as a maximum and
-    then a minimum filter, which a box makes separable: one pass per axis.
-
-    Parameters
-    ----------
-    mask : numpy.ndarray
-        bool, 3-D.
-
-    Returns
-    -------
-    numpy.ndarray
-        bool, same shape.
-    """
-    grown = ndi.maximum_filter(mask.view(np.uint8), size=3, mode="constant", cval=0)
-    return ndi.minimum_filter(grown, size=3, mode="constant", cval=0).view(bool)
-
-
 def _straight_bone(col: Column) -> np.ndarray:
     """Vertebral bone in the straightened column (bool, shape of ``col.straight``)."""
     st, u, v = col.straight, col.u_mm, col.v_mm
     bone = st > VERTEBRA_HU
-    bone = _box_closing(bone) | bone
+    bone = box_closing(bone) | bone
     front = v < -3.0
     bone |= plane_holes(bone) & front[None, :, None]  # fill each plane's holes in front of the canal
     anterior_limit = (col.body_v_mm - col.body_depth_mm / 2.0 - 3.0)[None, None, :]
