@@ -147,7 +147,7 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> TissueSample:
     if len(zs) == 0:
         return TissueSample(out, float("nan"))
     z0, z1 = int(zs[0]), int(zs[-1]) + 1
-    h = hu[:, :, z0:z1]
+    h = np.asfortranarray(hu[:, :, z0:z1])  # one copy: the subsampled view is strided
     body = h > -400
     body = largest_component(cross_opening(body, iterations=1))
     body |= plane_holes(body)  # holes filled slice by slice

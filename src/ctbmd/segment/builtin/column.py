@@ -211,18 +211,29 @@ def canal_score(work: WorkGrid) -> np.ndarray:
     sp = work.spacing_mm
     r = lambda mm: int(round(mm / sp))  # noqa: E731
     h = np.clip(work.hu, -200.0, 400.0).astype(np.float32)
-    inside = _box_mean(h, 0, 0, 1, 1)
-    body = _box_mean(np.clip(work.hu, -100.0, 200.0).astype(np.float32), 0, -r(18), r(14), r(8))
-    behind = _box_mean(h, 0, r(17), 2, r(7))
-    near_max = _box_max(h, 0, 0, 1, r(4))  # the canal's side walls: the box maximum 11 mm left and right
-    walls = np.minimum(_shift_xy(near_max, r(11), 0), _shift_xy(near_max, -r(11), 0))
-    # A vertebra is mirror-symmetric about the canal's mid-sagittal line; the sacroiliac
-    # joints, sacral foramina and other canal-like gaps in bone are not.
-    asym = np.zeros_like(h)
-    for d_mm in (6.0, 12.0, 18.0, 24.0):
-        asym += np.abs(_shift_xy(h, -r(d_mm), 0) - _shift_xy(h, r(d_mm), 0))
-    asym = _box_mean(asym / 4.0, 0, 0, 1, r(10))
-    score = body + 0.5 * behind + 0.3 * walls - 2.0 * np.abs(inside - CANAL_HU) - 0.5 * asym
+
+    def walls() -> np.ndarray:  # the canal's side walls: the box maximum 11 mm left and right
+        near_max = _box_max(h, 0, 0, 1, r(4))
+        return np.minimum(_shift_xy(near_max, r(11), 0), _shift_xy(near_max, -r(11), 0))
+
+    def asymmetry() -> np.ndarray:
+        # A vertebra is mirror-symmetric about the canal's mid-sagittal line; the sacroiliac
+        # joints, sacral foramina and other canal-like gaps in bone are not.
+        asym = np.zeros_like(h)
+        for d_mm in (6.0, 12.0, 18.0, 24.0):
+            asym += np.abs(_shift_xy(h, -r(d_mm), 0) - _shift_xy(h, r(d_mm), 0))
+        return _box_mean(asym / 4.0, 0, 0, 1, r(10))
+
+    terms = {  # independent filters over the whole grid; scipy.ndimage releases the GIL, so two threads
+        "inside": lambda: _box_mean(h, 0, 0, 1, 1),
+        "body": lambda: _box_mean(np.clip(work.hu, -100.0, 200.0).astype(np.float32), 0, -r(18), r(14), r(8)),
+        "behind": lambda: _box_mean(h, 0, r(17), 2, r(7)),
+        "walls": walls,
+        "asym": asymmetry,
+    }
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        t = dict(zip(terms, pool.map(lambda make: make(), terms.values())))
+    score = t["body"] + 0.5 * t["behind"] + 0.3 * t["walls"] - 2.0 * np.abs(t["inside"] - CANAL_HU) - 0.5 * t["asym"]
     score[~work.body] = -1000.0
     return score
 
