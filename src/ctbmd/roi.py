@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ctbmd.masks import distance_mm, largest_component
+from ctbmd.masks import distance_mm, label_boxes, largest_component
 from ctbmd.types import VERSE_LABELS, CTVolume, LevelMeasurement, SpineSegmentation
 
 BODY_OPENING_MM = 6.0
@@ -70,10 +70,36 @@ def vertebral_body(vertebra: np.ndarray, spacing_mm: tuple[float, float, float],
     """
     padded = np.pad(vertebra, 1)
     inside = distance_mm(padded, spacing_mm) >= radius_mm
-    if not inside.any():
+    box = _bounding_box(inside)
+    if box is None:
         return np.zeros_like(vertebra)
-    opened = (distance_mm(~inside, spacing_mm) <= radius_mm) & padded
-    return largest_component(opened)[1:-1, 1:-1, 1:-1]
+    # the dilation reaches at most radius_mm beyond the eroded mask: its distance transform
+    # runs on that box alone (every voxel outside it is farther than radius_mm)
+    reach = [int(np.ceil(radius_mm / s)) + 1 for s in spacing_mm]
+    box = tuple(slice(max(0, b.start - r), min(n, b.stop + r)) for b, r, n in zip(box, reach, padded.shape))
+    opened = np.zeros_like(padded)
+    opened[box] = largest_component((distance_mm(~inside[box], spacing_mm) <= radius_mm) & padded[box])
+    return opened[1:-1, 1:-1, 1:-1]
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of a bool mask's True voxels (one slice per axis); None when it is empty."""
+    return label_boxes(mask.view(np.uint8)).get(1)
+
+
+def _depth_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it, the array's edge counting as outside.
+
+    The distance transform runs on the mask's bounding box with a one-voxel
+    border of background: no voxel beyond that border is nearer to any voxel of
+    the mask than the border itself, so the result equals the transform of the
+    whole padded array. float32, shape of ``mask``; 0 outside it.
+    """
+    depth = np.zeros(mask.shape, np.float32)
+    box = _bounding_box(mask)
+    if box is not None:
+        depth[box] = distance_mm(np.pad(mask[box], 1), spacing_mm)[1:-1, 1:-1, 1:-1]
+    return depth
 
 
 def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float],
@@ -99,14 +125,13 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
         Fraction of the deep core (>= 8 mm inside the body; the eroded body when
         that is too small) removed as hyperdense.
     """
-    depth = distance_mm(np.pad(body, 1), spacing_mm)[1:-1, 1:-1, 1:-1]
+    depth = _depth_mm(body, spacing_mm)
     core = depth >= CORTEX_EROSION_MM
     thickness = float(slice_thickness_mm or spacing_mm[2])
     z_margin = CORTEX_EROSION_MM + max(0.0, thickness - 1.0) / 2.0
     if z_margin > CORTEX_EROSION_MM:
         # distance to the body surface along z alone (in-plane steps made prohibitively long)
-        z_depth = distance_mm(np.pad(body, 1), (1e6, 1e6, spacing_mm[2]))[1:-1, 1:-1, 1:-1]
-        core &= z_depth >= z_margin
+        core &= _depth_mm(body, (1e6, 1e6, spacing_mm[2])) >= z_margin
     if not core.any():
         return core, 0.0
     values = hu[core]

@@ -154,11 +154,10 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> TissueSample:
     outside = distance_mm(~body, sp)
     inside = distance_mm(body, sp)
     dw_cm = water_equivalent_diameter_cm(h, body, sp)
-    back = np.zeros_like(body)
-    for k in range(body.shape[2]):
-        rows = np.nonzero(body[:, :, k].any(axis=0))[0]
-        if rows.size:
-            back[:, rows[-1]:, k] = True  # at and behind the posterior-most body row: table side
+    # at and behind the posterior-most body row of each slice: the table side
+    rows = body.any(axis=0)  # (ny, nz)
+    last = rows.shape[0] - 1 - np.argmax(rows[::-1], axis=0)
+    back = ((np.arange(rows.shape[0])[:, None] >= last[None, :]) & rows.any(axis=0)[None, :])[None, :, :]
     t = _stats("air", h[(outside >= 10) & (outside <= 40) & (h > -1100) & (h < -800) & ~back])
     if t:
         out["air"] = t
@@ -188,11 +187,22 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> TissueSample:
         out["paraspinal_muscle"] = t
 
     r = max(1, int(round(6 / sp[0])))
-    mean = ndi.uniform_filter(h, size=(2 * r + 1, 2 * r + 1, 1))
-    sq = ndi.uniform_filter(h * h, size=(2 * r + 1, 2 * r + 1, 1))
-    sd = np.sqrt(np.maximum(sq - mean * mean, 0))
+    # the local mean and SD are needed only where the aorta is looked for: a box around every
+    # slice's search region, r voxels wider (the filters' reach)
+    measured = np.isfinite(cx)
+    x_lo = max(0, int(np.floor(np.min(cx[measured]) - 15 / sp[0])) - r) if measured.any() else 0
+    x_hi = min(h.shape[0], int(np.ceil(np.max(cx[measured]) + 35 / sp[0])) + r + 1) if measured.any() else 0
+    y_lo = max(0, int(np.floor(np.min(cy_front[measured]) - 45 / sp[1])) - r) if measured.any() else 0
+    y_hi = min(h.shape[1], int(np.ceil(np.max(cy_front[measured]) - 3 / sp[1])) + r + 1) if measured.any() else 0
+    near = h[x_lo:x_hi, y_lo:y_hi]
+    mean = np.zeros(h.shape, h.dtype)
+    sd = np.zeros(h.shape, h.dtype)
+    if near.size:
+        mean[x_lo:x_hi, y_lo:y_hi] = ndi.uniform_filter(near, size=(2 * r + 1, 2 * r + 1, 1))
+        sq = ndi.uniform_filter(near * near, size=(2 * r + 1, 2 * r + 1, 1))
+        sd[x_lo:x_hi, y_lo:y_hi] = np.sqrt(np.maximum(sq - mean[x_lo:x_hi, y_lo:y_hi] ** 2, 0))
     picks = []
-    for k in np.nonzero(np.isfinite(cx))[0]:
+    for k in np.nonzero(measured)[0]:
         region = ((Y < cy_front[k] - 3 / sp[1]) & (Y > cy_front[k] - 45 / sp[1])
                   & ((X - cx[k]) * sp[0] > -15) & ((X - cx[k]) * sp[0] < 35)
                   & (mean[:, :, k] > 10) & (mean[:, :, k] < 600) & body[:, :, k])
