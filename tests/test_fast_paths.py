@@ -8,7 +8,7 @@ from conftest import DATA, EXAMPLE
 from ctbmd.io import array_to_image, grid_reference_image, image_to_array, labels_on_input_grid, read_ct
 from ctbmd.masks import distance_mm, label_boxes, label_values
 from ctbmd.roi import measure_level
-from ctbmd.segment.builtin.grid import labels_to_ct_grid, resampling_matrix, to_working_grid, values_on_ct_grid
+from ctbmd.segment.builtin.grid import boxes_on_ct_grid, labels_to_ct_grid, resampling_matrix, to_working_grid
 from ctbmd.types import SpineSegmentation
 
 LIDC = DATA / "lidc_idri_0001_chest" / "dicom"
@@ -32,11 +32,11 @@ def test_working_grid_labels_return_to_the_ct_grid_as_simpleitk_puts_them():
         # sparse labels: the values that reach the CT grid are found without making the map
         sparse_labels = np.where(labels > 26, labels, 0).astype(np.uint8)
         sparse_labels[::7, ::5, ::3] = 0
-        on_ct = set(np.unique(labels_to_ct_grid(sparse_labels, work.grid, ct)).tolist()) - {0}
-        assert values_on_ct_grid(sparse_labels, work.grid, ct) == on_ct
+        assert boxes_on_ct_grid(sparse_labels, work.grid, ct) == label_boxes(labels_to_ct_grid(sparse_labels, work.grid, ct))
         one = np.zeros_like(labels)
         one[5, 5, 1] = 9  # a single working voxel may fall between the CT's thick slices
-        assert values_on_ct_grid(one, work.grid, ct) == set(np.unique(labels_to_ct_grid(one, work.grid, ct)).tolist()) - {0}
+        one[40:47, 30:33, 20:29] = 4
+        assert boxes_on_ct_grid(one, work.grid, ct) == label_boxes(labels_to_ct_grid(one, work.grid, ct))
 
 
 def test_labels_go_back_to_the_stored_grid_exactly():
@@ -195,3 +195,13 @@ def test_cross_opening_is_scipy_binary_opening():
                 m = ndi.binary_opening(m) | (rng.random(shape) < 0.1)
             for n in (1, 2):
                 assert np.array_equal(cross_opening(m, n), ndi.binary_opening(m, iterations=n))
+
+
+def test_builtin_segmentation_knows_the_boxes_of_its_labels():
+    # the boxes mapped from the working grid are those a pass over the full label map finds
+    from ctbmd.segment import segment
+
+    for path in (EXAMPLE / "ct.nii.gz", LIDC):
+        ct, _ = read_ct(path)
+        seg = segment(ct)
+        assert seg.known_boxes is not None and seg.known_boxes == label_boxes(seg.labels)

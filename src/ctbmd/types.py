@@ -274,6 +274,11 @@ class SpineSegmentation:
         Patient-level remarks, e.g. short T12 ribs.
     labelling : LabellingRecord or None
         The builtin labeller's evidence and decision; None for label maps.
+    known_boxes : dict or None
+        The bounding boxes of ``labels`` (as :attr:`boxes`) when the segmenter
+        already knows them (the builtin labeller maps them from its working
+        grid); None to find them from ``labels``. They must describe ``labels``:
+        give None when making a segmentation with other labels.
     """
 
     labels: np.ndarray
@@ -284,6 +289,7 @@ class SpineSegmentation:
     anchors: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     labelling: LabellingRecord | None = None
+    known_boxes: dict[int, tuple[slice, ...]] | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def boxes(self) -> dict[int, tuple[slice, ...]]:
@@ -291,9 +297,11 @@ class SpineSegmentation:
 
         See :func:`ctbmd.masks.label_boxes`; the stages after segmentation look
         at each level inside its box instead of scanning the whole volume. The
-        boxes are cached on first use, so ``labels`` must not be changed after
-        the segmentation is made (make a new one with :func:`dataclasses.replace`).
+        boxes are ``known_boxes`` when given, otherwise found on first use and
+        cached, so ``labels`` must not be changed after the segmentation is made.
         """
+        if self.known_boxes is not None:
+            return dict(self.known_boxes)
         from ctbmd.masks import label_boxes
 
         return label_boxes(self.labels)

@@ -29,7 +29,7 @@ from ctbmd.errors import LabellingRefusedError, NoSpineError
 from ctbmd.segment.builtin.column import find_column
 from ctbmd.segment.builtin.discs import find_discs
 from ctbmd.segment.builtin.evidence import ColumnEvidence, gather_evidence
-from ctbmd.segment.builtin.grid import labels_to_ct_grid, to_working_grid, values_on_ct_grid
+from ctbmd.segment.builtin.grid import boxes_on_ct_grid, labels_to_ct_grid, to_working_grid
 from ctbmd.segment.builtin.naming import (HEIGHT_RANGE, Naming, Observation, name_segments, relative_heights,
                                           unsplit_ends)
 from ctbmd.segment.builtin.segments import SPINOUS_SLOPE, split_column, vertebra_masks
@@ -93,7 +93,8 @@ def segment_builtin(ct: CTVolume, levels: tuple[str, ...] = REPORTED_LEVELS) -> 
     _drop_empty_ends(vert_w, body_w, segs, values)
     labels = labels_to_ct_grid(vert_w, work.grid, ct)
     body = labels_to_ct_grid(body_w, work.grid, ct)
-    present = values_on_ct_grid(vert_w, work.grid, ct)
+    boxes = boxes_on_ct_grid(vert_w, work.grid, ct)
+    present = set(boxes)
     measured = tuple(n for n in LEVEL_ORDER if n in levels and VERSE_LABELS[n] in present)
     named = [n for n in naming.names if n in DRAWN_LEVELS]
     if not measured:
@@ -109,7 +110,7 @@ def segment_builtin(ct: CTVolume, levels: tuple[str, ...] = REPORTED_LEVELS) -> 
     for a in record.anchors:
         anchors[a.kind] = f"{a.named} ({'agrees' if a.agrees else 'disagrees'})"
     return SpineSegmentation(labels=labels, body=body, levels=measured, backend="builtin", level_flags=flags,
-                             anchors=anchors, warnings=naming.warnings, labelling=record)
+                             anchors=anchors, warnings=naming.warnings, labelling=record, known_boxes=boxes)
 
 
 def _split_and_name(work, col, levels: tuple[str, ...], source: str | None):
