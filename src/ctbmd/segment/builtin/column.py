@@ -266,20 +266,26 @@ def track_canal(score: np.ndarray) -> tuple[int, np.ndarray]:
     acc = np.maximum(score[:, :, 0] - CANAL_BASELINE, 0.0).astype(np.float32)
     best_val, best_at = float(acc.max()), (0, *np.unravel_index(int(np.argmax(acc)), acc.shape))
     px, py = MAX_STEP_LR, MAX_STEP_AP
+    # the previous slice's totals, padded with -inf, and one view of it per offset (made once)
+    pad = np.full((nx + 2 * px, ny + 2 * py), -np.inf, np.float32)
+    views = [pad[px + dx:px + dx + nx, py + dy:py + dy + ny] for dx, dy in offsets]
+    carried, cand = np.empty((nx, ny), np.float32), np.empty((nx, ny), np.float32)
+    better, arg = np.empty((nx, ny), bool), np.empty((nx, ny), np.int8)
     for k in range(1, nz):
-        pad = np.pad(acc, ((px, px), (py, py)), constant_values=-np.inf)
+        pad[px:px + nx, py:py + ny] = acc
         # the best predecessor of each voxel: the first of the offsets with the highest value (as argmax)
-        carried = np.full((nx, ny), -np.inf, np.float32)
-        arg = np.zeros((nx, ny), np.int8)
-        for o, (dx, dy) in enumerate(offsets):
-            cand = pad[px + dx:px + dx + nx, py + dy:py + dy + ny] - cost[o]
-            np.copyto(arg, o, where=cand > carried)
+        np.subtract(views[0], cost[0], out=carried)
+        arg.fill(0)
+        for o in range(1, len(offsets)):
+            np.subtract(views[o], cost[o], out=cand)
+            np.greater(cand, carried, out=better)
+            np.copyto(arg, o, where=better)
             np.maximum(carried, cand, out=carried)
-        fresh = carried <= 0.0
-        back[k] = np.where(fresh, -1, arg)
+        back[k] = np.where(carried <= 0.0, -1, arg)
         acc = np.maximum(carried, 0.0) + score[:, :, k] - CANAL_BASELINE
-        if acc.max() > best_val:
-            best_val = float(acc.max())
+        top = float(acc.max())
+        if top > best_val:
+            best_val = top
             best_at = (k, *np.unravel_index(int(np.argmax(acc)), acc.shape))
     k, x, y = best_at
     rows = [(x, y)]
