@@ -171,4 +171,6 @@ def distance_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.
     numpy.ndarray
         float32, same shape; 0 outside the mask.
     """
-    return edt.edt(mask, anisotropy=tuple(float(s) for s in spacing_mm), black_border=False, parallel=1)
+    # passed as 0/1 uint8 (one label): the same distances, up to twice as fast as a bool array in edt 3.x
+    labels = np.asarray(mask, bool).view(np.uint8)
+    return edt.edt(labels, anisotropy=tuple(float(s) for s in spacing_mm), black_border=False, parallel=1)
