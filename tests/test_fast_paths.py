@@ -32,7 +32,8 @@ def test_working_grid_labels_return_to_the_ct_grid_as_simpleitk_puts_them():
         # sparse labels: the values that reach the CT grid are found without making the map
         sparse_labels = np.where(labels > 26, labels, 0).astype(np.uint8)
         sparse_labels[::7, ::5, ::3] = 0
-        assert boxes_on_ct_grid(sparse_labels, work.grid, ct) == label_boxes(labels_to_ct_grid(sparse_labels, work.grid, ct))
+        on_ct = labels_to_ct_grid(sparse_labels, work.grid, ct)
+        assert boxes_on_ct_grid(sparse_labels, work.grid, ct) == label_boxes(on_ct)
         one = np.zeros_like(labels)
         one[5, 5, 1] = 9  # a single working voxel may fall between the CT's thick slices
         one[40:47, 30:33, 20:29] = 4
@@ -177,7 +178,8 @@ def test_labels_go_back_to_every_stored_orientation(tmp_path):
             ct, _ = read_ct(tmp_path / "ct.nii.gz")
             labels = rng.integers(0, 30, ct.hu.shape).astype(np.uint8)
             ours = labels_on_input_grid(labels, ct)
-            ref = sitk.Resample(array_to_image(labels, ct.grid), grid_reference_image(ct.info.input_grid, sitk.sitkUInt8),
+            ref = sitk.Resample(array_to_image(labels, ct.grid),
+                                grid_reference_image(ct.info.input_grid, sitk.sitkUInt8),
                                 sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
             assert ours.GetSize() == image.GetSize() and np.allclose(ours.GetDirection(), image.GetDirection())

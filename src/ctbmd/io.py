@@ -349,7 +349,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> tupl
     Returns
     -------
     image : SimpleITK.Image
-        The series in HU (RescaleSlope/Intercept applied), as stored (not reoriented).
+        The series in HU (RescaleSlope/Intercept applied), as stored (not reoriented), in the
+        reader's pixel type (int16 for most CT; :func:`read_ct` makes it float32).
     info : ScanInfo
 
     Raises
@@ -381,7 +382,6 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> tupl
     except RuntimeError as exc:
         raise InvalidInputError(f"cannot decode DICOM pixel data ({str(exc).strip().splitlines()[-1][:120]})",
                                 folder) from None
-    image = sitk.Cast(image, sitk.sitkFloat32)
     padding = first.get("PixelPaddingValue")
     if padding is not None:
         slope = float(first.get("RescaleSlope", 1.0))

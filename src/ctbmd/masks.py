@@ -75,7 +75,7 @@ def box_closing(mask: np.ndarray) -> np.ndarray:
 
 
 def _step(mask: np.ndarray, axes: tuple[int, ...], erode: bool) -> np.ndarray:
-    """One erosion (``erode``) or dilation of a bool 3-D mask by the voxel and its two neighbours along each of ``axes``.
+    """One erosion (``erode``) or dilation of a bool 3-D mask by a voxel and its neighbours along ``axes``.
 
     ``axes = (0, 1, 2)`` is the 6-connected cross; one axis is a 3-voxel segment.
     In an erosion the neighbour beyond the array's edge counts as background.
@@ -94,7 +94,7 @@ def _step(mask: np.ndarray, axes: tuple[int, ...], erode: bool) -> np.ndarray:
 
 
 def plane_holes(mask: np.ndarray) -> np.ndarray:
-    """The holes of each plane ``mask[:, :, k]`` of a 3-D mask, as :func:`scipy.ndimage.binary_fill_holes` finds them per plane.
+    """The holes of each plane ``mask[:, :, k]``, as :func:`scipy.ndimage.binary_fill_holes` finds them per plane.
 
     A hole is a 4-connected run of background that does not reach the plane's edge.
     All planes are labelled in one :func:`scipy.ndimage.label` call whose structure

@@ -41,7 +41,6 @@ Method (working grid, 2 mm isotropic, axes L, P, S; see :mod:`.grid`):
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ctbmd.errors import NoSpineError
-from ctbmd.segment.builtin.grid import WorkGrid
+from ctbmd.segment.builtin.grid import WORK_THREADS, WorkGrid
 
 #: Arc-length step (mm) of the centre line and the straightened column.
 STEP_MM = 1.0
@@ -231,7 +230,7 @@ def canal_score(work: WorkGrid) -> np.ndarray:
         "walls": walls,
         "asym": asymmetry,
     }
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=WORK_THREADS) as pool:
         t = dict(zip(terms, pool.map(lambda make: make(), terms.values())))
     score = t["body"] + 0.5 * t["behind"] + 0.3 * t["walls"] - 2.0 * np.abs(t["inside"] - CANAL_HU) - 0.5 * t["asym"]
     score[~work.body] = -1000.0
@@ -373,7 +372,7 @@ def straighten(hu: np.ndarray, centre_ijk: np.ndarray, frames: np.ndarray, sp: f
         out[:, :, k0:k0 + STRAIGHTEN_CHUNK] = np.moveaxis(vals.reshape(len(c), len(u_mm), len(v_mm)), 0, 2)
 
     # chunks of planes are independent and map_coordinates releases the GIL: two threads
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=WORK_THREADS) as pool:
         list(pool.map(sample, range(0, len(centre_ijk), STRAIGHTEN_CHUNK)))
     return out
 

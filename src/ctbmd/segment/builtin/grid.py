@@ -25,6 +25,10 @@ from ctbmd.types import CTVolume, Grid
 WORK_SPACING_MM = 2.0
 #: Threshold (HU) of the body outline: everything denser than lung and air.
 BODY_HU = -400.0
+#: Threads for the labeller's independent array work (scipy.ndimage filters and interpolation,
+#: sparse products and KD-tree queries release the GIL): two, the cores of the machine ctbmd is
+#: timed on (issue 13); more would only contend with the other scans of a batch.
+WORK_THREADS = min(2, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def _apply_along(weights: sparse.csr_matrix, volume: np.ndarray, axis: int) -> n
         flat = np.ascontiguousarray(piece).reshape(piece.shape[0], -1)
         out[..., cuts[i]:cuts[i + 1]] = (weights @ flat).reshape((weights.shape[0],) + piece.shape[1:])
 
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=WORK_THREADS) as pool:
         list(pool.map(part, range(2)))
     return np.moveaxis(out, 0, axis)
 

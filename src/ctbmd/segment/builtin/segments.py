@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 from ctbmd.masks import box_closing, plane_holes
 from ctbmd.segment.builtin.column import STEP_MM, Column
 from ctbmd.segment.builtin.discs import Discs
-from ctbmd.segment.builtin.grid import WorkGrid
+from ctbmd.segment.builtin.grid import WORK_THREADS, WorkGrid
 
 #: Bone threshold (HU) of the vertebra masks.
 VERTEBRA_HU = 100.0
@@ -148,7 +148,8 @@ def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
     lo = np.maximum(np.floor(col.centre_ijk.min(axis=0) - reach_mm / sp), 0).astype(int)
     hi = np.minimum(np.ceil(col.centre_ijk.max(axis=0) + reach_mm / sp) + 1, work.hu.shape).astype(int)
     grid = np.mgrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].reshape(3, -1).T
-    dist, k = cKDTree(col.centre_ijk).query(grid, distance_upper_bound=reach_mm / sp, workers=-1)
+    dist, k = cKDTree(col.centre_ijk).query(grid, distance_upper_bound=reach_mm / sp,
+                                             workers=WORK_THREADS)
     near = np.isfinite(dist)
     grid, k = grid[near], k[near]
     rel = (grid - col.centre_ijk[k]) * sp
