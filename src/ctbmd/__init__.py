@@ -10,11 +10,8 @@ per vertebral body), :mod:`ctbmd.calibrate` (phantomless HU -> mg/cm3),
 ctbmd is a research tool and not a medical device.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ctbmd")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+#: The package version, read by the build from here (pyproject.toml); a literal, so importing
+#: ctbmd does not pay for importlib.metadata.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]
