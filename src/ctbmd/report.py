@@ -11,6 +11,7 @@ import importlib
 import io as _io
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -361,9 +362,17 @@ def write_outputs(res: Result, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = result_dict(res)
-    write_image_atomic(labels_on_input_grid(res.seg.labels, res.ct), out / "vertebrae.nii.gz")
-    write_image_atomic(labels_on_input_grid(res.roi_labels, res.ct), out / "roi.nii.gz")
-    write_atomic(out / "levels.csv", lambda p: p.write_text(levels_csv(result)))
-    write_atomic(out / "report.png", lambda p: render_png(res, result, p))
-    write_atomic(out / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+
+    def label_maps() -> None:
+        write_image_atomic(labels_on_input_grid(res.seg.labels, res.ct), out / "vertebrae.nii.gz")
+        write_image_atomic(labels_on_input_grid(res.roi_labels, res.ct), out / "roi.nii.gz")
+
+    # the label maps (array copies and zlib in SimpleITK, which release the GIL) are written in a
+    # second thread while matplotlib draws the picture; an error in either is raised here
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        maps = pool.submit(label_maps)
+        write_atomic(out / "levels.csv", lambda p: p.write_text(levels_csv(result)))
+        write_atomic(out / "report.png", lambda p: render_png(res, result, p))
+        write_atomic(out / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+        maps.result()
     return result
