@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,9 +87,13 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     seg = segment(ct, segmenter, labels, label_map, levels)
     warnings += list(seg.warnings)
     tick("roi")
-    levels, roi_labels = measure_levels(ct, seg)
-    tick("calibrate")
-    sample = reference_tissues(ct, seg)
+    # the reference tissues are sampled in a second thread while the ROIs are measured: both only
+    # read the scan and the labels, and their numpy and scipy work releases the GIL
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sampling = pool.submit(reference_tissues, ct, seg)
+        levels, roi_labels = measure_levels(ct, seg)
+        tick("calibrate")
+        sample = sampling.result()
     phase = detect_contrast_phase(ct.info, sample.tissues)
     if rod_spec is not None or profile is not None:
         from ctbmd.calibrate.rods import find_rods, fit_rods, profile_calibration, rod_calibration
