@@ -18,7 +18,8 @@ Python process so that imports count as they do for a user:
 Then a per-stage breakdown (seconds, median of the same number of runs) of
 :func:`ctbmd.pipeline.run`, the code behind ``ctbmd run``: ``import`` (Python start and
 the ctbmd imports), then each stage (read, segment, roi, calibrate, classify, report; the
-report stage writes the files).
+report stage writes the files). The reference tissues are sampled in a second thread while the ROIs
+are measured, so ``roi`` holds both and ``calibrate`` only what is left of the sampling and the fit.
 
 Targets (issue 13): full resolution <= 6 x the plain read with peak RSS <= 1.5 GB; the 3 mm
 example <= 3 s. Run another ctbmd tree (e.g. before a change) with ``PYTHONPATH=OLD/src``.
