@@ -16,13 +16,16 @@ from ctbmd.calibrate.energy import KVP_RANGE
 from ctbmd.classify import classify_patient, detect_contrast_phase
 from ctbmd.errors import UsageError
 from ctbmd.io import read_ct
-from ctbmd.report import Result, preload_plotting, write_outputs
+from ctbmd.report import PLOTTING_MODULES, Result, preload, write_outputs
 from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
 from ctbmd.segment.builtin import REPORTED_LEVELS
 from ctbmd.types import CTVolume
 
 STAGES = ("read", "segment", "roi", "calibrate", "classify", "model", "report")
+#: Modules a run needs only after the read: the KD-tree of the labeller's column coordinates and
+#: the report's plotting (:func:`ctbmd.report.preload`).
+LATER_MODULES = ("scipy.spatial",) + PLOTTING_MODULES
 
 
 def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | None = None,
@@ -162,7 +165,7 @@ def run(path: str | Path, out_dir: str | Path, progress: Callable[[str], None] |
     dict
         The ``result.json`` content.
     """
-    preload_plotting()  # matplotlib imports in the background while the scan is analysed
+    preload(LATER_MODULES)  # imported in the background while the scan is read and labelled
     res = analyse(path, progress=progress, **options)
     if progress:
         progress("report")

@@ -30,24 +30,25 @@ DISCLAIMER = "Research use only; not a medical device."
 PLOTTING_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
-def preload_plotting() -> threading.Thread:
-    """Start importing :data:`PLOTTING_MODULES` in a background thread; return the thread.
+def preload(modules: tuple[str, ...] = PLOTTING_MODULES) -> threading.Thread:
+    """Start importing ``modules`` in a background thread; return the thread.
 
     Importing matplotlib takes 0.3-0.5 s, a sixth of a 3 mm run (issue 13). Started
-    before the scan is read, the import overlaps the labeller, whose array work
-    (scipy.ndimage, numpy) releases the GIL. :func:`render_png` imports the same
-    modules; Python's per-module import lock makes it wait for a thread still at
-    work, so the result is the same with or without the preload. Raises nothing:
-    an import error surfaces again, as usual, in :func:`render_png`.
+    before the scan is read, the import overlaps the read and the labeller, whose
+    array work (SimpleITK, scipy.ndimage, numpy) releases the GIL. The code that
+    needs a module imports it as usual; Python's per-module import lock makes it
+    wait for a thread still at work, so the result is the same with or without the
+    preload. Raises nothing: an import error surfaces again where the module is
+    imported for use.
     """
     def load() -> None:
         try:
-            for name in PLOTTING_MODULES:
+            for name in modules:
                 importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - render_png raises it again where it is handled
+        except Exception:  # noqa: BLE001 - raised again where the module is imported for use
             pass
 
-    thread = threading.Thread(target=load, name="ctbmd-preload-plotting")
+    thread = threading.Thread(target=load, name="ctbmd-preload")
     thread.start()
     return thread
 

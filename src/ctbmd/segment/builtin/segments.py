@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ctbmd.masks import box_closing, plane_holes
 from ctbmd.segment.builtin.column import STEP_MM, Column
@@ -148,6 +147,8 @@ def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
     lo = np.maximum(np.floor(col.centre_ijk.min(axis=0) - reach_mm / sp), 0).astype(int)
     hi = np.minimum(np.ceil(col.centre_ijk.max(axis=0) + reach_mm / sp) + 1, work.hu.shape).astype(int)
     grid = np.mgrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].reshape(3, -1).T
+    from scipy.spatial import cKDTree  # here: ctbmd.pipeline imports it in the background (LATER_MODULES)
+
     dist, k = cKDTree(col.centre_ijk).query(grid, distance_upper_bound=reach_mm / sp,
                                              workers=WORK_THREADS)
     near = np.isfinite(dist)
