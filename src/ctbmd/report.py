@@ -7,10 +7,8 @@ then rename). ``result.json`` follows :data:`SCHEMA_VERSION`.
 from __future__ import annotations
 
 import csv
-import importlib
 import io as _io
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,29 +26,6 @@ DISCLAIMER = "Research use only; not a medical device."
 #: What :func:`render_png` imports: a standalone Figure and the Agg canvas that writes PNG (no pyplot,
 #: which imports about twice as much and may pick a GUI backend).
 PLOTTING_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
-
-
-def preload(modules: tuple[str, ...] = PLOTTING_MODULES) -> threading.Thread:
-    """Start importing ``modules`` in a background thread; return the thread.
-
-    Importing matplotlib takes 0.3-0.5 s, a sixth of a 3 mm run (issue 13). Started
-    before the scan is read, the import overlaps the read and the labeller, whose
-    array work (SimpleITK, scipy.ndimage, numpy) releases the GIL. The code that
-    needs a module imports it as usual; Python's per-module import lock makes it
-    wait for a thread still at work, so the result is the same with or without the
-    preload. Raises nothing: an import error surfaces again where the module is
-    imported for use.
-    """
-    def load() -> None:
-        try:
-            for name in modules:
-                importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - raised again where the module is imported for use
-            pass
-
-    thread = threading.Thread(target=load, name="ctbmd-preload")
-    thread.start()
-    return thread
 
 
 @dataclass(frozen=True)

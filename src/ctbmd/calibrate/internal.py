@@ -189,11 +189,11 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> TissueSample:
     r = max(1, int(round(6 / sp[0])))
     # the local mean and SD are needed only where the aorta is looked for: a box around every
     # slice's search region, r voxels wider (the filters' reach)
-    measured = np.isfinite(cx)
-    x_lo = max(0, int(np.floor(np.min(cx[measured]) - 15 / sp[0])) - r) if measured.any() else 0
-    x_hi = min(h.shape[0], int(np.ceil(np.max(cx[measured]) + 35 / sp[0])) + r + 1) if measured.any() else 0
-    y_lo = max(0, int(np.floor(np.min(cy_front[measured]) - 45 / sp[1])) - r) if measured.any() else 0
-    y_hi = min(h.shape[1], int(np.ceil(np.max(cy_front[measured]) - 3 / sp[1])) + r + 1) if measured.any() else 0
+    measured = np.isfinite(cx)  # at least one slice: the spine is in these slices (checked above)
+    x_lo, x_hi = (int(np.clip(v, 0, h.shape[0])) for v in (np.floor(np.min(cx[measured]) - 15 / sp[0]) - r,
+                                                             np.ceil(np.max(cx[measured]) + 35 / sp[0]) + r + 1))
+    y_lo, y_hi = (int(np.clip(v, 0, h.shape[1])) for v in (np.floor(np.min(cy_front[measured]) - 45 / sp[1]) - r,
+                                                             np.ceil(np.max(cy_front[measured]) - 3 / sp[1]) + r + 1))
     near = h[x_lo:x_hi, y_lo:y_hi]
     mean = np.zeros(h.shape, h.dtype)
     sd = np.zeros(h.shape, h.dtype)

@@ -147,7 +147,7 @@ def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
     lo = np.maximum(np.floor(col.centre_ijk.min(axis=0) - reach_mm / sp), 0).astype(int)
     hi = np.minimum(np.ceil(col.centre_ijk.max(axis=0) + reach_mm / sp) + 1, work.hu.shape).astype(int)
     grid = np.mgrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].reshape(3, -1).T
-    from scipy.spatial import cKDTree  # here: ctbmd.pipeline imports it in the background (LATER_MODULES)
+    from scipy.spatial import cKDTree  # here: ctbmd.pipeline.preload imports it in the background
 
     dist, k = cKDTree(col.centre_ijk).query(grid, distance_upper_bound=reach_mm / sp,
                                              workers=WORK_THREADS)
