@@ -18,7 +18,7 @@ ranges, none of them the calibrator's tables). Each kVp stands for one
 scanner: its effective energy is the spectrum model's plus a scanner offset
 drawn once per kVp from the model's spread (SD ~1.8 keV), shared by the
 patients scanned on it. A phantom is written as NIfTI, run through
-:func:`ctbmd.pipeline.run` (the code behind ``ctbmd run``) with ``--kvp`` set
+:func:`ctbmd.api.run` (the code behind ``ctbmd run``) with ``--kvp`` set
 to its protocol's kVp (NIfTI has no header for it), and compared with its
 truth (QCT-equivalent: what phantom-calibrated QCT Pro reads):
 
@@ -127,7 +127,7 @@ def _default_rods():
 def run_one(args: tuple[int, dict, str, str, dict, str | None]) -> dict:
     """Simulate phantom ``i`` and run ctbmd on it; return truth, result and timings (or the error)."""
     from ctbmd.errors import CtbmdError
-    from ctbmd.pipeline import run
+    from ctbmd.api import run
     from ctbmd.simulate import PhantomSpec, simulate_phantom, write_phantom
 
     i, spec_d, work, mode, profiles, baseline_src = args
@@ -149,7 +149,7 @@ def run_one(args: tuple[int, dict, str, str, dict, str | None]) -> dict:
         result, error = _run_baseline(baseline_src, folder)
     else:
         try:
-            result = run(folder / "ct.nii.gz", folder / "out", **options)
+            result = run(folder / "ct.nii.gz", folder / "out", **options).to_dict()
             error = None
         except CtbmdError as exc:
             result, error = None, exc.one_line()

@@ -34,7 +34,7 @@ def shifted_levels(shifts: list[float], segmenter: str = "builtin") -> dict[floa
     """
     from ctbmd.errors import CtbmdError
     from ctbmd.io import array_to_image, read_ct, read_label_map, write_image_atomic
-    from ctbmd.pipeline import run
+    from ctbmd.api import run
     from ctbmd.segment.labelmaps import to_verse
     from ctbmd.simulate import shift_trabecular_hu
     from ctbmd.types import VERSE_LABELS
@@ -51,7 +51,7 @@ def shifted_levels(shifts: list[float], segmenter: str = "builtin") -> dict[floa
             write_image_atomic(array_to_image(hu, ct.grid), path)
             extra = {"labels": DATA / "vertebrae_total.nii.gz"} if segmenter == "labels" else {}
             try:
-                result = run(path, Path(tmp) / f"out_{delta:+.0f}", segmenter=segmenter, **extra)
+                result = run(path, Path(tmp) / f"out_{delta:+.0f}", segmenter=segmenter, **extra).to_dict()
             except CtbmdError as exc:
                 print(f"  shift {delta:+.0f} HU, {segmenter}: {exc.one_line()}")
                 out[delta] = {lv: None for lv in LEVELS}

@@ -16,7 +16,7 @@ Python process so that imports count as they do for a user:
   shared machine inflates less than the wall time, and its peak resident memory (MB).
 
 Then a per-stage breakdown (seconds, median of the same number of runs) of
-:func:`ctbmd.pipeline.run`, the code behind ``ctbmd run``: ``import`` (Python start and
+:func:`ctbmd.api.run`, the code behind ``ctbmd run``: ``import`` (Python start and
 the ctbmd imports), then each stage (read, segment, roi, calibrate, classify, report; the
 report stage writes the files). The reference tissues are sampled in a second thread while the ROIs
 are measured, so ``roi`` holds both and ``calibrate`` only what is left of the sampling and the fit.
@@ -71,7 +71,7 @@ sys.exit(rc if isinstance(rc, int) else 0)
 STAGE_CODE = """
 import json, sys, time
 t0 = time.perf_counter()
-from ctbmd.pipeline import run
+from ctbmd.api import run
 stamps = [('import', t0), ('read', time.perf_counter())]
 def tick(stage):
     now = time.perf_counter()
@@ -125,7 +125,7 @@ def ctbmd_run(path: Path, out: Path) -> tuple[float, float, dict, float]:
 
 
 def stage_times(path: Path, out: Path) -> dict[str, float]:
-    """Seconds per stage of :func:`ctbmd.pipeline.run` in a fresh process (``import`` included)."""
+    """Seconds per stage of :func:`ctbmd.api.run` in a fresh process (``import`` included)."""
     _, proc = _wall([sys.executable, "-c", STAGE_CODE, str(path), str(out)])
     if proc.returncode != 0:
         raise SystemExit(f"pipeline run failed on {path}: {proc.stderr.strip()[-400:]}")
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         print(f"\n{'input':<28}{'read s':>8}{'run s':>8}{'ratio':>7}{'run cpu s':>10}{'peak MB':>9}  levels")
         for name, read, run, cpu, peak, levels in rows:
             print(f"{name:<28}{read:8.2f}{run:8.2f}{run / read:7.1f}{cpu:10.2f}{peak:9.0f}  {levels}")
-        print(f"\nper stage, seconds (median of {args.repeat}; pipeline.run in a fresh process)")
+        print(f"\nper stage, seconds (median of {args.repeat}; ctbmd.api.run in a fresh process)")
         print(f"{'input':<28}" + "".join(f"{s:>10}" for s in STAGES) + f"{'total':>10}")
         for name, d in stages.items():
             print(f"{name:<28}" + "".join(f"{d[s]:10.2f}" for s in STAGES) + f"{d['total']:10.2f}")

@@ -159,6 +159,12 @@ def test_model_reloads_without_caches_and_runs_on_the_real_example(tiny_model, t
     assert "phantoms" in res["model"]["note"]
     assert res["patient"]["category_dl"] in ("normal", "osteopenia", "osteoporosis")
     assert "bmd_dl_mg_cm3" in (out / "levels.csv").read_text().splitlines()[0]
+    # the Python API composes the same step after the pipeline: the same model values
+    import ctbmd
+
+    api = ctbmd.analyse(EXAMPLE / "ct.nii.gz", model=model).to_dict()
+    assert [lv["bmd_dl_mg_cm3"] for lv in api["levels"]] == [lv["bmd_dl_mg_cm3"] for lv in res["levels"]]
+    assert api["patient"]["category_dl"] == res["patient"]["category_dl"]
 
 
 def test_train_refuses_to_overwrite_and_too_few_patients(tiny_model, tmp_path):

@@ -24,6 +24,9 @@ PICKHARDT_SPECIFIC_HU = 110.0
 AORTA_ENHANCED_HU = 100.0
 AORTA_ARTERIAL_HU = 200.0
 ACR_LEVELS = ("L1", "L2", "L3", "L4")
+#: WHO T-score thresholds (WHO Technical Report Series 843, 1994): <= -2.5 osteoporosis, < -1 osteopenia.
+WHO_OSTEOPOROSIS_T = -2.5
+WHO_OSTEOPENIA_T = -1.0
 
 
 def detect_contrast_phase(info: ScanInfo, tissues: dict[str, ReferenceTissue]) -> ContrastPhase:
@@ -55,6 +58,15 @@ def acr_category(bmd_mg_cm3: float) -> str:
     if bmd_mg_cm3 >= ACR_OSTEOPOROSIS_MG_CM3:
         return "osteopenia"
     return "osteoporosis"
+
+
+def who_category(t_score: float) -> str:
+    """WHO category of a DXA T-score (<= -2.5 osteoporosis, < -1 osteopenia; WHO TRS 843, 1994)."""
+    if t_score <= WHO_OSTEOPOROSIS_T:
+        return "osteoporosis"
+    if t_score < WHO_OSTEOPENIA_T:
+        return "osteopenia"
+    return "normal"
 
 
 def pickhardt_flag(l1_hu: float | None) -> dict:

@@ -71,7 +71,8 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
 ) -> None:
     """Measure per-vertebra trabecular BMD and classify the patient (ACR-QCT)."""
-    from ctbmd.pipeline import STAGES, run as run_pipeline
+    from ctbmd.api import load_model, run as run_scan
+    from ctbmd.pipeline import STAGES
     from ctbmd.segment import parse_levels
 
     if labels is not None and segmenter == "builtin":
@@ -81,12 +82,11 @@ def run(
         if segmenter == "labels" and labels is None:
             from ctbmd.errors import UsageError
             raise UsageError("--segmenter labels needs --labels FILE")
-        measured = parse_levels(levels)
-        loaded = _load_model(model) if model is not None else None
-        cal = dict(kvp=kvp, rods=rods, scanner_profile=scanner_profile)
+        options = dict(segmenter=segmenter, labels=labels, label_map=label_map, series_uid=series_uid,
+                       levels=parse_levels(levels), kvp=kvp, rods=rods, scanner_profile=scanner_profile,
+                       model=_cli_model(model, load_model))
         if quiet:
-            result = run_pipeline(input, out, segmenter=segmenter, labels=labels, label_map=label_map,
-                                  series_uid=series_uid, model=loaded, levels=measured, **cal)
+            result = run_scan(input, out, **options).to_dict()
         else:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
                 task = bar.add_task("starting", total=len(STAGES))
@@ -95,9 +95,7 @@ def run(
                     bar.update(task, description=f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}",
                                completed=STAGES.index(stage))
 
-                result = run_pipeline(input, out, progress=tick, segmenter=segmenter, labels=labels,
-                                      label_map=label_map, series_uid=series_uid, model=loaded, levels=measured,
-                                      **cal)
+                result = run_scan(input, out, progress=tick, **options).to_dict()
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_mean']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
@@ -117,6 +115,118 @@ def run(
         typer.echo(f"model ({origin}): {values}; patient {p[key] if p[key] is not None else 'n/a'}{unit}, "
                    f"{p['category_dl'] or 'not classified'}")
     typer.echo(f"outputs: {out}")
+
+
+@app.command()
+def batch(
+    inputs: Optional[list[Path]] = typer.Argument(None, help="Folders (searched recursively for DICOM series and "
+                                                             ".nii/.nii.gz/.nrrd/.mha files) or files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Batch folder: scans/<scan_id>/, cohort.csv, cohort.parquet, "
+                                                      "failed.csv, batch.log. Re-run the same command to resume."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV with a path column (and optionally "
+                                                                     "series_uid, scan_id, kvp, labels): one scan a row."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Local worker processes (default: one per "
+                                                                        "core with 2 GB of memory each)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on a Dask cluster at this address "
+                                                                      "(tcp://host:8786); inputs and --out on a "
+                                                                      "shared path."),
+    segmenter: str = typer.Option("builtin", "--segmenter", help="builtin | totalsegmentator (a manifest's labels "
+                                                                 "column gives per-scan label maps)."),
+    label_map: str = typer.Option("auto", "--label-map", help="Numbering of the manifest's label maps."),
+    levels: str = typer.Option("T11-L5", "--levels", help="Levels to measure, as for `ctbmd run`."),
+    kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV) for scans whose header has none."),
+    rods: Optional[str] = typer.Option(None, "--rods", help="Rod phantom spec, as for `ctbmd run`."),
+    scanner_profile: Optional[Path] = typer.Option(None, "--scanner-profile", help="Scanner profile, as for "
+                                                                                   "`ctbmd run`."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder from `ctbmd train`."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+) -> None:
+    """Analyse a cohort: every scan in folders or a manifest, in parallel, resumable; one table."""
+    from ctbmd.errors import EXIT_BATCH_FAILURES, UsageError, require_optional
+    from ctbmd.segment import parse_levels
+
+    with _one_line_errors(debug):
+        require_optional(("distributed", "pyarrow"), "ctbmd batch", "pip install 'ctbmd[batch]'")
+        from ctbmd.batch import AnalysisOptions, find_scans, read_manifest, run_batch
+        from ctbmd.batch.discover import combine
+        from ctbmd.batch.runner import check_out_dir
+        from ctbmd.pipeline import check_kvp
+
+        if not inputs and manifest is None:
+            raise UsageError("give input folders or files, or --manifest CSV")
+        if segmenter == "labels":
+            raise UsageError("a batch takes label maps from the manifest's labels column, one per scan; "
+                             "--segmenter is builtin or totalsegmentator")
+        if workers is not None and workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        if scheduler is not None and workers is not None:
+            raise UsageError("--workers starts a local cluster; with --scheduler the cluster's workers run the scans")
+        check_kvp(kvp)
+        if model is not None:
+            from ctbmd.api import load_model
+
+            _cli_model(model, load_model)  # fails here, before the batch, if the model cannot be loaded
+        options = AnalysisOptions(segmenter=segmenter, label_map=label_map, levels=parse_levels(levels), kvp=kvp,
+                                  rods=rods, scanner_profile=None if scanner_profile is None else
+                                  str(scanner_profile.resolve()),
+                                  model=None if model is None else str(model.resolve()))
+        check_out_dir(out, options)  # a folder of another batch is refused before the inputs are searched
+        parts = [find_scans(inputs)] if inputs else []
+        if manifest is not None:
+            parts.append(read_manifest(manifest))
+        found = combine(*parts)
+        if not quiet:
+            err.print(f"found {len(found.jobs)} scans" + (f" and {len(found.failures)} inputs that are no scan"
+                                                          if found.failures else ""))
+        with _batch_progress(quiet) as on_event:
+            summary = run_batch(found, out, options, workers=workers, scheduler=scheduler, progress=on_event)
+    rate = (summary.done - summary.skipped) / summary.seconds * 3600 if summary.seconds > 0 else 0.0
+    typer.echo(f"batch: {summary.total} scans: {summary.done} done ({summary.skipped} from earlier runs), "
+               f"{len(summary.failed)} failed; {summary.seconds:.0f} s, {rate:.0f} scans/hour")
+    typer.echo(f"tables: {', '.join(str(f) for f in summary.files)}")
+    if summary.failed:
+        typer.echo(f"failed scans and their reasons: {out / 'failed.csv'}")
+        raise typer.Exit(EXIT_BATCH_FAILURES)
+
+
+@contextmanager
+def _batch_progress(quiet: bool):
+    """A progress callback for :func:`ctbmd.batch.run_batch`: a rich bar on a terminal (done, failed, rate,
+    ETA), one line per scan otherwise, nothing with ``quiet``."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    if quiet:
+        yield None
+        return
+    started = time.monotonic()
+    state = {"task": None, "analysed": 0}
+
+    def line(ev) -> str:
+        o = ev.outcome
+        what = "done" if o.ok else f"failed (exit {o.exit_code}): {o.reason}"
+        return f"[{ev.done + ev.failed}/{ev.total}] {o.scan_id} {what} ({o.seconds:.1f} s)"
+
+    if not err.is_terminal:
+        yield lambda ev: err.print(line(ev), markup=False, highlight=False, soft_wrap=True)
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
+                  TimeRemainingColumn(), console=err) as bar:
+        def on_event(ev) -> None:
+            if state["task"] is None:
+                state["task"] = bar.add_task("scans", total=ev.total, completed=ev.done + ev.failed - 1, failed=0,
+                                             rate="")
+            state["analysed"] += ev.outcome.seconds > 0  # inputs that are no scan are not analysed
+            rate = state["analysed"] / max(time.monotonic() - started, 1e-6) * 3600
+            bar.update(state["task"], completed=ev.done + ev.failed, failed=ev.failed,
+                       rate=f"{rate:.0f} scans/h" if state["analysed"] else "")
+            if not ev.outcome.ok:
+                bar.console.print(line(ev), markup=False, highlight=False, soft_wrap=True)
+
+        yield on_event
 
 
 @app.command("calibrate-scanner")
@@ -148,23 +258,16 @@ def calibrate_scanner(
     typer.echo(f"profile: {path}")
 
 
-def _require_dl(what: str, path: Path | None = None) -> None:
-    """Raise :class:`BackendUnavailableError` (exit 2) naming ``what`` when torch or MONAI is not installed."""
-    import importlib.util
-
+def _cli_model(path: Path | None, load):
+    """The model folder of ``--model`` loaded with ``load``; errors name the option (the API's name ``a model``)."""
+    if path is None:
+        return None
     from ctbmd.errors import BackendUnavailableError
 
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("monai") is None:
-        raise BackendUnavailableError(f"{what} needs PyTorch and MONAI: pip install torch==2.13.0 && "
-                                      "pip install 'ctbmd[dl]'", path)
-
-
-def _load_model(path: Path):
-    """Load a model folder, with a clear error when PyTorch/MONAI are not installed."""
-    _require_dl("--model", path)
-    from ctbmd.model.store import load_model
-
-    return load_model(path)
+    try:
+        return load(path)
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(exc.reason.replace("a model needs", "--model needs"), exc.path) from None
 
 
 @app.command()
@@ -306,7 +409,9 @@ def train(
 ) -> None:
     """Train a DL BMD model with patient-grouped k-fold cross-validation; write it with its out-of-fold report."""
     with _one_line_errors(debug):
-        _require_dl("ctbmd train")
+        from ctbmd.api import require_dl
+
+        require_dl("ctbmd train")
         from ctbmd.model.cohort import default_cache_dir
         from ctbmd.model.train import TrainConfig
         from ctbmd.model.workflow import train_cohort

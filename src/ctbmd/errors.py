@@ -13,6 +13,7 @@ Exit codes (also in the README):
       slices, slice gaps, gantry tilt, constant image)
 4     no spine in view, or no vertebral level could be identified
 5     internal error (a bug: please report it)
+6     ``ctbmd batch`` finished, but some scans failed (see its ``failed.csv``)
 ====  ==========================================================
 """
 
@@ -25,6 +26,7 @@ EXIT_USAGE = 2
 EXIT_INVALID_INPUT = 3
 EXIT_NO_SPINE = 4
 EXIT_INTERNAL = 5
+EXIT_BATCH_FAILURES = 6
 
 
 class CtbmdError(Exception):
@@ -83,3 +85,24 @@ class LabellingRefusedError(NoSpineError):
 
 class BackendUnavailableError(UsageError):
     """An optional backend is missing (exit 2): TotalSegmentator or its weights, or PyTorch/MONAI for models."""
+
+
+def require_optional(modules: tuple[str, ...], what: str, install: str, path: str | Path | None = None) -> None:
+    """Raise :class:`BackendUnavailableError` when one of ``modules`` is not installed.
+
+    Parameters
+    ----------
+    modules : tuple of str
+        Top-level module names, e.g. ``("torch", "monai")``.
+    what : str
+        What needs them, in the user's terms (``"ctbmd batch"``).
+    install : str
+        The command that installs them (``"pip install 'ctbmd[batch]'"``).
+    path : str or Path, optional
+        Named in the error.
+    """
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailableError(f"{what} needs {', '.join(missing)}: {install}", path)

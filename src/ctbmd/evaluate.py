@@ -59,14 +59,11 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-from ctbmd.classify import ACR_LEVELS, acr_category
+from ctbmd.classify import ACR_LEVELS, acr_category, who_category
 from ctbmd.errors import InvalidInputError
 from ctbmd.types import VERSE_LABELS
 
 CATEGORIES = ("normal", "osteopenia", "osteoporosis")
-#: WHO T-score thresholds (WHO TRS 843, 1994).
-WHO_OSTEOPOROSIS_T = -2.5
-WHO_OSTEOPENIA_T = -1.0
 #: Areal DXA BMD is 0.3-1.6 g/cm²; volumetric QCT BMD is 10-350 mg/cm³. A reference
 #: column whose median is below this is taken for g/cm² and refused.
 MIN_PLAUSIBLE_MEDIAN_MG_CM3 = 5.0
@@ -180,15 +177,6 @@ def _category(value: str, row: int, path: Path) -> str | None:
     if name not in CATEGORIES:
         raise InvalidInputError(f"row {row}: category {value!r} is not one of {', '.join(CATEGORIES)}", path)
     return name
-
-
-def who_category(t_score: float) -> str:
-    """WHO category of a DXA T-score (<= -2.5 osteoporosis, < -1 osteopenia; WHO TRS 843, 1994)."""
-    if t_score <= WHO_OSTEOPOROSIS_T:
-        return "osteoporosis"
-    if t_score < WHO_OSTEOPENIA_T:
-        return "osteopenia"
-    return "normal"
 
 
 def _check_mg_cm3(values: list[float], column: str, path: Path) -> None:
@@ -374,7 +362,9 @@ def read_predictions(path: str | Path, mapping: str | Path | None = None, field_
 
 
 def _read_result_folder(root: Path, mapping: str | Path | None, field_name: str) -> Predictions:
-    files = sorted(root.rglob("result.json"))
+    # hidden folders hold unfinished output (a run's or a batch's staging): never a patient
+    files = sorted(f for f in root.rglob("result.json")
+                   if not any(part.startswith(".") for part in f.relative_to(root).parts[:-1]))
     failed: list[tuple[str, str]] = []
     if not files:
         raise InvalidInputError("no result.json found (expected one folder of `ctbmd run` output per scan)", root)

@@ -17,8 +17,8 @@ import logging
 import os
 import tempfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -50,8 +50,9 @@ _VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr
                     ".mha": "mha", ".mhd": "mha"}
 
 
-def _format_of(path: Path) -> str | None:
-    name = path.name.lower()
+def volume_format(path: str | Path) -> str | None:
+    """The volume format of a file name: ``nifti``, ``nrrd`` or ``mha`` (:data:`_VOLUME_SUFFIXES`), or None."""
+    name = Path(path).name.lower()
     for suffix, fmt in sorted(_VOLUME_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
         if name.endswith(suffix):
             return fmt
@@ -157,15 +158,37 @@ def _gzip_size_matches(path: Path) -> bool:
     return isize == need % (1 << 32)
 
 
+def _check_finite_nifti(path: Path) -> None:
+    """Refuse a floating-point NIfTI holding NaN or infinite voxels.
+
+    ITK's NIfTI reader turns NaN into 0 without a word (0 HU, soft tissue), so
+    the check reads the file with nibabel first. Integer NIfTI (most CT) cannot
+    hold NaN and is not read twice.
+    """
+    try:
+        image = nib.load(str(path))
+    except Exception:  # noqa: BLE001 - ITK reports unreadable files with its own message
+        return
+    if image.get_data_dtype().kind != "f":
+        return
+    data = np.asanyarray(image.dataobj)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise InvalidInputError(f"{bad} of {data.size} voxels are NaN or infinite: a CT in HU has only finite "
+                                "values (a float volume with missing data?)", path)
+
+
 def _read_volume_file(path: Path) -> sitk.Image:
     _check_complete(path)  # before ITK allocates what a corrupt header declares
+    if volume_format(path) == "nifti":
+        _check_finite_nifti(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()
         hint = next((line.strip() for line in detail if "rror" in line and "itk::" not in line), "")
         raise InvalidInputError(
-            f"cannot read image: the file is corrupt, truncated or not a {_format_of(path)} volume"
+            f"cannot read image: the file is corrupt, truncated or not a {volume_format(path)} volume"
             + (f" ({hint[:120]})" if hint else ""), path) from None
 
 
@@ -192,6 +215,8 @@ class DicomSeries:
         True when the slice normal is within 30 degrees of the patient z axis.
     description : str
         SeriesDescription.
+    study_uid : str
+        StudyInstanceUID of the first slice ("" when missing).
     """
 
     key: str
@@ -201,6 +226,7 @@ class DicomSeries:
     image_type: tuple[str, ...]
     axial: bool
     description: str
+    study_uid: str = ""
 
     @property
     def original_primary(self) -> bool:
@@ -214,12 +240,30 @@ def _iter_files(folder: Path):
             yield Path(root) / name
 
 
-def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
+#: The attributes :func:`scan_dicom_folder` reads when it does not keep the headers.
+_INDEX_TAGS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
+               "Modality", "ImageType", "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient")
+
+
+def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = None,
+                      keep_headers: bool = True) -> list[DicomSeries]:
     """Group the DICOM image files in ``folder`` (recursively) into series.
 
     Files that are not DICOM are skipped. Series are keyed by SeriesInstanceUID;
     slices with an empty UID are grouped by orientation and matrix size.
     Localisers and secondary captures are left out.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Searched recursively; named in errors.
+    files : sequence of str or Path, optional
+        Read these files instead of searching ``folder`` (a batch that has
+        already indexed a large folder passes one series' files).
+    keep_headers : bool
+        False reads only the attributes that group and choose series
+        (:data:`_INDEX_TAGS`) and leaves ``DicomSeries.headers`` empty: an index
+        of a large tree that does not hold every header in memory.
 
     Returns
     -------
@@ -234,10 +278,11 @@ def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
     folder = Path(folder)
     groups: dict[str, list] = {}
     meta: dict[str, tuple] = {}
-    for f in _iter_files(folder):
+    tags = None if keep_headers else list(_INDEX_TAGS)
+    for f in (map(Path, files) if files is not None else _iter_files(folder)):
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags)
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, TypeError):
             continue
         if "Rows" not in ds or "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
             continue
@@ -245,18 +290,24 @@ def scan_dicom_folder(folder: str | Path) -> list[DicomSeries]:
         sop_class = str(ds.get("SOPClassUID", ""))
         if "LOCALIZER" in image_type or sop_class.startswith(_SECONDARY_CAPTURE_PREFIX):
             continue
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        try:
+            iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        except (TypeError, ValueError):
+            continue
+        if iop.shape != (6,):
+            continue
         normal = np.cross(iop[:3], iop[3:])
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         key = uid or "no-uid/" + "/".join(
-            [str(ds.get("SeriesNumber", "")), str(np.round(iop, 3).tolist()), f"{ds.Rows}x{ds.Columns}"])
-        groups.setdefault(key, []).append((str(f), ds))
+            [str(ds.get("SeriesNumber", "")), str(np.round(iop, 3).tolist()), f"{ds.Rows}x{ds.get('Columns', '')}"])
+        groups.setdefault(key, []).append((str(f), ds if keep_headers else None))
         if key not in meta:
             meta[key] = (str(ds.get("Modality", "")), image_type, abs(normal[2]) > np.cos(np.radians(30)),
-                         str(ds.get("SeriesDescription", "")))
+                         str(ds.get("SeriesDescription", "")), str(ds.get("StudyInstanceUID", "") or ""))
     if not groups:
         raise InvalidInputError("no DICOM image files found in folder", folder)
-    return [DicomSeries(k, tuple(f for f, _ in v), tuple(d for _, d in v), *meta[k]) for k, v in groups.items()]
+    return [DicomSeries(k, tuple(f for f, _ in v), tuple(d for _, d in v) if keep_headers else (), *meta[k])
+            for k, v in groups.items()]
 
 
 def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str | None = None) -> DicomSeries:
@@ -343,8 +394,9 @@ def check_slice_geometry(positions: np.ndarray, iop: np.ndarray, source: str | P
     return warnings
 
 
-def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> tuple[sitk.Image, ScanInfo]:
-    """Read one CT series from a DICOM folder.
+def read_dicom_series(folder: str | Path, series_uid: str | None = None,
+                      files: Sequence[str | Path] | None = None) -> tuple[sitk.Image, ScanInfo]:
+    """Read one CT series from a DICOM folder (or from ``files``, see :func:`scan_dicom_folder`).
 
     Returns
     -------
@@ -360,7 +412,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> tupl
         :func:`check_slice_geometry`) or undecodable pixel data.
     """
     folder = Path(folder)
-    series = scan_dicom_folder(folder)
+    series = scan_dicom_folder(folder, files)
     chosen = choose_series(series, folder, series_uid)
     notes = []
     if len(series) > 1:
@@ -437,8 +489,8 @@ def validate_ct(hu: np.ndarray, grid: Grid, source: str | Path) -> list[str]:
     ------
     InvalidInputError
         Not 3-D; fewer than :data:`MIN_SLICES` slices or less than
-        :data:`MIN_Z_EXTENT_MM` of cranio-caudal coverage; a constant image; no
-        voxel below -500 HU (no air, so not CT in HU).
+        :data:`MIN_Z_EXTENT_MM` of cranio-caudal coverage; a NaN or infinite
+        voxel; a constant image; no voxel below -500 HU (no air, so not CT in HU).
     """
     warnings = []
     if hu.ndim != 3:
@@ -450,6 +502,10 @@ def validate_ct(hu: np.ndarray, grid: Grid, source: str | Path) -> list[str]:
             f"too few slices: {nz} slices cover {extent:.1f} mm, a vertebra needs at least "
             f"{MIN_SLICES} slices and {MIN_Z_EXTENT_MM:.0f} mm", source)
     lo, hi = float(hu.min()), float(hu.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # min and max carry any NaN; inf is itself the extreme
+        bad = int(np.count_nonzero(~np.isfinite(hu)))
+        raise InvalidInputError(f"{bad} of {hu.size} voxels are NaN or infinite: a CT in HU has only finite "
+                                "values (a float volume with missing data?)", source)
     if hi - lo < 1.0:
         raise InvalidInputError(f"constant image (every voxel is {lo:g}): no CT data", source)
     if lo > -500:
@@ -461,7 +517,8 @@ def validate_ct(hu: np.ndarray, grid: Grid, source: str | Path) -> list[str]:
     return warnings
 
 
-def read_ct(path: str | Path, series_uid: str | None = None) -> tuple[CTVolume, list[str]]:
+def read_ct(path: str | Path, series_uid: str | None = None,
+            files: Sequence[str | Path] | None = None) -> tuple[CTVolume, list[str]]:
     """Read a CT from a NIfTI/NRRD/MHA file or a DICOM folder, validated and canonical.
 
     Parameters
@@ -470,6 +527,9 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> tuple[CTVolume, 
         Volume file, or folder holding a DICOM series.
     series_uid : str, optional
         SeriesInstanceUID to read when a DICOM folder holds several series.
+    files : sequence of str or Path, optional
+        For a DICOM folder: read the series from these files instead of
+        searching the folder (:func:`scan_dicom_folder`).
 
     Returns
     -------
@@ -477,7 +537,7 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> tuple[CTVolume, 
         float32 HU, shape ``(nx, ny, nz)``, canonical L/P/S axes; values below
         -1024 HU (padding) set to -1024.
     warnings : list of str
-        Non-fatal remarks.
+        Non-fatal remarks; the same as ``ct.info.notes``.
 
     Raises
     ------
@@ -489,9 +549,9 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> tuple[CTVolume, 
     if not path.exists():
         raise InvalidInputError("no such file or folder", path)
     if path.is_dir():
-        image, info = read_dicom_series(path, series_uid)
+        image, info = read_dicom_series(path, series_uid, files)
     else:
-        fmt = _format_of(path)
+        fmt = volume_format(path)
         if fmt is None:
             try:
                 pydicom.dcmread(path, stop_before_pixels=True)
@@ -510,7 +570,8 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> tuple[CTVolume, 
     hu = np.maximum(image_to_array_view(canonical), np.float32(AIR_HU), dtype=np.float32)
     grid = _grid_of(canonical)
     warnings = validate_ct(hu, grid, path)
-    return CTVolume(hu=hu, grid=grid, info=info), list(info.notes) + warnings
+    info = replace(info, notes=tuple(info.notes) + tuple(warnings))  # the read's remarks travel with the scan
+    return CTVolume(hu=hu, grid=grid, info=info), list(info.notes)
 
 
 def read_label_map(path: str | Path, ct: CTVolume) -> np.ndarray:

@@ -1,10 +1,16 @@
-"""The end-to-end job: CT in, per-vertebra BMD report out (``ctbmd run``)."""
+"""Stages 1-4 chained: a CT in, a :class:`ctbmd.result.Result` out.
+
+:func:`analyse` reads the scan, labels the vertebrae, measures a trabecular ROI
+in each, calibrates HU to K2HPO4 mg/cm³ and classifies the patient. Writing the
+files (:func:`ctbmd.report.write_outputs`) and applying a learned model
+(:func:`ctbmd.model.store.add_model`) are separate steps that
+:mod:`ctbmd.api` and the CLI compose after it; this module imports neither
+PyTorch nor MONAI.
+"""
 
 from __future__ import annotations
 
 import importlib
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +24,15 @@ from ctbmd.calibrate.energy import KVP_RANGE
 from ctbmd.classify import classify_patient, detect_contrast_phase
 from ctbmd.errors import UsageError
 from ctbmd.io import read_ct
-from ctbmd.report import PLOTTING_MODULES, Result, write_outputs
+from ctbmd.report import PLOTTING_MODULES
+from ctbmd.result import Result
 from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
 from ctbmd.segment.builtin import REPORTED_LEVELS
 from ctbmd.types import CTVolume
 
+#: The stages a run reports through ``progress``: :func:`analyse` ticks the first five, the model
+#: step (:mod:`ctbmd.api`) and the writing of the files the last two.
 STAGES = ("read", "segment", "roi", "calibrate", "classify", "model", "report")
 #: Modules a run needs only after the read: the KD-tree of the labeller's column coordinates and
 #: the report's plotting (:func:`preload`).
@@ -53,26 +62,28 @@ def preload(modules: tuple[str, ...] = LATER_MODULES) -> threading.Thread:
     return thread
 
 
-def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | None = None,
+def analyse(source: str | Path | CTVolume, segmenter: str = "builtin", labels: str | Path | None = None,
             label_map: str = "auto", series_uid: str | None = None,
-            progress: Callable[[str], None] | None = None, model=None,
+            progress: Callable[[str], None] | None = None,
             levels: tuple[str, ...] = REPORTED_LEVELS, kvp: float | None = None,
             rods: str | None = None, scanner_profile: str | Path | None = None) -> Result:
-    """Run stages 1-4 (and a learned model) on one scan and return everything for the report.
+    """Run stages 1-4 on one scan: read, segment, trabecular ROIs, calibration, classification.
+
+    A learned model is not a stage of this function: apply one to the result
+    with :func:`ctbmd.model.store.add_model` (what :func:`ctbmd.analyse` and
+    ``ctbmd run --model`` do), so this module never imports PyTorch.
 
     Parameters
     ----------
-    path : str or Path
-        NIfTI/NRRD/MHA file or DICOM folder.
+    source : str, Path or CTVolume
+        NIfTI/NRRD/MHA file or DICOM folder; or a CT already read
+        (:func:`ctbmd.io.read_ct`), whose read step is then skipped.
     segmenter, labels, label_map, levels :
         See :func:`ctbmd.segment.segment`.
     series_uid : str, optional
         DICOM series to read.
     progress : callable, optional
-        Called with each stage name as it starts.
-    model : ctbmd.model.store.BmdModel, optional
-        A loaded model (:func:`ctbmd.model.store.load_model`); its per-level
-        values are reported beside the calibrated BMD.
+        Called with each stage name (:data:`STAGES`) as it starts.
     kvp : float, optional
         Tube voltage (kV, 70-150) for a scan whose header has none (NIfTI);
         it overrides the header, with a warning when the two differ.
@@ -82,10 +93,18 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     scanner_profile : str or Path, optional
         A profile from ``ctbmd calibrate-scanner``: asynchronous calibration.
 
+    Returns
+    -------
+    Result
+        Every stage's output; its ``warnings`` merge those of every stage.
+
     Raises
     ------
     CtbmdError
-        Any subclass, with the exit code the CLI uses.
+        Any subclass, with the exit code the CLI uses: bad options
+        (:class:`~ctbmd.errors.UsageError`), an unreadable or invalid scan
+        (:class:`~ctbmd.errors.InvalidInputError`), no spine or levels that
+        cannot be named (:class:`~ctbmd.errors.NoSpineError`).
     """
     tick = progress or (lambda _stage: None)
     check_kvp(kvp)
@@ -101,7 +120,10 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
 
         profile = load_profile(scanner_profile)
     tick("read")
-    ct, warnings = read_ct(path, series_uid)
+    if isinstance(source, CTVolume):
+        ct, warnings = source, list(source.info.notes)  # the read's remarks, kept with the scan
+    else:
+        ct, warnings = read_ct(source, series_uid)
     kvp_used, kvp_source = ct.info.kvp, "header"
     if kvp is not None:
         if ct.info.kvp is not None and abs(ct.info.kvp - kvp) > 1.0:
@@ -119,7 +141,7 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
     # read the scan and the labels, and their numpy and scipy work releases the GIL
     with ThreadPoolExecutor(max_workers=1) as pool:
         sampling = pool.submit(reference_tissues, ct, seg)
-        levels, roi_labels = measure_levels(ct, seg)
+        measured, roi_labels = measure_levels(ct, seg)
         tick("calibrate")
         sample = sampling.result()
     phase = detect_contrast_phase(ct.info, sample.tissues)
@@ -134,28 +156,21 @@ def analyse(path: str | Path, segmenter: str = "builtin", labels: str | Path | N
         # the same record as a phantomless calibration: the tissues (measured, not used) and the size
         dw = round(sample.dw_cm, 1) if np.isfinite(sample.dw_cm) else None
         tissues = {n: replace(t, used_in_fit=False) for n, t in sample.tissues.items()}
-        source = kvp_source if kvp_used is not None else calibration.kvp_source
-        calibration = replace(calibration, dw_cm=dw, tissues=tissues, kvp_source=source)
+        source_kvp = kvp_source if kvp_used is not None else calibration.kvp_source
+        calibration = replace(calibration, dw_cm=dw, tissues=tissues, kvp_source=source_kvp)
     else:
         calibration = fit_calibration(sample, phase, kvp_used, kvp_source)
     if not calibration.ok:
         warnings.append(calibration.reason)
     warnings += [f"calibration: {q}" for q in calibration.qc_flags]
     tick("classify")
-    patient = classify_patient(levels, calibration, phase)
+    patient = classify_patient(measured, calibration, phase)
     warnings += list(patient.notes)
-    for m in levels:
+    for m in measured:
         if m.flags:
             warnings.append(f"{m.level}: {', '.join(m.flags)}")
-    dl = None
-    if model is not None:
-        tick("model")
-        from ctbmd.model.store import apply_model
-
-        dl = apply_model(model, ct, roi_labels, levels, calibration, phase)
-        warnings += [f"{lv}: no model value ({why})" for lv, why in dl.skipped.items()]
-    return Result(ct=ct, seg=seg, levels=levels, roi_labels=roi_labels, calibration=calibration,
-                  phase=phase, patient=patient, warnings=warnings, dl=dl)
+    return Result(ct=ct, seg=seg, levels=tuple(measured), roi_labels=roi_labels, calibration=calibration,
+                  phase=phase, patient=patient, warnings=tuple(warnings))
 
 
 def check_kvp(kvp: float | None) -> None:
@@ -176,32 +191,3 @@ def _with_kvp(ct: CTVolume, kvp: float | None) -> CTVolume:
     if kvp is None or ct.info.kvp == kvp:
         return ct
     return replace(ct, info=replace(ct.info, kvp=kvp))
-
-
-def run(path: str | Path, out_dir: str | Path, progress: Callable[[str], None] | None = None, **options) -> dict:
-    """Analyse one scan and write its outputs into ``out_dir``.
-
-    All files are first written to a temporary folder next to ``out_dir`` and
-    moved in only when every stage has succeeded, so a failure leaves
-    ``out_dir`` as it was.
-
-    Returns
-    -------
-    dict
-        The ``result.json`` content.
-    """
-    preload()  # LATER_MODULES, imported in the background while the scan is read and labelled
-    res = analyse(path, progress=progress, **options)
-    if progress:
-        progress("report")
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        result = write_outputs(res, staging)
-        out.mkdir(parents=True, exist_ok=True)
-        for f in staging.iterdir():
-            f.replace(out / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return result

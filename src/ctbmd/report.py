@@ -1,7 +1,9 @@
 """Stage 5: result.json, levels.csv, vertebrae.nii.gz, roi.nii.gz and report.png.
 
 Every file is written through :func:`ctbmd.io.write_atomic` (temporary file,
-then rename). ``result.json`` follows :data:`SCHEMA_VERSION`.
+then rename); :func:`write_outputs` first writes them all into a staging
+folder, so a failure leaves the output folder as it was. ``result.json`` is
+:meth:`ctbmd.result.Result.to_dict` (schema :data:`ctbmd.result.SCHEMA_VERSION`).
 """
 
 from __future__ import annotations
@@ -9,168 +11,23 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ctbmd import __version__
-from ctbmd.calibrate import k2hpo4_to_caha
 from ctbmd.io import labels_on_input_grid, write_atomic, write_image_atomic
-from ctbmd.types import (VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LabellingRecord,
-                         LevelMeasurement, PatientClassification, SpineSegmentation)
+from ctbmd.result import DISCLAIMER, Result
+from ctbmd.types import VERSE_LABELS, LabellingRecord
 
-SCHEMA_VERSION = "1.1"  # 1.1: BMD from the ROI mean, QCT Pro line, 95% intervals
-DISCLAIMER = "Research use only; not a medical device."
+#: The files :func:`write_files` writes into an output folder.
+OUTPUT_FILES = ("result.json", "levels.csv", "vertebrae.nii.gz", "roi.nii.gz", "report.png")
+
 #: What :func:`render_png` imports: a standalone Figure and the Agg canvas that writes PNG (no pyplot,
 #: which imports about twice as much and may pick a GUI backend).
 PLOTTING_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
-
-
-@dataclass(frozen=True)
-class Result:
-    """Everything one run produced, ready to be written.
-
-    Attributes
-    ----------
-    ct, seg, levels, roi_labels, calibration, phase, patient, warnings :
-        Stage outputs; ``roi_labels`` is uint8 on the CT's canonical grid.
-    dl : ctbmd.model.store.ModelOutput or None
-        A learned model's values (``ctbmd run --model``).
-    """
-
-    ct: CTVolume
-    seg: SpineSegmentation
-    levels: list[LevelMeasurement]
-    roi_labels: np.ndarray
-    calibration: Calibration
-    phase: ContrastPhase
-    patient: PatientClassification
-    warnings: list[str]
-    dl: object = None
-
-
-def _r(v, nd=1):
-    return None if v is None else round(float(v), nd)
-
-
-def result_dict(res: Result) -> dict:
-    """The ``result.json`` content (schema :data:`SCHEMA_VERSION`)."""
-    cal = res.calibration
-    info = res.ct.info
-    levels = []
-    for m in res.levels:
-        bmd = cal.to_mg_cm3(m.hu_mean if m.hu_mean is not None else m.hu_median)
-        ci = cal.interval_mg_cm3(m.hu_mean if m.hu_mean is not None else m.hu_median)
-        levels.append({
-            "level": m.level, "verse_label": VERSE_LABELS[m.level], "centroid_lps_mm": list(m.centroid_lps_mm),
-            "roi_voxels": m.roi_voxels, "roi_volume_mm3": m.roi_volume_mm3,
-            "trabecular_hu_median": _r(m.hu_median), "trabecular_hu_mean": _r(m.hu_mean),
-            "trabecular_hu_sd": _r(m.hu_sd), "bmd_mg_cm3": _r(bmd),
-            "bmd_ci95_mg_cm3": None if ci is None else [_r(ci[0]), _r(ci[1])],
-            "bmd_from_median_mg_cm3": _r(cal.to_mg_cm3(m.hu_median)), "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(bmd)),
-            "heights_mm": m.heights_mm, "flags": list(m.flags), "used_for_patient": m.level in res.patient.levels_used,
-        })
-    p = res.patient
-    out = {
-        "schema_version": SCHEMA_VERSION, "ctbmd_version": __version__, "disclaimer": DISCLAIMER,
-        "input": {"path": info.path, "format": "dicom" if info.format == "dicom" else info.format,
-                  "shape": list(info.input_grid.size), "spacing_mm": [round(s, 4) for s in info.input_grid.spacing_mm],
-                  "series_uid": info.series_uid, "patient_id": info.patient_id, "kvp": info.kvp, "convolution_kernel": info.convolution_kernel,
-                  "contrast_phase": res.phase.phase, "contrast_evidence": res.phase.evidence,
-                  "aorta_hu": res.phase.aorta_hu, "frame": "LPS (DICOM patient coordinates), mm"},
-        "segmentation": {"backend": res.seg.backend, "levels": list(res.seg.levels), "anchors": res.seg.anchors,
-                         "label_map": "VerSe (T1=8 ... T12=19, L1=20 ... L5=24)",
-                         "levels_in_label_map": _levels_in(res.seg.boxes)},
-        "labelling": labelling_dict(res.seg.labelling),
-        "calibration": {"ok": cal.ok, "method": cal.method, "description": cal.description,
-                        "convention": "Mindways QCT Pro: HU = sigma_ct * BMD + beta_ct, BMD in mg/cm3 K2HPO4; "
-                                      "BMD from the trabecular ROI mean HU",
-                        "sigma_ct_hu_per_mg_cm3": cal.sigma_ct, "beta_ct_hu": cal.beta_ct,
-                        "sigma_ct_95": None if cal.sigma_ct_95 is None else list(cal.sigma_ct_95),
-                        "slope": _r(cal.slope, 6), "intercept": _r(cal.intercept, 3),
-                        "units": "bmd_mg_cm3 = slope * HU + intercept = (HU - beta_ct) / sigma_ct (K2HPO4-equivalent)",
-                        "effective_energy_kev": cal.effective_energy_kev, "energy_sd_kev": cal.energy_sd_kev,
-                        "kvp": cal.kvp, "kvp_source": cal.kvp_source, "water_equivalent_diameter_cm": cal.dw_cm,
-                        "reason": cal.reason, "qc_flags": list(cal.qc_flags),
-                        "reference_tissues": {n: asdict(t) for n, t in cal.tissues.items()},
-                        "residuals_hu": cal.residuals_hu, "details": cal.details,
-                        "caha_conversion": "HA = 1.15 * K2HPO4 - 7.32 (Faulkner 1993)"},
-        "levels": levels,
-        "patient": {"bmd_mg_cm3": p.bmd_mg_cm3,
-                    "bmd_ci95_mg_cm3": None if p.bmd_ci95_mg_cm3 is None else list(p.bmd_ci95_mg_cm3),
-                    "bmd_ci95_covers": "the calibration's uncertainty only (effective energy, or the rod fit); "
-                                       "ROI noise and partial volume are not in it",
-                    "category_certain": p.category_certain, "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(p.bmd_mg_cm3)),
-                    "trabecular_hu_mean": p.hu_mean, "trabecular_hu_median": p.hu_median_mean, "levels_used": list(p.levels_used), "category": p.category,
-                    "category_system": p.category_system,
-                    "thresholds_mg_cm3": {"osteoporosis_below": 80.0, "normal_above": 120.0},
-                    "pickhardt_l1": p.pickhardt, "notes": list(p.notes)},
-        "warnings": list(res.warnings),
-    }
-    if res.dl is not None:
-        _add_model_values(out, res.dl)
-    return out
-
-
-def _levels_in(boxes: dict[int, tuple]) -> list[str]:
-    from ctbmd.types import LEVEL_ORDER, VERSE_NAMES
-
-    names = [VERSE_NAMES[v] for v in boxes if v in VERSE_NAMES]
-    return sorted(names, key=LEVEL_ORDER.index)
-
-
-def labelling_dict(rec: LabellingRecord | None) -> dict | None:
-    """The ``labelling`` block of ``result.json`` (None for a label map or TotalSegmentator).
-
-    Per vertebra, cranial to caudal: the name given, body centre (LPS mm), disc-to-disc
-    height and body width (mm), whether discs bound it on both sides, the rib seen on
-    each side (confidence 0-1 and lateral reach in mm), the lung fraction beside the
-    body, and the sacral-ala score; then the anchors in view, the chosen labelling,
-    its runner-up and the log-likelihood margin between them.
-    """
-    if rec is None:
-        return None
-    verts = []
-    for v in rec.vertebrae:
-        verts.append({
-            "name": v.name, "centre_lps_mm": list(v.centre_lps_mm), "height_mm": v.height_mm, "width_mm": v.width_mm,
-            "complete": v.complete,
-            "ribs": {"left": {"confidence": v.rib_left, "reach_mm": v.rib_reach_left_mm},
-                     "right": {"confidence": v.rib_right, "reach_mm": v.rib_reach_right_mm}},
-            "lung_fraction": v.lung, "sacral_alae": v.sacral, "ala_reach_mm": v.ala_mm})
-    return {
-        "method": "builtin: canal-tracked column, discs, evidence per vertebra (ribs, lung, sacral alae, size), "
-                  "every labelling scored (standard and transitional anatomy)",
-        "best": rec.best, "runner_up": rec.runner_up,
-        "runner_up_names": None if rec.runner_up_names is None else list(rec.runner_up_names),
-        "margin": None if not np.isfinite(rec.margin) else round(rec.margin, 2),
-        "margin_units": "natural log of the likelihood ratio of best over runner-up",
-        "anchors": [asdict(a) for a in rec.anchors], "refusal": rec.refusal, "vertebrae": verts}
-
-
-def _add_model_values(result: dict, dl) -> None:
-    """Add a model's per-level value (``bmd_dl_mg_cm3`` or ``t_score_dl``), its patient mean over the levels
-    the calibrated value used (or L1-L4 for a T-score) with the category, and the ``model`` provenance block."""
-    from ctbmd.classify import acr_category
-    from ctbmd.evaluate import who_category
-
-    key = "bmd_dl_mg_cm3" if dl.target == "bmd_mg_cm3" else "t_score_dl"
-    for lv in result["levels"]:
-        pred = dl.levels.get(lv["level"])
-        lv[key] = None if pred is None else round(pred.value, 2 if key == "t_score_dl" else 1)
-        lv["dl_member_sd"] = None if pred is None else round(pred.member_sd, 2)
-        if pred is not None and pred.class_probabilities:
-            lv["dl_class_probabilities"] = {k: round(v, 3) for k, v in pred.class_probabilities.items()}
-    p = result["patient"]
-    used = p["levels_used"] if key == "bmd_dl_mg_cm3" else ["L1", "L2", "L3", "L4"]
-    vals = [dl.levels[lv].value for lv in used if lv in dl.levels]
-    value = float(np.mean(vals)) if vals else None
-    p[key] = None if value is None else round(value, 2 if key == "t_score_dl" else 1)
-    p["category_dl"] = None if value is None else (acr_category(value) if key == "bmd_dl_mg_cm3" else who_category(value))
-    p["category_dl_system"] = "ACR-QCT" if key == "bmd_dl_mg_cm3" else "WHO (T-score)"
-    result["model"] = dl.model
 
 
 CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular_hu_sd", "bmd_mg_cm3",
@@ -333,11 +190,15 @@ def _model_line(result: dict) -> str:
     return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"
 
 
-def write_outputs(res: Result, out_dir: str | Path) -> dict:
-    """Write all outputs of a run into ``out_dir`` (each atomically); return the result dict."""
+def write_files(res: Result, out_dir: str | Path) -> dict:
+    """Write :data:`OUTPUT_FILES` of ``res`` into ``out_dir``, each atomically; return the result dict.
+
+    ``out_dir`` is created when missing. Files already there with these names
+    are replaced one by one; use :func:`write_outputs` to replace them all or none.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = result_dict(res)
+    result = res.to_dict()
 
     def label_maps() -> None:
         write_image_atomic(labels_on_input_grid(res.seg.labels, res.ct), out / "vertebrae.nii.gz")
@@ -351,4 +212,30 @@ def write_outputs(res: Result, out_dir: str | Path) -> dict:
         write_atomic(out / "report.png", lambda p: render_png(res, result, p))
         write_atomic(out / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
         maps.result()
+    return result
+
+
+def write_outputs(res: Result, out_dir: str | Path) -> dict:
+    """Write the outputs of ``res`` into ``out_dir`` only once all of them are written; return the result dict.
+
+    The files are written into a hidden staging folder next to ``out_dir``
+    (``.<name>-XXXX``) and moved in when every one has succeeded, so an error
+    (a full disk, a drawing failure) leaves ``out_dir`` as it was and no staging
+    folder behind.
+
+    Raises
+    ------
+    OSError
+        ``out_dir`` or its parent cannot be created or written.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        result = write_files(res, staging)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in staging.iterdir():
+            f.replace(out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return result

@@ -541,3 +541,46 @@ class PatientClassification:
     bmd_ci95_mg_cm3: tuple[float, float] | None = None
     category_certain: bool | None = None
     hu_median_mean: float | None = None
+
+
+@dataclass(frozen=True)
+class LevelPrediction:
+    """The model's value for one level.
+
+    Attributes
+    ----------
+    level : str
+    value : float
+        mg/cm³ (K2HPO4-equivalent, as the training reference) or a T-score.
+    member_sd : float
+        SD of the ensemble members' values (a spread, not a confidence interval).
+    class_probabilities : dict or None
+        ``normal``/``osteopenia``/``osteoporosis`` -> probability when the model has a class head.
+    """
+
+    level: str
+    value: float
+    member_sd: float
+    class_probabilities: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What a model added to one run.
+
+    Attributes
+    ----------
+    model : dict
+        :meth:`ctbmd.model.store.BmdModel.describe`.
+    target : str
+        ``bmd_mg_cm3`` or ``t_score``.
+    levels : dict
+        Level -> :class:`LevelPrediction`.
+    skipped : dict
+        Level -> why it has no model value.
+    """
+
+    model: dict
+    target: str
+    levels: dict[str, LevelPrediction]
+    skipped: dict[str, str]

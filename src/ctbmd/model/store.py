@@ -23,36 +23,17 @@ state.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec, VertebraCrop
+from ctbmd.result import Result
+from ctbmd.types import LevelPrediction, ModelOutput  # the model's results, in the types layer
 
 MODEL_FORMAT = "ctbmd-bmd-model 1"
-
-
-@dataclass(frozen=True)
-class LevelPrediction:
-    """The model's value for one level.
-
-    Attributes
-    ----------
-    level : str
-    value : float
-        mg/cm³ (K2HPO4-equivalent, as the training reference) or a T-score.
-    member_sd : float
-        SD of the ensemble members' values (a spread, not a confidence interval).
-    class_probabilities : dict or None
-        ``normal``/``osteopenia``/``osteoporosis`` -> probability when the model has a class head.
-    """
-
-    level: str
-    value: float
-    member_sd: float
-    class_probabilities: dict[str, float] | None = None
 
 
 @dataclass
@@ -181,34 +162,37 @@ def load_model(path: str | Path) -> BmdModel:
                     spec=CropSpec(size=pre["crop_size"], spacing_mm=pre["crop_spacing_mm"]))
 
 
-@dataclass(frozen=True)
-class ModelOutput:
-    """What a model added to one run.
+def add_model(result: Result, model: BmdModel) -> Result:
+    """Apply a learned model to an analysed scan: the step after :func:`ctbmd.pipeline.analyse`.
 
-    Attributes
+    Every measured level is cropped around its trabecular ROI
+    (:func:`ctbmd.model.crops.extract_crops`, the geometry in ``model.spec``)
+    and predicted by the ensemble.
+
+    Parameters
     ----------
-    model : dict
-        :meth:`BmdModel.describe`.
-    target : str
-        ``bmd_mg_cm3`` or ``t_score``.
-    levels : dict
-        Level -> :class:`LevelPrediction`.
-    skipped : dict
-        Level -> why it has no model value.
+    result : Result
+        The pipeline's analysis of one scan.
+    model : BmdModel
+        From :func:`load_model`.
+
+    Returns
+    -------
+    Result
+        ``result`` with ``dl`` set (:class:`~ctbmd.types.ModelOutput`) and one
+        warning per level the model could not read.
+
+    Raises
+    ------
+    InvalidInputError
+        The crops do not have the shape the model expects.
     """
-
-    model: dict
-    target: str
-    levels: dict[str, LevelPrediction]
-    skipped: dict[str, str]
-
-
-def apply_model(model: BmdModel, ct, roi_labels: np.ndarray, levels, calibration, phase) -> ModelOutput:
-    """Crop every measured level of one analysed scan and predict it (see :func:`extract_crops`
-    for the arguments)."""
     from ctbmd.model.crops import extract_crops
 
-    crops, skipped = extract_crops(ct, roi_labels, levels, calibration, phase, model.spec)
+    crops, skipped = extract_crops(result.ct, result.roi_labels, result.levels, result.calibration,
+                                   result.phase, model.spec)
     preds = model.predict(crops)
-    return ModelOutput(model=model.describe(), target=model.target, levels={p.level: p for p in preds},
-                       skipped=skipped)
+    dl = ModelOutput(model=model.describe(), target=model.target, levels={p.level: p for p in preds},
+                     skipped=skipped)
+    notes = tuple(f"{lv}: no model value ({why})" for lv, why in skipped.items())
+    return replace(result, dl=dl, warnings=tuple(result.warnings) + notes)

@@ -25,10 +25,24 @@ from ctbmd.types import CTVolume, Grid
 WORK_SPACING_MM = 2.0
 #: Threshold (HU) of the body outline: everything denser than lung and air.
 BODY_HU = -400.0
+
+
+def _work_threads() -> int:
+    """Threads for the labeller's array work: ``CTBMD_THREADS`` when set (a positive integer), else two.
+
+    ``ctbmd batch`` sets ``CTBMD_THREADS`` in its worker processes to the cores
+    each worker has (cores // workers), so parallel scans do not contend.
+    """
+    text = os.environ.get("CTBMD_THREADS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    return min(2, os.cpu_count() or 1)
+
+
 #: Threads for the labeller's independent array work (scipy.ndimage filters and interpolation,
 #: sparse products and KD-tree queries release the GIL): two, the cores of the machine ctbmd is
-#: timed on (issue 13); more would only contend with the other scans of a batch.
-WORK_THREADS = min(2, os.cpu_count() or 1)
+#: timed on (issue 13), or ``CTBMD_THREADS`` (:func:`_work_threads`).
+WORK_THREADS = _work_threads()
 
 
 @dataclass(frozen=True)
