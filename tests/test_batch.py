@@ -289,6 +289,26 @@ def test_discovery_chooses_the_ct_series_per_study_and_names_scans_uniquely(inpu
     assert [(j.scan_id, j.kvp) for j in m.jobs] == [("b", 120.0)] and m.failures[0].scan_id == "c"
     from ctbmd.errors import UsageError
 
-    (tmp_path / "bad.csv").write_text("path,scan_id\na.nii.gz,x\nb.nii.gz,x\n")
-    with pytest.raises(UsageError, match="rows 2 and 3"):
+    (tmp_path / "bad.csv").write_text("path,scan_id\na.nii.gz,x\nb.nii.gz,X\n")
+    with pytest.raises(UsageError, match="rows 2 and 3"):  # one folder on a case-insensitive file system
         read_manifest(tmp_path / "bad.csv")
+    (tmp_path / "comma.csv").write_text("path,kvp\n/data/Doe, John/ct.nii.gz,120\n")
+    with pytest.raises(UsageError, match="row 2: more fields than columns"):
+        read_manifest(tmp_path / "comma.csv")
+
+
+def test_a_scan_whose_manifest_row_changed_is_redone(inputs, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from ctbmd.batch import read_manifest, run_batch
+
+    manifest = tmp_path / "m.csv"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        kvps = []
+        for kvp, expect_skipped in ((120, 0), (120, 1), (100, 0)):
+            manifest.write_text(f"path,kvp,scan_id\n{inputs['p00']},{kvp},p00\n")
+            summary = run_batch(read_manifest(manifest), tmp_path / "out", client=client)
+            assert (summary.done, summary.skipped) == (1, expect_skipped), kvp
+            kvps.append(_read_csv(tmp_path / "out" / "cohort.csv")[0]["kvp"])
+    assert kvps == ["120.0", "120.0", "100.0"]  # the new kVp is in the table, not the old result

@@ -77,7 +77,7 @@ def analyse(source: str | Path | CTVolume, *, segmenter: str = "builtin", labels
     """
     if labels is not None and segmenter == "builtin":
         segmenter = "labels"
-    measured = parse_levels(levels) if isinstance(levels, str) else tuple(levels)
+    measured = parse_levels(levels if isinstance(levels, str) else ",".join(levels))  # checked and ordered
     loaded = load_model(model) if isinstance(model, (str, Path)) else model  # before the scan: fail early
     res = analyse_scan(source, segmenter=segmenter, labels=labels, label_map=label_map, series_uid=series_uid,
                        progress=progress, levels=measured, kvp=kvp, rods=rods, scanner_profile=scanner_profile)

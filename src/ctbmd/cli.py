@@ -149,12 +149,14 @@ def batch(
     with _one_line_errors(debug):
         require_optional(("distributed", "pyarrow"), "ctbmd batch", "pip install 'ctbmd[batch]'")
         from ctbmd.batch import AnalysisOptions, find_scans, read_manifest, run_batch
-        from ctbmd.batch.discover import combine
         from ctbmd.batch.runner import check_out_dir
         from ctbmd.pipeline import check_kvp
 
         if not inputs and manifest is None:
             raise UsageError("give input folders or files, or --manifest CSV")
+        if inputs and manifest is not None:
+            raise UsageError("give input folders or files, or --manifest CSV, not both: a scan found in both "
+                             "would be named twice")
         if segmenter == "labels":
             raise UsageError("a batch takes label maps from the manifest's labels column, one per scan; "
                              "--segmenter is builtin or totalsegmentator")
@@ -172,10 +174,7 @@ def batch(
                                   str(scanner_profile.resolve()),
                                   model=None if model is None else str(model.resolve()))
         check_out_dir(out, options)  # a folder of another batch is refused before the inputs are searched
-        parts = [find_scans(inputs)] if inputs else []
-        if manifest is not None:
-            parts.append(read_manifest(manifest))
-        found = combine(*parts)
+        found = read_manifest(manifest) if manifest is not None else find_scans(inputs)
         if not quiet:
             err.print(f"found {len(found.jobs)} scans" + (f" and {len(found.failures)} inputs that are no scan"
                                                           if found.failures else ""))

@@ -298,8 +298,10 @@ def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = N
             continue
         normal = np.cross(iop[:3], iop[3:])
         uid = str(ds.get("SeriesInstanceUID", "") or "")
+        # without a UID, slices of one series share a study, a folder, a series number, orientation and size
         key = uid or "no-uid/" + "/".join(
-            [str(ds.get("SeriesNumber", "")), str(np.round(iop, 3).tolist()), f"{ds.Rows}x{ds.get('Columns', '')}"])
+            [str(ds.get("StudyInstanceUID", "")), os.path.dirname(str(f)), str(ds.get("SeriesNumber", "")),
+             str(np.round(iop, 3).tolist()), f"{ds.Rows}x{ds.get('Columns', '')}"])
         groups.setdefault(key, []).append((str(f), ds if keep_headers else None))
         if key not in meta:
             meta[key] = (str(ds.get("Modality", "")), image_type, abs(normal[2]) > np.cos(np.radians(30)),

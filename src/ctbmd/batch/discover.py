@@ -122,8 +122,13 @@ def scrub(text: str | None, terms: Iterable[str]) -> str | None:
 
 
 def _walk_volumes(folder: Path) -> list[Path]:
+    """Volume files under ``folder``, skipping hidden folders and batch output folders (those
+    holding ``batch.json``: their label maps and ROIs are no CT, e.g. an ``--out`` inside the input)."""
     out = []
     for root, dirs, files in os.walk(folder):
+        if "batch.json" in files:
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         out += [Path(root) / f for f in sorted(files) if volume_format(f) is not None]
     return out
@@ -213,9 +218,14 @@ def read_manifest(path: str | Path) -> Discovery:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip().lower() for h in reader.fieldnames or []]
-            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
+            raw = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UsageError(f"cannot read the manifest ({type(exc).__name__})", path) from None
+    rows = []
+    for i, r in enumerate(raw, start=2):
+        if None in r:
+            raise UsageError(f"row {i}: more fields than columns (quote a path that holds a comma)", path)
+        rows.append({(k or "").strip().lower(): (v or "").strip() for k, v in r.items()})
     if "path" not in header:
         raise UsageError(f"the manifest needs a 'path' column (columns: {', '.join(MANIFEST_COLUMNS)})", path)
     jobs: list[ScanJob] = []
@@ -230,9 +240,9 @@ def read_manifest(path: str | Path) -> Discovery:
         scan_id = row.get("scan_id") or scan_id_for(source, uid)
         if not SCAN_ID_PATTERN.match(scan_id):
             raise UsageError(f"row {i}: scan_id {scan_id!r} is not a folder name ([A-Za-z0-9._-], 120 at most)", path)
-        if scan_id in seen:
-            raise UsageError(f"rows {seen[scan_id]} and {i}: scan_id {scan_id!r} twice", path)
-        seen[scan_id] = i
+        if scan_id.casefold() in seen:  # case-insensitive file systems would share one folder
+            raise UsageError(f"rows {seen[scan_id.casefold()]} and {i}: scan_id {scan_id!r} twice", path)
+        seen[scan_id.casefold()] = i
         try:
             kvp = float(row["kvp"]) if row.get("kvp") else None
         except ValueError:
@@ -278,11 +288,3 @@ def _unique(jobs: list[ScanJob], failures: list[ScanOutcome], notes: list[str],
     return Discovery(tuple(by_id[k] for k in sorted(by_id)), tuple(failed[k] for k in sorted(failed)), tuple(notes),
                      {k: v for k, v in phi.items() if k in by_id})
 
-
-def combine(*parts: Discovery) -> Discovery:
-    """One :class:`Discovery` from several (folders and a manifest), each scan once."""
-    jobs = [j for d in parts for j in d.jobs]
-    failures = [f for d in parts for f in d.failures]
-    notes = [n for d in parts for n in d.notes]
-    phi = {k: v for d in parts for k, v in d.phi.items()}
-    return _unique(jobs, failures, notes, phi)

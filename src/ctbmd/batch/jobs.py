@@ -58,6 +58,12 @@ class ScanJob:
     kvp: float | None = None
     labels: str | None = None
 
+    def fingerprint(self) -> dict:
+        """What makes this scan this scan: source, series, per-scan kVp and label map, and the number of
+        files of a listed series. A finished scan whose ``scan.json`` records another fingerprint is redone."""
+        return {"source": self.source, "series_uid": self.series_uid, "kvp": self.kvp, "labels": self.labels,
+                "n_files": None if self.files is None else len(self.files)}
+
 
 @dataclass(frozen=True)
 class AnalysisOptions:
@@ -122,6 +128,22 @@ def is_done(out_dir: str | Path, scan_id: str) -> bool:
     return (scan_folder(out_dir, scan_id) / "result.json").is_file()
 
 
+def done_with(out_dir: str | Path, job: ScanJob) -> bool:
+    """True when ``job``'s folder is in place and was made from the same inputs (:meth:`ScanJob.fingerprint`).
+
+    A folder whose ``scan.json`` is missing, unreadable or records other inputs
+    (a manifest row given another kVp, label map or path; a series that has
+    gained slices) is not done: the batch redoes it.
+    """
+    if not is_done(out_dir, job.scan_id):
+        return False
+    try:
+        record = json.loads((scan_folder(out_dir, job.scan_id) / SCAN_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("fingerprint") == job.fingerprint()
+
+
 @lru_cache(maxsize=2)
 def _model(path: str):
     """A model folder loaded once per worker process."""
@@ -165,7 +187,7 @@ def run_job(job: ScanJob, options: AnalysisOptions, out_dir: str) -> ScanOutcome
                            round(time.perf_counter() - start, 2))
 
     final = scan_folder(out_dir, job.scan_id)
-    if is_done(out_dir, job.scan_id):
+    if done_with(out_dir, job):
         return outcome(EXIT_OK)
     try:
         ct, _ = read_ct(job.source, job.series_uid, job.files)
@@ -179,6 +201,7 @@ def run_job(job: ScanJob, options: AnalysisOptions, out_dir: str) -> ScanOutcome
         try:
             write_files(res, staging)
             record = {"scan_id": job.scan_id, "source": job.source, "series_uid": job.series_uid,
+                      "fingerprint": job.fingerprint(),
                       "seconds": round(time.perf_counter() - start, 2), "ctbmd_version": __version__,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             write_atomic(staging / SCAN_RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
@@ -186,7 +209,7 @@ def run_job(job: ScanJob, options: AnalysisOptions, out_dir: str) -> ScanOutcome
             try:
                 os.rename(staging, final)
             except OSError:
-                if not is_done(out_dir, job.scan_id):  # else: another attempt finished it first
+                if not done_with(out_dir, job):  # else: another attempt finished it first
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)

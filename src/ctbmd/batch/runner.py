@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ctbmd import __version__
 from ctbmd.batch.discover import Discovery, scrub
-from ctbmd.batch.jobs import (SCANS_DIR, STAGING_DIR, AnalysisOptions, ScanJob, ScanOutcome, is_done, run_job,
+from ctbmd.batch.jobs import (SCANS_DIR, STAGING_DIR, AnalysisOptions, ScanJob, ScanOutcome, done_with, run_job,
                               scan_folder)
 from ctbmd.batch.tables import scan_rows, write_tables
 from ctbmd.errors import EXIT_INTERNAL, UsageError
@@ -176,11 +176,23 @@ def _clean(out: Path) -> None:
 
 
 def _read_rows(out: Path, scan_id: str) -> list[dict] | None:
+    """The cohort rows of a finished scan, or None when its ``result.json`` is missing or malformed.
+
+    Raises
+    ------
+    OSError
+        The file exists but cannot be read now (an I/O or network error): the
+        scan is neither redone nor removed on a passing fault.
+    """
+    path = scan_folder(out, scan_id) / "result.json"
     try:
-        result = json.loads((scan_folder(out, scan_id) / "result.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        text = path.read_bytes()
+    except FileNotFoundError:
         return None
-    return scan_rows(scan_id, result)
+    try:
+        return scan_rows(scan_id, json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @contextmanager
@@ -258,9 +270,10 @@ def run_batch(discovery: Discovery, out_dir: str | Path, options: AnalysisOption
         rows: dict[str, list[dict]] = {}
         todo: list[ScanJob] = []
         for job in discovery.jobs:
-            got = _read_rows(out, job.scan_id) if is_done(out, job.scan_id) else None
+            got = _read_rows(out, job.scan_id) if done_with(out, job) else None
             if got is None:
-                shutil.rmtree(scan_folder(out, job.scan_id), ignore_errors=True)  # absent, or unreadable: redo
+                # absent, malformed, or made from other inputs: redone, so the old folder goes
+                shutil.rmtree(scan_folder(out, job.scan_id), ignore_errors=True)
                 todo.append(job)
             else:
                 rows[job.scan_id] = got
