@@ -110,7 +110,7 @@ def classify_patient(levels: list[LevelMeasurement], calibration: Calibration,
     if len(used) < 2:
         notes.append("fewer than two usable lumbar levels: no patient category")
         return PatientClassification(None, None, used, None, "ACR-QCT", pick, tuple(notes))
-    hu = sum(_roi_mean(usable[n]) for n in used) / 2
+    hu = sum(usable[n].reported_hu for n in used) / 2
     hu_median = sum(usable[n].hu_median for n in used) / 2
     bmd = calibration.to_mg_cm3(hu)
     ci = calibration.interval_mg_cm3(hu)
@@ -129,7 +129,3 @@ def classify_patient(levels: list[LevelMeasurement], calibration: Calibration,
         notes=tuple(notes), bmd_ci95_mg_cm3=None if ci is None else (round(ci[0], 1), round(ci[1], 1)),
         category_certain=certain, hu_median_mean=round(hu_median, 1))
 
-
-def _roi_mean(m: LevelMeasurement) -> float:
-    """The ROI mean HU that QCT reports (the median when no mean was recorded)."""
-    return m.hu_mean if m.hu_mean is not None else m.hu_median

@@ -71,7 +71,7 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
 ) -> None:
     """Measure per-vertebra trabecular BMD and classify the patient (ACR-QCT)."""
-    from ctbmd.api import load_model, run as run_scan
+    from ctbmd.api import run as run_scan
     from ctbmd.pipeline import STAGES
     from ctbmd.segment import parse_levels
 
@@ -84,7 +84,7 @@ def run(
             raise UsageError("--segmenter labels needs --labels FILE")
         options = dict(segmenter=segmenter, labels=labels, label_map=label_map, series_uid=series_uid,
                        levels=parse_levels(levels), kvp=kvp, rods=rods, scanner_profile=scanner_profile,
-                       model=_cli_model(model, load_model))
+                       model=_cli_model(model))
         if quiet:
             result = run_scan(input, out, **options).to_dict()
         else:
@@ -160,15 +160,10 @@ def batch(
         if segmenter == "labels":
             raise UsageError("a batch takes label maps from the manifest's labels column, one per scan; "
                              "--segmenter is builtin or totalsegmentator")
-        if workers is not None and workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {workers}")
         if scheduler is not None and workers is not None:
             raise UsageError("--workers starts a local cluster; with --scheduler the cluster's workers run the scans")
         check_kvp(kvp)
-        if model is not None:
-            from ctbmd.api import load_model
-
-            _cli_model(model, load_model)  # fails here, before the batch, if the model cannot be loaded
+        _cli_model(model)  # a model that cannot be loaded fails here, before the batch
         options = AnalysisOptions(segmenter=segmenter, label_map=label_map, levels=parse_levels(levels), kvp=kvp,
                                   rods=rods, scanner_profile=None if scanner_profile is None else
                                   str(scanner_profile.resolve()),
@@ -257,16 +252,14 @@ def calibrate_scanner(
     typer.echo(f"profile: {path}")
 
 
-def _cli_model(path: Path | None, load):
-    """The model folder of ``--model`` loaded with ``load``; errors name the option (the API's name ``a model``)."""
+def _cli_model(path: Path | None):
+    """The model folder of ``--model``, loaded; a missing PyTorch or MONAI is named with the option."""
     if path is None:
         return None
-    from ctbmd.errors import BackendUnavailableError
+    from ctbmd.api import load_model, require_dl
 
-    try:
-        return load(path)
-    except BackendUnavailableError as exc:
-        raise BackendUnavailableError(exc.reason.replace("a model needs", "--model needs"), exc.path) from None
+    require_dl("--model", path)
+    return load_model(path)
 
 
 @app.command()

@@ -77,8 +77,7 @@ class Result:
 
     def bmd_mg_cm3(self) -> dict[str, float | None]:
         """Level -> calibrated trabecular BMD (K2HPO4 mg/cm³, unrounded; None without a calibration)."""
-        cal = self.calibration
-        return {m.level: cal.to_mg_cm3(m.hu_mean if m.hu_mean is not None else m.hu_median) for m in self.levels}
+        return {m.level: self.calibration.to_mg_cm3(m.reported_hu) for m in self.levels}
 
 
 def _r(v, nd=1):
@@ -91,8 +90,8 @@ def result_dict(res: Result) -> dict:
     info = res.ct.info
     levels = []
     for m in res.levels:
-        bmd = cal.to_mg_cm3(m.hu_mean if m.hu_mean is not None else m.hu_median)
-        ci = cal.interval_mg_cm3(m.hu_mean if m.hu_mean is not None else m.hu_median)
+        bmd = cal.to_mg_cm3(m.reported_hu)
+        ci = cal.interval_mg_cm3(m.reported_hu)
         levels.append({
             "level": m.level, "verse_label": VERSE_LABELS[m.level], "centroid_lps_mm": list(m.centroid_lps_mm),
             "roi_voxels": m.roi_voxels, "roi_volume_mm3": m.roi_volume_mm3,

@@ -346,6 +346,11 @@ class LevelMeasurement:
         """True when the level may enter a patient-level value (no exclusion flag)."""
         return self.hu_median is not None and not set(EXCLUDING_FLAGS).intersection(self.flags)
 
+    @property
+    def reported_hu(self) -> float | None:
+        """The ROI HU that QCT reports and BMD is computed from: the mean, or the median when no mean was recorded."""
+        return self.hu_mean if self.hu_mean is not None else self.hu_median
+
 
 @dataclass(frozen=True)
 class ReferenceTissue:

@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ctbmd import __version__
@@ -295,9 +295,8 @@ def run_batch(discovery: Discovery, out_dir: str | Path, options: AnalysisOption
                 outcome = _scrubbed(outcome, discovery.phi.get(outcome.scan_id, ()))
                 got = _read_rows(out, outcome.scan_id) if outcome.ok else None
                 if outcome.ok and got is None:
-                    outcome = ScanOutcome(outcome.scan_id, outcome.source, outcome.series_uid, EXIT_INTERNAL,
-                                          "internal error: the finished folder has no readable result.json",
-                                          outcome.seconds)
+                    outcome = replace(outcome, exit_code=EXIT_INTERNAL,
+                                      reason="internal error: the finished folder has no readable result.json")
                 if got is not None:
                     rows[outcome.scan_id] = got
                 else:
@@ -348,8 +347,7 @@ def _execute(todo: list[ScanJob], options: AnalysisOptions, out: Path, workers: 
 def _scrubbed(outcome: ScanOutcome, terms: tuple[str, ...]) -> ScanOutcome:
     if not terms or outcome.reason is None:
         return outcome
-    return ScanOutcome(outcome.scan_id, outcome.source, outcome.series_uid, outcome.exit_code,
-                       scrub(outcome.reason, terms), outcome.seconds)
+    return replace(outcome, reason=scrub(outcome.reason, terms))
 
 
 class _Log:
