@@ -1,5 +1,7 @@
 """Shared fixtures: paths to the real CTs in ../shared/data and a CLI runner."""
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,19 @@ import pytest
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXAMPLE = DATA / "ts_example_ct"
 DICOM = DATA / "ts_example_dicom"
+
+
+def need_tool(name: str) -> str:
+    """The path of an external program (dciodvfy, chromium, Orthanc).
+
+    Skipped where it is missing locally; a failure in CI, since ``.ci/run`` installs them with apt-get.
+    """
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed, but .ci/run installs it")
+        pytest.skip(f"{name} not installed (.ci/run installs it: apt-get install dicom3tools chromium orthanc)")
+    return path
 
 
 def run_cli(*args, cwd=None):

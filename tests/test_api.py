@@ -47,8 +47,8 @@ def test_run_writes_the_files_and_returns_the_result(tmp_path):
     res = ctbmd.run(EXAMPLE / "ct.nii.gz", out, levels="L1-L4")
     written = json.loads((out / "result.json").read_text())
     assert written == json.loads(json.dumps(res.to_dict()))
-    assert sorted(p.name for p in out.iterdir()) == ["levels.csv", "report.png", "result.json", "roi.nii.gz",
-                                                     "vertebrae.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["levels.csv", "report.html", "report.png", "result.json",
+                                                     "roi.nii.gz", "vertebrae.nii.gz"]  # NIfTI input: no DICOM
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 

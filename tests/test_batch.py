@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import DATA
+from conftest import DATA, need_tool
 from ctbmd.errors import EXIT_BATCH_FAILURES, EXIT_INTERNAL, EXIT_INVALID_INPUT, EXIT_NO_SPINE
 
 N_PHANTOMS = 30
@@ -158,6 +159,40 @@ def test_every_scan_ends_in_cohort_or_failed_with_the_outcome_of_ctbmd_run(input
     table = pq.read_table(out / "cohort.parquet")
     assert table.num_rows == len(cohort) and str(table.schema.field("bmd_mg_cm3").type) == "double"
     assert "40 scans" in so and f"{len(failed)} failed" in so
+
+
+def test_cohort_html_links_every_report_and_lists_every_failure(full_run):
+    import html as html_lib
+    from urllib.parse import quote, unquote
+
+    out = full_run[0]
+    page = (out / "cohort.html").read_text()
+    cohort, failed = _read_csv(out / "cohort.csv"), _read_csv(out / "failed.csv")
+    done = sorted({r["scan_id"] for r in cohort})
+    links = re.findall(r'href="(scans/[^"]+/report\.html)"', page)
+    assert sorted(links) == sorted(f"scans/{quote(i)}/report.html" for i in done)
+    assert all((out / unquote(link)).is_file() for link in links)
+    for f in failed:
+        assert html_lib.escape(f["scan_id"]) in page and html_lib.escape(f["reason"]) in page
+    patients = [r for r in cohort if r["row"] == "patient"]
+    for category in ("normal", "osteopenia", "osteoporosis"):
+        n = sum(r["category"] == category for r in patients)
+        assert re.search(rf"<td>{category}</td><td>[^<]*</td><td>{n}</td>", page), category
+    assert PATIENT_NAME not in page and BIRTH_DATE not in page
+    chromium = need_tool("chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    messages = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page_ = browser.new_page()
+        page_.on("console", lambda m: messages.append((m.type, m.text)))
+        page_.on("pageerror", lambda e: messages.append(("pageerror", str(e))))
+        page_.goto((out / "cohort.html").as_uri())
+        rows = page_.locator("#scan-table tr").count()
+        histogram = page_.evaluate("document.querySelector('#distribution img').naturalWidth")
+        browser.close()
+    assert [m for m in messages if m[0] in ("error", "pageerror")] == []
+    assert rows == len(done) + 1 and histogram > 300
 
 
 def test_no_patient_name_or_birth_date_in_log_progress_or_failed(full_run):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pydicom
 import pytest
 from scipy import ndimage as ndi
 
@@ -89,3 +90,12 @@ def test_dicom_with_labels_measures_t12(tmp_path):
     t12 = next(lv for lv in result["levels"] if lv["level"] == "T12")
     assert t12["roi_voxels"] > 100 and t12["trabecular_hu_median"] is not None
     assert result["input"]["format"] == "dicom"
+    # this series' StudyInstanceUID and SeriesInstanceUID are empty (a type 1 violation left by its
+    # anonymiser), so no DICOM object could reference it: none is written, a warning says why, the rest stands
+    head = pydicom.dcmread(next((DICOM / "dicom").iterdir()), stop_before_pixels=True)
+    assert head.StudyInstanceUID == "" and head.SeriesInstanceUID == ""
+    assert result["warnings"][-1] == ("DICOM SEG/SR/SC not written (ValueError: the source slices have no "
+                                      "StudyInstanceUID, SeriesInstanceUID (required, type 1), so nothing could "
+                                      "reference them)")
+    assert "DICOM SEG/SR/SC not written" in (tmp_path / "report.html").read_text()
+    assert not any((tmp_path / n).exists() for n in ("vertebrae_seg.dcm", "bmd_sr.dcm", "report_sc.dcm"))

@@ -90,12 +90,14 @@ def analyse(source: str | Path | CTVolume, *, segmenter: str = "builtin", labels
     return res
 
 
-def run(source: str | Path | CTVolume, out_dir: str | Path, **options) -> Result:
+def run(source: str | Path | CTVolume, out_dir: str | Path, *, deidentify: bool = False, **options) -> Result:
     """Analyse one CT as :func:`analyse` does and write the files of ``ctbmd run`` into ``out_dir``.
 
     The files (``result.json``, ``levels.csv``, ``vertebrae.nii.gz``,
-    ``roi.nii.gz``, ``report.png``) appear together once all are written
-    (:func:`ctbmd.report.write_outputs`): a failure leaves ``out_dir`` as it was.
+    ``roi.nii.gz``, ``report.png``, ``report.html`` and, for a DICOM series,
+    ``vertebrae_seg.dcm``, ``bmd_sr.dcm``, ``report_sc.dcm``) appear together
+    once all are written (:func:`ctbmd.report.write_outputs`): a failure leaves
+    ``out_dir`` as it was.
 
     Parameters
     ----------
@@ -103,6 +105,10 @@ def run(source: str | Path | CTVolume, out_dir: str | Path, **options) -> Result
         As for :func:`analyse`.
     out_dir : str or Path
         Output folder; created when missing.
+    deidentify : bool
+        De-identify the DICOM outputs (DICOM PS3.15 Basic Profile) and leave the
+        input's path, patient ID and series UID out of the other files
+        (:func:`ctbmd.report.write_files`).
     **options
         The keyword options of :func:`analyse`.
 
@@ -125,7 +131,7 @@ def run(source: str | Path | CTVolume, out_dir: str | Path, **options) -> Result
     progress = options.get("progress")
     if progress:
         progress("report")
-    write_outputs(res, out_dir)
+    write_outputs(res, out_dir, deidentify)
     return res
 
 

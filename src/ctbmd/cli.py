@@ -2,8 +2,11 @@
 ``ctbmd calibrate-scanner PHANTOM_SCAN --rods SPEC --out profile.json``,
 ``ctbmd evaluate --pred PRED --ref REF.csv --out DIR`` and ``ctbmd train --manifest M.csv --out MODEL_DIR``.
 
+``ctbmd batch INPUTS... --out DIR`` and ``ctbmd pacs --url URL --series UID --out DIR [--push]``.
+
 Exit codes: 0 success, 2 bad usage, 3 unreadable or invalid input, 4 no spine
-or no identifiable level, 5 internal error (see :mod:`ctbmd.errors`).
+or no identifiable level, 5 internal error, 6 batch with failures, 7-9 PACS
+errors (see :mod:`ctbmd.errors`).
 """
 
 from __future__ import annotations
@@ -67,12 +70,13 @@ def run(
                                                             "or K:water pairs, or a JSON file."),
     scanner_profile: Optional[Path] = typer.Option(None, "--scanner-profile", help="Profile from `ctbmd "
                                                                                    "calibrate-scanner` (asynchronous QCT)."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="De-identify the DICOM SEG/SR/SC (DICOM PS3.15 "
+                                    "Basic Profile) and leave path, patient ID and series UID out of the other files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
 ) -> None:
     """Measure per-vertebra trabecular BMD and classify the patient (ACR-QCT)."""
     from ctbmd.api import run as run_scan
-    from ctbmd.pipeline import STAGES
     from ctbmd.segment import parse_levels
 
     if labels is not None and segmenter == "builtin":
@@ -85,17 +89,31 @@ def run(
         options = dict(segmenter=segmenter, labels=labels, label_map=label_map, series_uid=series_uid,
                        levels=parse_levels(levels), kvp=kvp, rods=rods, scanner_profile=scanner_profile,
                        model=_cli_model(model))
-        if quiet:
-            result = run_scan(input, out, **options).to_dict()
-        else:
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
-                task = bar.add_task("starting", total=len(STAGES))
+        with _stage_progress(quiet) as tick:
+            result = run_scan(input, out, progress=tick, deidentify=deidentify, **options).to_dict()
+    _print_summary(result, out)
 
-                def tick(stage: str) -> None:
-                    bar.update(task, description=f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}",
-                               completed=STAGES.index(stage))
 
-                result = run_scan(input, out, progress=tick, **options).to_dict()
+@contextmanager
+def _stage_progress(quiet: bool):
+    """A spinner naming the pipeline stage on stderr; yields the ``progress`` callback (None when quiet)."""
+    from ctbmd.pipeline import STAGES
+
+    if quiet:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=len(STAGES))
+
+        def tick(stage: str) -> None:
+            bar.update(task, description=f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}",
+                       completed=STAGES.index(stage))
+
+        yield tick
+
+
+def _print_summary(result: dict, out: Path) -> None:
+    """The levels, the patient category and the model's values, one line each, on stdout."""
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_mean']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
@@ -115,6 +133,41 @@ def run(
         typer.echo(f"model ({origin}): {values}; patient {p[key] if p[key] is not None else 'n/a'}{unit}, "
                    f"{p['category_dl'] or 'not classified'}")
     typer.echo(f"outputs: {out}")
+
+
+@app.command()
+def pacs(
+    url: str = typer.Option(..., "--url", help="Orthanc REST API, e.g. http://127.0.0.1:8042."),
+    series: str = typer.Option(..., "--series", help="SeriesInstanceUID of the CT series to analyse."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (the files of `ctbmd run`)."),
+    push: bool = typer.Option(False, "--push", help="Store the DICOM SEG, SR and Secondary Capture into the "
+                              "series' study (all or none)."),
+    user: Optional[str] = typer.Option(None, "--user", help="HTTP basic-auth user; the password is read from "
+                                       "the environment variable CTBMD_PACS_PASSWORD."),
+    levels: str = typer.Option("T11-L5", "--levels", help="Levels to measure, as for `ctbmd run`."),
+    kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV) when the header has none."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="De-identify the outputs (not with --push)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+) -> None:
+    """Pull a CT series from an Orthanc PACS, analyse it, and with --push store SEG, SR and SC back.
+
+    Exit codes beyond `run`'s: 7 PACS unreachable, 8 series not on the PACS, 9 PACS refused (nothing pushed).
+    """
+    import os
+
+    from ctbmd.pacs import PASSWORD_ENV, pull_analyse_push
+    from ctbmd.segment import parse_levels
+
+    logging.basicConfig(level=logging.WARNING)
+    with _one_line_errors(debug):
+        with _stage_progress(quiet) as tick:
+            res, pushed = pull_analyse_push(url, series, out, push=push, user=user,
+                                            password=os.environ.get(PASSWORD_ENV), deidentify=deidentify,
+                                            levels=parse_levels(levels), kvp=kvp, progress=tick)
+    _print_summary(res.to_dict(), out)
+    if push:
+        typer.echo(f"pushed to {url}: {len(pushed)} objects (SEG, SR, SC) into the source study")
 
 
 @app.command()

@@ -14,6 +14,11 @@ Exit codes (also in the README):
 4     no spine in view, or no vertebral level could be identified
 5     internal error (a bug: please report it)
 6     ``ctbmd batch`` finished, but some scans failed (see its ``failed.csv``)
+7     ``ctbmd pacs``: the PACS cannot be reached (connection refused, timeout,
+      not an Orthanc REST API at that URL)
+8     ``ctbmd pacs``: no series with that SeriesInstanceUID on the PACS
+9     ``ctbmd pacs``: the PACS refused the request (credentials, or no right
+      to store); nothing was pushed
 ====  ==========================================================
 """
 
@@ -27,6 +32,9 @@ EXIT_INVALID_INPUT = 3
 EXIT_NO_SPINE = 4
 EXIT_INTERNAL = 5
 EXIT_BATCH_FAILURES = 6
+EXIT_PACS_UNREACHABLE = 7
+EXIT_PACS_NOT_FOUND = 8
+EXIT_PACS_REFUSED = 9
 
 
 class CtbmdError(Exception):
@@ -81,6 +89,24 @@ class LabellingRefusedError(NoSpineError):
     def __init__(self, reason: str, path: str | Path | None = None, labelling=None):
         self.labelling = labelling
         super().__init__(reason, path)
+
+
+class PacsUnreachableError(CtbmdError):
+    """The PACS at the given URL cannot be reached or does not answer as Orthanc does (exit 7)."""
+
+    exit_code = EXIT_PACS_UNREACHABLE
+
+
+class SeriesNotFoundError(CtbmdError):
+    """No series with the requested SeriesInstanceUID on the PACS (exit 8)."""
+
+    exit_code = EXIT_PACS_NOT_FOUND
+
+
+class PacsRefusedError(CtbmdError):
+    """The PACS refused a request: bad credentials, or no right to store (exit 9)."""
+
+    exit_code = EXIT_PACS_REFUSED
 
 
 class BackendUnavailableError(UsageError):

@@ -462,7 +462,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
         manufacturer=str(attr("Manufacturer")) if attr("Manufacturer") is not None else None,
         patient_id=str(attr("PatientID")) if attr("PatientID") is not None else None,
         slice_thickness_mm=float(attr("SliceThickness")) if attr("SliceThickness") is not None else None,
-        notes=tuple(notes),
+        notes=tuple(notes), source_files=tuple(files),
     )
     return image, info
 

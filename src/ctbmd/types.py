@@ -104,6 +104,11 @@ class ScanInfo:
         DICOM SliceThickness (mm) when known.
     notes : tuple of str
         Human-readable remarks from reading, e.g. which DICOM series was chosen.
+    source_files : tuple of str
+        For a DICOM series: its slice files in the order of the input grid's
+        slice index k (inferior to superior for axial), so that slice k of any
+        map on the input grid belongs to ``source_files[k]`` (DICOM SEG frames,
+        :mod:`ctbmd.report.dicom`). Empty for other formats.
     """
 
     path: str
@@ -117,6 +122,7 @@ class ScanInfo:
     patient_id: str | None = None
     slice_thickness_mm: float | None = None
     notes: tuple[str, ...] = ()
+    source_files: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """A batch's tables: ``cohort.csv`` / ``cohort.parquet`` (one row per scan and level, plus one
-patient row per scan) and ``failed.csv`` (one row per scan that failed).
+patient row per scan), ``failed.csv`` (one row per scan that failed) and the ``cohort.html``
+summary (BMD distribution by category, failures, links to each scan's ``report.html``).
 
 The rows are built from each finished scan's ``result.json`` only, and sorted
 by scan ID (levels cranial to caudal, then the patient row), so a batch that
@@ -90,8 +91,31 @@ def _csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+def cohort_html(out_dir: str | Path, rows: dict[str, list[dict]], failed: Sequence[dict]) -> str:
+    """The ``cohort.html`` page (:func:`ctbmd.report.html.render_cohort_html`) of these rows and failures.
+
+    Each scan links to ``scans/<scan_id>/report.html``, relative to the batch folder.
+    """
+    from urllib.parse import quote
+
+    from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3
+    from ctbmd.report.html import render_cohort_html
+
+    patients = []
+    for scan_id in sorted(rows):
+        p = next((r for r in rows[scan_id] if r["row"] == "patient"), None)
+        if p is None:
+            continue
+        patients.append({"scan_id": scan_id, "bmd_mg_cm3": p["bmd_mg_cm3"], "category": p["category"],
+                         "category_certain": p["category_certain"], "levels_used": p["levels_used"],
+                         "warnings": len([w for w in (p["warnings"] or "").split("; ") if w]),
+                         "report": f"scans/{quote(scan_id)}/report.html"})
+    return render_cohort_html(patients, list(failed), (ACR_OSTEOPOROSIS_MG_CM3, ACR_NORMAL_MG_CM3),
+                              Path(out_dir).resolve().name)
+
+
 def write_tables(out_dir: str | Path, rows: dict[str, list[dict]], failures: Sequence[ScanOutcome]) -> list[Path]:
-    """Write ``cohort.csv``, ``cohort.parquet`` and ``failed.csv`` into ``out_dir`` (each atomically).
+    """Write ``cohort.csv``, ``cohort.parquet``, ``failed.csv`` and ``cohort.html`` into ``out_dir`` (each atomically).
 
     Parameters
     ----------
@@ -119,4 +143,5 @@ def write_tables(out_dir: str | Path, rows: dict[str, list[dict]], failures: Seq
                "reason": f.reason} for f in sorted(failures, key=lambda f: f.scan_id)]
     return [write_atomic(out / "cohort.csv", lambda p: p.write_text(_csv_text(names, ordered))),
             write_atomic(out / "cohort.parquet", lambda p: pq.write_table(table, p)),
-            write_atomic(out / "failed.csv", lambda p: p.write_text(_csv_text(FAILED_COLUMNS, failed)))]
+            write_atomic(out / "failed.csv", lambda p: p.write_text(_csv_text(FAILED_COLUMNS, failed))),
+            write_atomic(out / "cohort.html", lambda p: p.write_text(cohort_html(out, rows, failed), encoding="utf-8"))]

@@ -1,4 +1,5 @@
-"""Stage 5: result.json, levels.csv, vertebrae.nii.gz, roi.nii.gz and report.png.
+"""Stage 5: result.json, levels.csv, vertebrae.nii.gz, roi.nii.gz, report.png, report.html and,
+for a DICOM input, the DICOM SEG, SR and Secondary Capture (:mod:`ctbmd.report.dicom`).
 
 Every file is written through :func:`ctbmd.io.write_atomic` (temporary file,
 then rename); :func:`write_outputs` first writes them all into a staging
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import logging
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +24,12 @@ from ctbmd.io import labels_on_input_grid, write_atomic, write_image_atomic
 from ctbmd.result import DISCLAIMER, Result
 from ctbmd.types import VERSE_LABELS, LabellingRecord
 
-#: The files :func:`write_files` writes into an output folder.
-OUTPUT_FILES = ("result.json", "levels.csv", "vertebrae.nii.gz", "roi.nii.gz", "report.png")
+log = logging.getLogger(__name__)
+
+#: The files :func:`write_files` writes into an output folder (for a DICOM input also :data:`DICOM_FILES`).
+OUTPUT_FILES = ("result.json", "levels.csv", "vertebrae.nii.gz", "roi.nii.gz", "report.png", "report.html")
+#: The DICOM objects written for a DICOM input (:mod:`ctbmd.report.dicom`).
+DICOM_FILES = ("vertebrae_seg.dcm", "bmd_sr.dcm", "report_sc.dcm")
 
 #: What :func:`render_png` imports: a standalone Figure and the Agg canvas that writes PNG (no pyplot,
 #: which imports about twice as much and may pick a GUI backend).
@@ -50,12 +56,13 @@ def levels_csv(result: dict) -> str:
     return buf.getvalue()
 
 
-def render_png(res: Result, result: dict, path: Path) -> None:
+def render_png(res: Result, result: dict, path: Path, title: str | None = None) -> None:
     """The report picture: sagittal and coronal views and, for the builtin labeller, the labelled column.
 
     The sagittal and coronal views (through the measured vertebrae) outline every
     named vertebra, fill the trabecular ROIs of the measured ones and give their
-    BMD and flags. The third panel is the straightened column seen from behind
+    BMD and flags. ``title`` names the scan in the heading (default: the input's
+    file or folder name). The third panel is the straightened column seen from behind
     (:func:`_column_panel`): every vertebra with its name, the ribs found on each
     side and the sacrum, so the count can be checked at a glance.
     """
@@ -116,7 +123,8 @@ def render_png(res: Result, result: dict, path: Path) -> None:
         bmd += f", 95% {p['bmd_ci95_mg_cm3'][0]:.0f}-{p['bmd_ci95_mg_cm3'][1]:.0f}"
     if p.get("category_certain") is False:
         cat += " (uncertain)"
-    fig.suptitle(f"{Path(res.ct.info.path).name}: {cat.upper()} ({bmd}, {'+'.join(p['levels_used']) or '-'}, ACR-QCT)\n"
+    title = Path(res.ct.info.path).name if title is None else title
+    fig.suptitle(f"{title}: {cat.upper()} ({bmd}, {'+'.join(p['levels_used']) or '-'}, ACR-QCT)\n"
                  f"contrast: {result['input']['contrast_phase']}   {_calibration_line(result['calibration'])}   "
                  f"{DISCLAIMER}" + _model_line(result),
                  color="white", fontsize=10)
@@ -190,38 +198,99 @@ def _model_line(result: dict) -> str:
     return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"
 
 
-def write_files(res: Result, out_dir: str | Path) -> dict:
-    """Write :data:`OUTPUT_FILES` of ``res`` into ``out_dir``, each atomically; return the result dict.
+def deidentified_dict(result: dict) -> dict:
+    """``result`` without the input's path and patient ID (``input.deidentified`` is set true)."""
+    inp = {**result["input"], "path": None, "patient_id": None, "series_uid": None, "deidentified": True}
+    return {**result, "input": inp}
 
-    ``out_dir`` is created when missing. Files already there with these names
-    are replaced one by one; use :func:`write_outputs` to replace them all or none.
+
+def write_files(res: Result, out_dir: str | Path, deidentify: bool = False) -> dict:
+    """Write :data:`OUTPUT_FILES` of ``res`` (and, for a DICOM input, :data:`DICOM_FILES`) into ``out_dir``.
+
+    Each file is written atomically; ``out_dir`` is created when missing. Files
+    already there with these names are replaced one by one; use
+    :func:`write_outputs` to replace them all or none.
+
+    Parameters
+    ----------
+    res : Result
+    out_dir : str or Path
+    deidentify : bool
+        De-identify the DICOM objects (DICOM PS3.15 Basic Profile,
+        :func:`ctbmd.report.dicom.deidentify`), and leave the input's path,
+        patient ID and series UID out of ``result.json``, the picture's title and
+        ``report.html``.
+
+    Returns
+    -------
+    dict
+        The ``result.json`` content written. When the DICOM objects cannot be
+        made (a source header highdicom cannot use), the other files are still
+        written and a warning saying why is added to ``warnings``.
     """
+    from ctbmd.report.html import render_report_html, scan_title
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = res.to_dict()
+    if deidentify:
+        result = deidentified_dict(result)
+    title = scan_title(res.ct.info.path, deidentify)
+    dicom = res.ct.info.format == "dicom" and bool(res.ct.info.source_files)
 
-    def label_maps() -> None:
-        write_image_atomic(labels_on_input_grid(res.seg.labels, res.ct), out / "vertebrae.nii.gz")
-        write_image_atomic(labels_on_input_grid(res.roi_labels, res.ct), out / "roi.nii.gz")
+    def maps_and_dicom():
+        vert = labels_on_input_grid(res.seg.labels, res.ct)
+        roi = labels_on_input_grid(res.roi_labels, res.ct)
+        write_image_atomic(vert, out / "vertebrae.nii.gz")
+        write_image_atomic(roi, out / "roi.nii.gz")
+        if not dicom:
+            return None, None
+        import SimpleITK as sitk
 
-    # the label maps (array copies and zlib in SimpleITK, which release the GIL) are written in a
-    # second thread while matplotlib draws the picture; an error in either is raised here
+        from ctbmd.report.dicom import build_seg_and_sr
+
+        try:
+            return build_seg_and_sr(result, res.ct.info.source_files, sitk.GetArrayViewFromImage(vert),
+                                    sitk.GetArrayViewFromImage(roi), res.seg.backend), None
+        except Exception as exc:  # noqa: BLE001 - the analysis stands; the DICOM objects are reported missing
+            return None, exc
+
+    # the label maps and the DICOM SEG/SR (array work in SimpleITK and numpy, which release the GIL) are
+    # made in a second thread while matplotlib draws the picture; an error in either is raised here
     with ThreadPoolExecutor(max_workers=1) as pool:
-        maps = pool.submit(label_maps)
+        maps = pool.submit(maps_and_dicom)
         write_atomic(out / "levels.csv", lambda p: p.write_text(levels_csv(result)))
-        write_atomic(out / "report.png", lambda p: render_png(res, result, p))
-        write_atomic(out / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
-        maps.result()
+        write_atomic(out / "report.png", lambda p: render_png(res, result, p, title))
+        png = (out / "report.png").read_bytes()
+        partial, error = maps.result()
+    objects = None
+    if partial is not None:
+        from ctbmd.report.dicom import with_secondary_capture
+
+        try:
+            objects = with_secondary_capture(partial, png, deidentified=deidentify)
+        except Exception as exc:  # noqa: BLE001 - as above
+            error = exc
+    if error is not None:
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        log.warning("DICOM SEG/SR/SC not written: %s", reason)
+        result = {**result, "warnings": [*result["warnings"], f"DICOM SEG/SR/SC not written ({reason})"]}
+    page = render_report_html(result, png, title)
+    write_atomic(out / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
+    write_atomic(out / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+    if objects is not None:
+        for name, ds in zip(DICOM_FILES, (objects.seg, objects.sr, objects.sc)):
+            write_atomic(out / name, lambda p, ds=ds: ds.save_as(p, enforce_file_format=True))
     return result
 
 
-def write_outputs(res: Result, out_dir: str | Path) -> dict:
+def write_outputs(res: Result, out_dir: str | Path, deidentify: bool = False) -> dict:
     """Write the outputs of ``res`` into ``out_dir`` only once all of them are written; return the result dict.
 
     The files are written into a hidden staging folder next to ``out_dir``
     (``.<name>-XXXX``) and moved in when every one has succeeded, so an error
     (a full disk, a drawing failure) leaves ``out_dir`` as it was and no staging
-    folder behind.
+    folder behind. ``deidentify`` as for :func:`write_files`.
 
     Raises
     ------
@@ -232,7 +301,7 @@ def write_outputs(res: Result, out_dir: str | Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        result = write_files(res, staging)
+        result = write_files(res, staging, deidentify)
         out.mkdir(parents=True, exist_ok=True)
         for f in staging.iterdir():
             f.replace(out / f.name)
