@@ -4,6 +4,7 @@ series that is not CT, a user without the right to store) each give one line, th
 push nothing. The server is started and stopped inside this module, and no process is left behind."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,9 @@ def test_round_trip_pushes_seg_sr_and_sc_into_the_source_study(server, tmp_path)
     # the pushed objects are the files written locally
     local = pydicom.dcmread(tmp_path / "out" / "bmd_sr.dcm", stop_before_pixels=True)
     assert local.SOPInstanceUID == sr.SOPInstanceUID
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["input"]["path"] == f"{url}/series/{series['CT']}"  # the PACS resource, not a temporary folder
+    assert result["input"]["series_uid"] == LIDC_SERIES and result["levels"]
 
 
 @pytest.mark.parametrize("case", ["orthanc_down", "wrong_uid", "not_ct", "no_write_right"])

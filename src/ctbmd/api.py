@@ -115,7 +115,9 @@ def run(source: str | Path | CTVolume, out_dir: str | Path, *, deidentify: bool 
     Returns
     -------
     Result
-        The analysis; ``result.to_dict()`` equals the ``result.json`` written.
+        The analysis; ``result.to_dict()`` equals the ``result.json`` written, except that
+        ``deidentify`` leaves out the input's path, patient ID and series UID, and that a
+        warning is added there when the DICOM objects of a DICOM input could not be made.
 
     Raises
     ------

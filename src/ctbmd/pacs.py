@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ctbmd.errors import InvalidInputError, PacsRefusedError, PacsUnreachableError, SeriesNotFoundError, UsageError
@@ -257,6 +257,7 @@ def pull_analyse_push(url: str, series_uid: str, out_dir: str | Path, *, push: b
         Any refusal of the analysis (e.g. no spine); nothing is pushed.
     """
     from ctbmd.api import run
+    from ctbmd.io import read_ct
     from ctbmd.report import DICOM_FILES
 
     if push and deidentify:
@@ -268,7 +269,10 @@ def pull_analyse_push(url: str, series_uid: str, out_dir: str | Path, *, push: b
         raise InvalidInputError(f"series {series_uid} is not CT (Modality {series.modality or 'missing'})", url)
     with tempfile.TemporaryDirectory(prefix="ctbmd-pacs-") as tmp:
         pacs.download_series(series, tmp)
-        result = run(Path(tmp) / "dicom", out_dir, series_uid=series_uid, deidentify=deidentify, **options)
+        ct, _ = read_ct(Path(tmp) / "dicom", series_uid)
+        # the outputs name the series by its PACS resource, not by the temporary folder it was read from
+        ct = replace(ct, info=replace(ct.info, path=f"{pacs.url}/series/{series.orthanc_id}"))
+        result = run(ct, out_dir, deidentify=deidentify, **options)
     pushed: list[str] = []
     if push:
         try:

@@ -344,8 +344,9 @@ def build_sc(header, rgb: np.ndarray, identifying_text: bool):
         instance_number=1, manufacturer=MANUFACTURER, patient_orientation=("A", "F"),
         series_description="ctbmd BMD report image (research use only)")
     sc.BurnedInAnnotation = "YES" if identifying_text else "NO"
-    if "Laterality" not in sc:
-        sc.Laterality = None  # General Series Type 2C: present, empty (the picture is of the spine, unpaired)
+    if "Laterality" in sc:
+        del sc.Laterality
+    sc.ImageLaterality = "U"  # General Image: the spine is unpaired, which settles General Series Laterality (2C)
     sc.ImageComments = "ctbmd report: research use only; not a medical device"
     return sc
 

@@ -101,6 +101,7 @@ def cohort_figure_png(bmd_by_category: dict[str, list[float]], thresholds: tuple
         ax.axvline(t, color="0.2", ls="--", lw=1)
     ax.set_xlabel("patient trabecular BMD (mg/cm³ K2HPO4)")
     ax.set_ylabel("scans")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     buf = _io.BytesIO()
