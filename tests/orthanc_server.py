@@ -2,9 +2,11 @@
 
 :func:`orthanc` starts ``Orthanc`` with a temporary configuration, storage and
 index, HTTP on a free loopback port, the DICOM listener off, and two users:
-``admin`` (may store) and ``reader``, whose stores (``POST /instances``) and
+``admin`` (may store), ``reader``, whose stores (``POST /instances``) and
 deletions a Lua ``IncomingHttpRequestFilter`` refuses with HTTP 403 (Orthanc
-Book, "Lua scripting": filtering incoming REST requests). It yields the base
+Book, "Lua scripting": filtering incoming REST requests), and ``half``, whose
+first store is accepted and every later one refused (to test the roll-back of
+a partial push). It yields the base
 URL and stops the server (and waits for it) on exit.
 """
 
@@ -20,9 +22,14 @@ from pathlib import Path
 
 PASSWORD = "ctbmd-test"
 LUA_FILTER = """
+half_stores = 0
 function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   if username == 'reader' and (method == 'DELETE' or (method == 'POST' and uri == '/instances')) then
     return false
+  end
+  if username == 'half' and method == 'POST' and uri == '/instances' then
+    half_stores = half_stores + 1
+    return half_stores == 1
   end
   return true
 end
@@ -50,7 +57,7 @@ def orthanc(workdir: Path):
     (workdir / "filter.lua").write_text(LUA_FILTER)
     config = {"Name": "ctbmd-test", "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
               "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
-              "AuthenticationEnabled": True, "RegisteredUsers": {"admin": PASSWORD, "reader": PASSWORD},
+              "AuthenticationEnabled": True, "RegisteredUsers": {"admin": PASSWORD, "reader": PASSWORD, "half": PASSWORD},
               "LuaScripts": [str(workdir / "filter.lua")], "Plugins": [], "StableAge": 1,
               "HttpCompressionEnabled": False}
     (workdir / "orthanc.json").write_text(json.dumps(config))

@@ -25,13 +25,32 @@ def lidc_out(tmp_path_factory):
     return out
 
 
+#: Identifying values written into a copy of the LIDC headers for the --deidentify test: names, IDs, dates,
+#: free text of the Patient and Study modules, and a second series in the folder (its choice is noted).
+PHI = {"PatientName": "SMITH^JOHN", "PatientBirthDate": "19400202", "OtherPatientIDs": "OTHERID77",
+       "StudyDescription": "KNEE OF SMITH", "PatientComments": "LIVES AT ELM STREET",
+       "AdditionalPatientHistory": "HISTORY OF SMITH", "InstitutionName": "ST ELSEWHERE",
+       "ReferringPhysicianName": "DR^HOUSE", "AccessionNumber": "ACC99177", "PatientAge": "084Y",
+       "StudyID": "STUDY4242", "EthnicGroup": "ETHNICX", "MedicalAlerts": "ALERTSMITH"}
+
+
 @pytest.fixture(scope="module")
 def lidc_deid(tmp_path_factory):
+    """``ctbmd.run(..., deidentify=True)`` on LIDC with :data:`PHI` in every header and a second series beside it."""
     import ctbmd
 
+    src = tmp_path_factory.mktemp("lidc_phi") / "SMITH_JOHN_19400202"
+    src.mkdir()
+    for f in sorted(LIDC.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for k, v in PHI.items():
+            setattr(ds, k, v)
+        ds.save_as(src / f.name)
+    for f in sorted((DATA / "dcmqi_ct3slice" / "dicom").glob("*.dcm")):  # another study: "2 series in folder"
+        (src / f"other_{f.name}").write_bytes(f.read_bytes())
     out = tmp_path_factory.mktemp("lidc_deid") / "out"
-    ctbmd.run(LIDC, out, deidentify=True)
-    return out
+    ctbmd.run(src, out, deidentify=True)
+    return out, src
 
 
 def source_headers():
@@ -114,9 +133,9 @@ def test_sr_values_equal_result_json(lidc_out):
     cat = {q.name.value: q.value for q in patient[0].get_qualitative_evaluations()}
     assert cat["ACR-QCT-CAT"].value == "ACR-" + result["patient"]["category"].upper()
     assert cat["CAT-CERTAIN"].meaning == ("Yes" if result["patient"]["category_certain"] else "No")
-    method = pm.method if hasattr(pm, "method") else None
+    assert [m.value for m in patient[0].get_measurements()][1:] == result["patient"]["bmd_ci95_mg_cm3"]
     text = str(pydicom.dcmread(lidc_out / "bmd_sr.dcm"))
-    assert f"ctbmd calibration: {result['calibration']['method']}" in text, method
+    assert f"ctbmd calibration: {result['calibration']['method']}" in text
 
 
 def test_secondary_capture_holds_the_report_picture(lidc_out):
@@ -134,24 +153,34 @@ def test_secondary_capture_holds_the_report_picture(lidc_out):
 
 
 @pytest.mark.parametrize("variant", ["lidc_out", "lidc_deid"])
-def test_dciodvfy_reports_no_errors(variant, request):
+def test_dciodvfy_reports_no_errors(variant, request, tmp_path):
     tool = need_tool("dciodvfy")
     out = request.getfixturevalue(variant)
+    out = out[0] if isinstance(out, tuple) else out
     for name in DICOM_FILES:
         proc = subprocess.run([tool, str(out / name)], capture_output=True, text=True)
         lines = (proc.stdout + proc.stderr).splitlines()
         errors = [ln for ln in lines if ln.startswith("Error")]
-        assert not errors, f"{name}: {len(errors)} errors, first {errors[:3]}"
-        assert any(ln.startswith(("Warning", "Error")) for ln in lines) or lines, name  # dciodvfy ran and spoke
+        assert not errors and proc.returncode == 0, f"{name}: {len(errors)} errors, first {errors[:3]}"
+        assert any(ln.startswith("Warning") for ln in lines), name  # it checked (the source lacks Study ID)
+    # dciodvfy does report errors: the same SC without its Modality
+    broken = pydicom.dcmread(out / "report_sc.dcm")
+    broken.Modality = ""
+    broken.save_as(tmp_path / "broken.dcm")
+    proc = subprocess.run([tool, str(tmp_path / "broken.dcm")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Error" in proc.stdout + proc.stderr
 
 
 def test_deidentify_removes_identifiers_and_keeps_references(lidc_deid):
+    lidc_deid, src = lidc_deid
     heads = list(source_headers().values())
     source = heads[0]
     seg, sr, sc = (pydicom.dcmread(lidc_deid / n) for n in DICOM_FILES)
     for ds in (seg, sr, sc):
         assert ds.PatientIdentityRemoved == "YES"
-        assert "113100" in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]  # PS3.15 Basic Profile
+        assert {"113100", "113105", "113107"} == {c.CodeValue for c in ds.DeidentificationMethodCodeSequence}
+        for keyword in PHI:
+            assert ds.get(keyword) in (None, "") or str(ds.get(keyword)) != PHI[keyword], keyword
         assert ds.PatientID != source.PatientID and ds.StudyInstanceUID != source.StudyInstanceUID
         assert ds.StudyInstanceUID == seg.StudyInstanceUID  # one consistent mapping
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID != LIDC_SERIES
@@ -160,12 +189,15 @@ def test_deidentify_removes_identifiers_and_keeps_references(lidc_deid):
     assert seg.SOPInstanceUID in [r for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
                                   for r in (i.ReferencedSOPInstanceUID for i in s.ReferencedSOPSequence)], refs
     assert sc.BurnedInAnnotation == "NO"
+    needles = [b"LIDC-IDRI-0001", LIDC_SERIES.encode(), src.name.encode(), b"SMITH", b"19400202", b"OTHERID77",
+               b"ELM STREET", b"ELSEWHERE", b"HOUSE", b"ACC99177", b"STUDY4242", b"ETHNICX", b"084Y"]
     for f in lidc_deid.iterdir():
         data = f.read_bytes()
-        assert b"LIDC-IDRI-0001" not in data and LIDC_SERIES.encode() not in data, f.name
-        assert str(LIDC).encode() not in data, f.name
+        assert not [n for n in needles if n in data], f.name
     result = json.loads((lidc_deid / "result.json").read_text())
     assert result["input"]["deidentified"] is True and result["input"]["patient_id"] is None
+    assert result["warnings"][0].startswith("2 series in folder; chose [removed]")  # the UID was in it
+    assert sr.SeriesDescription.startswith("ctbmd") and seg.DeviceSerialNumber  # ctbmd's own descriptors kept
 
 
 def test_report_html_renders_in_chromium(lidc_out, tmp_path):

@@ -89,25 +89,27 @@ def test_round_trip_pushes_seg_sr_and_sc_into_the_source_study(server, tmp_path)
     assert result["input"]["series_uid"] == LIDC_SERIES and result["levels"]
 
 
-@pytest.mark.parametrize("case", ["orthanc_down", "wrong_uid", "not_ct", "no_write_right"])
+@pytest.mark.parametrize("case", ["orthanc_down", "wrong_uid", "not_ct", "no_write_right", "refused_midway"])
 def test_bad_cases_give_one_line_their_own_code_and_push_nothing(case, server, tmp_path):
     url, _, mr_series = server
     before = _instances(url)
     args = {"orthanc_down": (f"http://127.0.0.1:{free_port()}", LIDC_SERIES, "admin"),
             "wrong_uid": (url, "1.2.826.0.1.3680043.8.498.1", "admin"),
             "not_ct": (url, mr_series, "admin"),
-            "no_write_right": (url, LIDC_SERIES, "reader")}[case]
+            "no_write_right": (url, LIDC_SERIES, "reader"),
+            "refused_midway": (url, LIDC_SERIES, "half")}[case]  # SEG stored, SR refused: the SEG is removed
     expected = {"orthanc_down": (EXIT_PACS_UNREACHABLE, "cannot reach the PACS"),
                 "wrong_uid": (EXIT_PACS_NOT_FOUND, "no series with SeriesInstanceUID"),
                 "not_ct": (EXIT_INVALID_INPUT, "is not CT (Modality MR)"),
-                "no_write_right": (EXIT_PACS_REFUSED, "HTTP 403")}[case]
+                "no_write_right": (EXIT_PACS_REFUSED, "refused to store vertebrae_seg.dcm (HTTP 403"),
+                "refused_midway": (EXIT_PACS_REFUSED, "refused to store bmd_sr.dcm (HTTP 403")}[case]
     rc, so, se = _pacs("--url", args[0], "--series", args[1], "--out", tmp_path / "out", "--push", user=args[2])
     lines = se.strip().splitlines()
     assert rc == expected[0], se
     assert len(lines) == 1 and lines[0].startswith("ctbmd: error: ") and expected[1] in lines[0], se
     assert "Traceback" not in se and PASSWORD not in se
     assert _instances(url) == before  # nothing pushed
-    if case == "no_write_right":
+    if case in ("no_write_right", "refused_midway"):
         assert "nothing was pushed" in lines[0]
         assert (tmp_path / "out" / "result.json").exists()  # the analysis is kept locally
     else:
@@ -118,3 +120,34 @@ def test_push_with_deidentify_is_refused_before_contacting_the_pacs(tmp_path):
     rc, so, se = _pacs("--url", f"http://127.0.0.1:{free_port()}", "--series", LIDC_SERIES, "--out", tmp_path / "o",
                        "--push", "--deidentify")
     assert rc == 2 and "cannot be combined with --deidentify" in se
+
+
+def test_push_is_refused_when_the_dicom_objects_could_not_be_made(server, tmp_path, monkeypatch):
+    import ctbmd.report.dicom as dicom
+    from ctbmd.errors import InvalidInputError
+    from ctbmd.pacs import pull_analyse_push
+
+    url, _, _ = server
+    before = _instances(url)
+    out = tmp_path / "out"
+    pull_analyse_push(url, LIDC_SERIES, out, user="admin", password=PASSWORD)  # a first run, not pushed
+    assert (out / "vertebrae_seg.dcm").exists()
+
+    def broken(*args, **kwargs):
+        raise ValueError("source header unusable")
+
+    monkeypatch.setattr(dicom, "build_seg", broken)
+    with pytest.raises(InvalidInputError) as err:
+        pull_analyse_push(url, LIDC_SERIES, out, push=True, user="admin", password=PASSWORD)
+    assert "DICOM SEG/SR/SC not written (ValueError: source header unusable)" in str(err.value)
+    assert "nothing was pushed" in str(err.value)
+    assert not (out / "vertebrae_seg.dcm").exists()  # the first run's objects are not left beside the new results
+    assert _instances(url) == before
+
+
+def test_credentials_in_the_url_are_used_and_never_shown(server, tmp_path):
+    url, _, _ = server
+    with_login = url.replace("http://", f"http://admin:{PASSWORD}@")
+    rc, so, se = _pacs("--url", with_login, "--series", "1.2.826.0.1.3680043.8.498.2", "--out", tmp_path / "o",
+                       user=None)
+    assert rc == EXIT_PACS_NOT_FOUND and PASSWORD not in se and url in se

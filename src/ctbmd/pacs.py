@@ -79,25 +79,32 @@ class Orthanc:
                  timeout: tuple[float, float] = TIMEOUT_S):
         import requests
 
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"PACS URL must start with http:// or https://, got {url!r}")
-        self.url = url.rstrip("/")
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError("PACS URL must be http(s)://HOST[:PORT][/PATH]")
+        # credentials in the URL are used, never repeated in messages or outputs
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.session = requests.Session()
+        if user is None and parts.username:
+            user, password = parts.username, parts.password
         if user is not None:
             self.session.auth = (user, password or "")
         self.timeout = timeout
 
-    def request(self, method: str, path: str, what: str, **kwargs):
+    def request(self, method: str, path: str, what: str, not_found: type = SeriesNotFoundError, **kwargs):
         """One REST call; returns the ``requests.Response`` of a 2xx answer.
 
         Raises
         ------
         PacsUnreachableError
-            No connection, a timeout, or a 5xx answer.
+            No connection, a timeout, any other transport error, or a 5xx answer.
         PacsRefusedError
-            HTTP 401 or 403.
+            HTTP 401, 403 or another 4xx answer.
         SeriesNotFoundError
-            HTTP 404.
+            HTTP 404 (``not_found`` is raised instead when given).
         """
         import requests
 
@@ -108,14 +115,19 @@ class Orthanc:
             raise PacsUnreachableError(f"cannot reach the PACS ({cause}) while trying to {what}", self.url) from None
         except requests.Timeout:
             raise PacsUnreachableError(f"the PACS did not answer in time while trying to {what}", self.url) from None
+        except requests.RequestException as exc:
+            raise PacsUnreachableError(f"cannot talk to the PACS while trying to {what} ({type(exc).__name__})",
+                                       self.url) from None
         if r.status_code in (401, 403):
             hint = ("forbidden for this user" if r.status_code == 403
                     else f"credentials refused (give --user and set {PASSWORD_ENV})")
             raise PacsRefusedError(f"the PACS refused to {what} (HTTP {r.status_code}: {hint})", self.url)
         if r.status_code == 404:
-            raise SeriesNotFoundError(f"not found on the PACS while trying to {what} (HTTP 404)", self.url)
-        if r.status_code >= 400:
+            raise not_found(f"not found on the PACS while trying to {what} (HTTP 404)", self.url)
+        if r.status_code >= 500:
             raise PacsUnreachableError(f"the PACS failed to {what} (HTTP {r.status_code})", self.url)
+        if r.status_code >= 400:
+            raise PacsRefusedError(f"the PACS refused to {what} (HTTP {r.status_code})", self.url)
         return r
 
     def system(self) -> dict:
@@ -126,7 +138,7 @@ class Orthanc:
         PacsUnreachableError
             No answer, or an answer that is not Orthanc's JSON.
         """
-        r = self.request("GET", "/system", "read its system information")
+        r = self.request("GET", "/system", "read its system information", not_found=PacsUnreachableError)
         try:
             info = r.json()
         except ValueError:
@@ -162,11 +174,16 @@ class Orthanc:
             The archive is not a readable ZIP, or holds fewer files than the series has instances.
         """
         folder = Path(folder)
+        import requests
+
         archive = folder / "series.zip"
         with self.request("GET", f"/series/{series.orthanc_id}/archive", "download the series", stream=True) as r:
-            with open(archive, "wb") as f:
-                for chunk in r.iter_content(chunk_size=1 << 20):
-                    f.write(chunk)
+            try:
+                with open(archive, "wb") as f:
+                    for chunk in r.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+            except requests.RequestException as exc:
+                raise PacsUnreachableError(f"the series download broke off ({type(exc).__name__})", self.url) from None
         try:
             with zipfile.ZipFile(archive) as z:
                 names = [n for n in z.namelist() if not n.endswith("/")]
@@ -193,26 +210,34 @@ class Orthanc:
         Raises
         ------
         PacsRefusedError
-            A store was refused (HTTP 401/403), or an object landed outside the
-            study. The instances already stored by this call are deleted again.
+            A store was refused (HTTP 4xx), or an object landed outside the
+            study. The instances this call added are deleted again (not those the
+            PACS already held); the message says "nothing was pushed", or names
+            the objects that could not be removed.
         PacsUnreachableError
             The connection failed during the push (same clean-up).
         """
+        added: list[str] = []
         stored: list[str] = []
         try:
             for p in paths:
                 answer = self.request("POST", "/instances", f"store {p.name}", data=p.read_bytes(),
                                       headers={"Content-Type": "application/dicom"}).json()
                 stored.append(answer["ID"])
+                if answer.get("Status") != "AlreadyStored":
+                    added.append(answer["ID"])
                 if answer.get("ParentStudy") != study_orthanc_id:
                     raise PacsRefusedError(f"{p.name} was filed outside the source study", self.url)
-        except Exception:
-            for orthanc_id in stored:
+        except (PacsRefusedError, PacsUnreachableError) as exc:
+            left = []
+            for orthanc_id in added:
                 try:
                     self.request("DELETE", f"/instances/{orthanc_id}", "remove a partly pushed object")
-                except Exception:  # noqa: BLE001 - best effort; the first error is the one reported
-                    pass
-            raise
+                except (PacsRefusedError, PacsUnreachableError, SeriesNotFoundError):
+                    left.append(orthanc_id)
+            outcome = ("nothing was pushed" if not left else
+                       f"{len(left)} pushed objects could not be removed again (Orthanc IDs {', '.join(left)})")
+            raise type(exc)(f"{exc.reason}; {outcome}", exc.path) from None
         return stored
 
 
@@ -275,8 +300,22 @@ def pull_analyse_push(url: str, series_uid: str, out_dir: str | Path, *, push: b
         result = run(ct, out_dir, deidentify=deidentify, **options)
     pushed: list[str] = []
     if push:
+        files = [Path(out_dir) / name for name in DICOM_FILES]
+        if not all(f.exists() for f in files):  # write_outputs removes an earlier run's objects
+            why = next((w for w in _warnings(out_dir) if "DICOM SEG" in w), "DICOM SEG/SR/SC not written")
+            raise InvalidInputError(f"{why}; nothing was pushed, the other results are in {out_dir}", url)
         try:
-            pushed = pacs.store([Path(out_dir) / name for name in DICOM_FILES], series.study_orthanc_id)
+            pushed = pacs.store(files, series.study_orthanc_id)
         except (PacsRefusedError, PacsUnreachableError) as exc:
-            raise type(exc)(f"{exc.reason}; nothing was pushed, the results are in {out_dir}", exc.path) from None
+            raise type(exc)(f"{exc.reason}; the results are in {out_dir}", exc.path) from None
     return result, pushed
+
+
+def _warnings(out_dir: str | Path) -> list[str]:
+    """The warnings of the ``result.json`` in ``out_dir`` (empty when unreadable)."""
+    import json
+
+    try:
+        return list(json.loads((Path(out_dir) / "result.json").read_text())["warnings"])
+    except (OSError, ValueError, KeyError):
+        return []

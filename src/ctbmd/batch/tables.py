@@ -108,10 +108,20 @@ def cohort_html(out_dir: str | Path, rows: dict[str, list[dict]], failed: Sequen
             continue
         patients.append({"scan_id": scan_id, "bmd_mg_cm3": p["bmd_mg_cm3"], "category": p["category"],
                          "category_certain": p["category_certain"], "levels_used": p["levels_used"],
-                         "warnings": len([w for w in (p["warnings"] or "").split("; ") if w]),
+                         "warnings": _warning_count(Path(out_dir) / "scans" / scan_id / "result.json"),
                          "report": f"scans/{quote(scan_id)}/report.html"})
     return render_cohort_html(patients, list(failed), (ACR_OSTEOPOROSIS_MG_CM3, ACR_NORMAL_MG_CM3),
                               Path(out_dir).resolve().name)
+
+
+def _warning_count(path: Path) -> int | None:
+    """The number of warnings in a scan's ``result.json`` (None when unreadable)."""
+    import json
+
+    try:
+        return len(json.loads(path.read_text())["warnings"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def write_tables(out_dir: str | Path, rows: dict[str, list[dict]], failures: Sequence[ScanOutcome]) -> list[Path]:

@@ -198,10 +198,20 @@ def _model_line(result: dict) -> str:
     return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"
 
 
-def deidentified_dict(result: dict) -> dict:
-    """``result`` without the input's path and patient ID (``input.deidentified`` is set true)."""
-    inp = {**result["input"], "path": None, "patient_id": None, "series_uid": None, "deidentified": True}
-    return {**result, "input": inp}
+def deidentified_dict(result: dict, identifiers: tuple[str | None, ...] = ()) -> dict:
+    """``result`` without the input's path, patient ID and series UID (``input.deidentified`` is set true).
+
+    ``identifiers`` (and the input's path, patient ID and series UID) are also
+    replaced by ``[removed]`` wherever they occur in a text of ``result``: a
+    warning naming the chosen series, an error message naming a source file.
+    """
+    inp = result["input"]
+    found = {str(v) for v in (inp.get("path"), inp.get("patient_id"), inp.get("series_uid"), *identifiers) if v}
+    text = json.dumps({**result, "input": {**inp, "path": None, "patient_id": None, "series_uid": None,
+                                           "deidentified": True}})
+    for value in sorted(found, key=len, reverse=True):  # longest first: a path before the folder inside it
+        text = text.replace(json.dumps(value)[1:-1], "[removed]")
+    return json.loads(text)
 
 
 def write_files(res: Result, out_dir: str | Path, deidentify: bool = False) -> dict:
@@ -233,8 +243,10 @@ def write_files(res: Result, out_dir: str | Path, deidentify: bool = False) -> d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = res.to_dict()
+    identifiers = (res.ct.info.path, str(Path(res.ct.info.path).resolve()), res.ct.info.series_uid,
+                   res.ct.info.patient_id)
     if deidentify:
-        result = deidentified_dict(result)
+        result = deidentified_dict(result, identifiers)
     title = scan_title(res.ct.info.path, deidentify)
     dicom = res.ct.info.format == "dicom" and bool(res.ct.info.source_files)
 
@@ -275,6 +287,8 @@ def write_files(res: Result, out_dir: str | Path, deidentify: bool = False) -> d
         reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
         log.warning("DICOM SEG/SR/SC not written: %s", reason)
         result = {**result, "warnings": [*result["warnings"], f"DICOM SEG/SR/SC not written ({reason})"]}
+        if deidentify:  # the error may quote a source file's path
+            result = deidentified_dict(result, identifiers)
     page = render_report_html(result, png, title)
     write_atomic(out / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
     write_atomic(out / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
@@ -290,7 +304,9 @@ def write_outputs(res: Result, out_dir: str | Path, deidentify: bool = False) ->
     The files are written into a hidden staging folder next to ``out_dir``
     (``.<name>-XXXX``) and moved in when every one has succeeded, so an error
     (a full disk, a drawing failure) leaves ``out_dir`` as it was and no staging
-    folder behind. ``deidentify`` as for :func:`write_files`.
+    folder behind. Output files of an earlier run that this run did not make
+    (the DICOM objects, when they could not be made this time) are removed, so
+    the folder never mixes two runs. ``deidentify`` as for :func:`write_files`.
 
     Raises
     ------
@@ -303,8 +319,11 @@ def write_outputs(res: Result, out_dir: str | Path, deidentify: bool = False) ->
     try:
         result = write_files(res, staging, deidentify)
         out.mkdir(parents=True, exist_ok=True)
+        written = {f.name for f in staging.iterdir()}
         for f in staging.iterdir():
             f.replace(out / f.name)
+        for name in set(OUTPUT_FILES + DICOM_FILES) - written:  # an earlier run's file this run did not make
+            (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

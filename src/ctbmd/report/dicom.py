@@ -30,8 +30,8 @@ osteopenia or osteoporosis.
 New UIDs are made for every object; patient and study attributes are copied
 from the source headers by highdicom. :func:`deidentify` then applies the DICOM
 PS3.15 Annex E Basic Application Level Confidentiality Profile with dicognito
-(a maintained de-identifier of that profile), replacing UIDs consistently
-across the three objects.
+(consistent replacement of UIDs, names, IDs and dates across the three objects)
+and the profile's table as tabulated by dicom-anonymizer (removal of the rest).
 """
 
 from __future__ import annotations
@@ -250,7 +250,8 @@ def build_sr(result: dict, headers: list, seg, segments: dict):
     groups = []
     for lv in result["levels"]:
         level = lv["level"]
-        number = segments.get(f"{level} trabecular ROI", segments.get(level))
+        region = f"{level} trabecular ROI" if f"{level} trabecular ROI" in segments else level
+        number = segments.get(region)
         if number is None:
             continue
         site = [hd.sr.FindingSite(vertebra_code(level))]
@@ -271,7 +272,8 @@ def build_sr(result: dict, headers: list, seg, segments: dict):
                        for f in lv["flags"]]
         evaluations.append(hd.sr.QualitativeEvaluation(used_name, yes if lv["used_for_patient"] else no))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{level} trabecular ROI"),
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=hd.UID(), identifier=region if region != level else f"{level} vertebra (no trabecular ROI)"),
             referenced_segment=hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
                                                        segment_number=number, source_series=source_series),
             finding_type=codes.SCT.BoneTissue, finding_sites=site, measurements=measurements or None,
@@ -283,6 +285,10 @@ def build_sr(result: dict, headers: list, seg, segments: dict):
         measurements.append(hd.sr.Measurement(
             name=private_code("BMD-PATIENT", f"Patient trabecular BMD, mean of {used} (K2HPO4)"),
             value=p["bmd_mg_cm3"], unit=mg, method=method, algorithm_id=algorithm))
+        for value, which in zip(p["bmd_ci95_mg_cm3"] or (), ("LOW", "HIGH")):
+            measurements.append(hd.sr.Measurement(
+                name=private_code(f"BMD-PAT-CI-{which}", f"Patient BMD 95% interval, {which.lower()} limit (K2HPO4)"),
+                value=value, unit=mg, method=method, algorithm_id=algorithm))
     if p["category"] is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(private_code("ACR-QCT-CAT", "ACR-QCT BMD category"),
                                                        private_code(*CATEGORY_CODES[p["category"]])))
@@ -351,20 +357,43 @@ def build_sc(header, rgb: np.ndarray, identifying_text: bool):
     return sc
 
 
+#: Attributes ctbmd writes itself (not copied from the source): kept by :func:`deidentify` under the
+#: Clean Descriptors option (PS3.15 E.3.5), since their text is ctbmd's own.
+OWN_DESCRIPTORS = ("SeriesDescription", "ContentDescription", "ContentLabel", "ImageComments", "ContentCreatorName",
+                   "DeviceSerialNumber")
+
+
+def _basic_profile_tables() -> tuple[set, set]:
+    """(remove, empty): the tags whose Basic Profile action is X (or X/Z, X/D, X/Z/D) and Z, from the PS3.15
+    Table E.1-1 as tabulated by KitwareMedical dicom-anonymizer (edition 2026c). Z/D tags (dates and times
+    such as Content Date, type 1 in the SEG and SR) are left to dicognito, which replaces them (D)."""
+    from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table
+
+    remove = set(table.X_TAGS) | set(table.X_Z_TAGS) | set(table.X_D_TAGS) | set(table.X_Z_D_TAGS)
+    return remove, set(table.Z_TAGS)
+
+
 def deidentify(datasets: list) -> list:
     """``datasets`` with the DICOM PS3.15 Annex E Basic Profile applied, with consistent new UIDs.
 
-    Uses dicognito (``dicognito.anonymizer.Anonymizer``), a maintained
-    de-identifier of the Basic Application Level Confidentiality Profile (with
-    the options it records in DeidentificationMethodCodeSequence: clean
-    descriptors, modified dates, retained patient characteristics and device
-    identity). One :class:`~dicognito.anonymizer.Anonymizer` serves all
-    ``datasets``, so UIDs, names and date shifts map consistently and the SR's
-    and SC's references to the SEG and the source series still resolve.
-    PatientIdentityRemoved is set to YES on each (PS3.15 E.1.1).
+    Two maintained libraries, each for what it does well:
 
-    Each dataset is written and read back first (pydicom), since dicognito
-    expects attribute values as read from a file (dates as strings).
+    1. dicognito (``dicognito.anonymizer.Anonymizer``) replaces UIDs, names,
+       IDs, addresses and institution data and shifts dates, through one
+       mapping shared by ``datasets``, so the SR's and SC's references to the
+       SEG and the source series still resolve (options 113107, modified dates);
+    2. then every top-level attribute left that the Basic Profile table
+       (PS3.15 Table E.1-1, as tabulated by dicom-anonymizer) says to remove (X)
+       is deleted and every one it says to empty (Z) is emptied: the free text
+       highdicom copies from the source's Patient and Study modules (Study
+       Description, Patient Comments, Additional Patient History, age, size,
+       weight, ...). ctbmd's own descriptors (:data:`OWN_DESCRIPTORS`) are kept
+       (Clean Descriptors option, 113105). Private tags are removed.
+
+    PatientIdentityRemoved is set to YES and DeidentificationMethodCodeSequence
+    lists 113100, 113105 and 113107 (PS3.15 E.1.1, PS3.16 CID 7050). Each
+    dataset is written and read back first (pydicom), since dicognito expects
+    values as read from a file (dates as strings).
 
     Returns
     -------
@@ -376,24 +405,40 @@ def deidentify(datasets: list) -> list:
     import pydicom
     from dicognito.anonymizer import Anonymizer
     from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
 
+    remove, empty = _basic_profile_tables()
+    own = {Tag(k) for k in OWN_DESCRIPTORS}
     anonymizer = Anonymizer()
     out = []
     for original in datasets:
         buf = _io.BytesIO()
         original.save_as(buf, enforce_file_format=True)
         ds = pydicom.dcmread(_io.BytesIO(buf.getvalue()))
-        out.append(ds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pydicom's note on an unknown keyword dicognito probes
             anonymizer.anonymize(ds)
+        kept = {t: ds[t].value for t in own if t in ds}
+        # an attribute already empty tells nothing and may be required (type 2): only values are removed
+        for tag in [t for t in ds.keys() if (t.group, t.element) in remove and not ds[t].is_empty]:
+            del ds[tag]
+        for tag in [t for t in ds.keys() if (t.group, t.element) in empty and ds[t].VR != "SQ" and not ds[t].is_empty]:
+            ds[tag].value = None
+        ds.remove_private_tags()
+        for t, value in kept.items():
+            ds[t] = pydicom.DataElement(t, pydicom.datadict.dictionary_VR(t), value)
         ds.PatientIdentityRemoved = "YES"
-        if "DeidentificationMethodCodeSequence" not in ds:
+        ds.DeidentificationMethod = "PS3.15 Basic Profile (dicognito + Table E.1-1)"  # LO: 64 characters
+        codes = []
+        for value, meaning in (("113100", "Basic Application Confidentiality Profile"),
+                               ("113105", "Clean Descriptors Option"),
+                               ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")):
             code = Dataset()
-            code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
-            code.CodeMeaning = "Basic Application Confidentiality Profile"
-            ds.DeidentificationMethodCodeSequence = [code]
+            code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
+            codes.append(code)
+        ds.DeidentificationMethodCodeSequence = codes
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out.append(ds)
     return out
 
 

@@ -70,8 +70,10 @@ def render_report_html(result: dict, png: bytes, title: str) -> str:
         value = p.get("bmd_dl_mg_cm3", p.get("t_score_dl"))
         model_value = "n/a" if value is None else (
             f"{value:.0f} mg/cm³" if "bmd_dl_mg_cm3" in p else f"T-score {value:.1f}")
+    from markupsafe import Markup
+
     return _environment().get_template("report.html.j2").render(
-        r=result, p=p, c=result["calibration"], lab=result.get("labelling"), title=title, css=CSS,
+        r=result, p=p, c=result["calibration"], lab=result.get("labelling"), title=title, css=Markup(CSS),
         png_b64=base64.b64encode(png).decode("ascii"), model=model, model_value=model_value)
 
 
@@ -133,8 +135,10 @@ def render_cohort_html(patients: list[dict], failures: list[dict], thresholds: t
     counts = {c: len(by_category.get(c, [])) for c in ("normal", "osteopenia", "osteoporosis")}
     counts["not classified"] = sum(1 for row in patients if row["category"] is None)
     figure = cohort_figure_png(by_category, thresholds) if by_category else None
+    from markupsafe import Markup
+
     return _environment().get_template("cohort.html.j2").render(
-        patients=patients, failures=failures, counts=counts, title=title, css=CSS, thresholds=thresholds,
+        patients=patients, failures=failures, counts=counts, title=title, css=Markup(CSS), thresholds=thresholds,
         png_b64=None if figure is None else base64.b64encode(figure).decode("ascii"))
 
 
