@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE, run_cli
+from conftest import DATA, EXAMPLE, run_cli
 
 pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -51,6 +51,20 @@ def test_folds_never_share_a_patient_and_are_seeded():
     other, _ = patient_folds(s, 5, seed=4, target="bmd_mg_cm3")
     assert all(np.array_equal(a.validation, b.validation) and np.array_equal(a.fit, b.fit) for a, b in zip(folds, again))
     assert not all(np.array_equal(a.validation, b.validation) for a, b in zip(folds, other))
+
+
+def test_external_sites_are_in_no_training_early_stopping_or_validation_fold():
+    s = synthetic_samples(n_patients=40, test_patients=4)
+    site = {f"p{i:02d}": "external" for i in range(30, 35)} | {f"p{i:02d}": "external_2" for i in range(35, 40)}
+    s.split = np.array([site.get(p, x) for p, x in zip(s.patient, s.split)], dtype=object)
+    external = set(site)
+    folds, test = patient_folds(s, 5, seed=2, target="bmd_mg_cm3")
+    assert not set(s.patient[test]) & external
+    for f in folds:
+        for part in (f.fit, f.stop, f.validation):
+            assert not set(s.patient[part]) & external, "an external patient inside cross-validation"
+    cv = set(s.patient[s.split == "cv"])
+    assert set().union(*(set(s.patient[f.validation]) for f in folds)) == cv
 
 
 def test_too_few_patients_for_the_folds():
@@ -138,6 +152,49 @@ def test_train_writes_a_self_contained_model(tiny_model):
     assert not (model / "checkpoints").exists()
 
 
+def test_an_external_site_is_predicted_by_the_ensemble_and_evaluated_on_its_own(tiny_model, tmp_path):
+    root = tiny_model  # read only: the manifests, the fifth phantom and the cache copy live in tmp_path
+    with open(root / "manifest.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0] + ["split"]
+    base = [[r[0], str(root / r[1]), str(root / r[2])] + r[3:] + ["cv"] for r in rows[1:]]
+    shutil.copytree(root / "cache", tmp_path / "cache")
+    # an external site whose only scan fails (3 slices): one line, exit 3, nothing written
+    bad = tmp_path / "manifest_external_bad.csv"
+    with open(bad, "w", newline="") as fh:
+        csv.writer(fh).writerows([header] + base + [["x0", str(DATA / "dcmqi_ct3slice" / "dicom"), "", "", "L1", "100",
+                                                     "external"]])
+    rc, so, se = run_cli("train", "--manifest", bad, "--out", tmp_path / "bad", "--arch", "densenet_small",
+                         "--folds", "2", "--epochs", "1", "--cache", tmp_path / "cache")
+    assert rc == 3 and "external site 'external' has no patient with a usable vertebra" in se, se
+    assert len(se.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    # a fifth phantom as the external site
+    rc, so, se = run_cli("simulate", "--out", tmp_path / "q9", "--bmd", "L1=120", "--kvp", "120", "--pixel", "2",
+                         "--slice", "3", "--seed", 39)
+    assert rc == 0, se
+    truth = json.loads((tmp_path / "q9" / "truth.json").read_text())
+    ext = [["q9", "q9/ct.nii.gz", "q9/labels.nii.gz", "verse", lv["level"], lv["qct_equivalent_mg_cm3"], "external"]
+           for lv in truth["levels"] if lv["level"] in ("L1", "L2", "L3", "L4")]
+    good = tmp_path / "manifest_external.csv"
+    with open(good, "w", newline="") as fh:
+        csv.writer(fh).writerows([header] + base + ext)
+    rc, so, se = run_cli("train", "--manifest", good, "--out", tmp_path / "model", "--arch", "densenet_small",
+                         "--folds", "2", "--epochs", "1", "--cache", tmp_path / "cache", "--seed", "1")
+    assert rc == 0, se
+    model = tmp_path / "model"
+    with open(model / "oof_predictions.csv") as fh:
+        oof = list(csv.DictReader(fh))
+    external = [r for r in oof if r["patient_id"] == "q9"]
+    assert len(external) == 4 and {(r["set"], r["fold"]) for r in external} == {("external", "-1")}
+    assert {r["set"] for r in oof if r["patient_id"] != "q9"} == {"out-of-fold"}
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["training"]["n_external_patients"] == {"external": 1} and cfg["training"]["n_patients"] == 5
+    site = json.loads((model / "evaluation" / "external" / "metrics.json").read_text())
+    assert site["splits"]["all"]["level"]["n"] == 4
+    whole = json.loads((model / "evaluation" / "model" / "metrics.json").read_text())
+    assert whole["splits"]["external"]["level"]["n"] == 4 and whole["splits"]["out-of-fold"]["level"]["n"] == 16
+
+
 def test_model_reloads_without_caches_and_runs_on_the_real_example(tiny_model, tmp_path):
     moved = tmp_path / "shipped_model"
     shutil.copytree(tiny_model / "model", moved)
@@ -182,10 +239,13 @@ def test_train_refuses_to_overwrite_and_too_few_patients(tiny_model, tmp_path):
     ("patient_id,ct,level,bmd_mg_cm3\na,{ct},L9,100\n", "unknown level"),
     ("patient_id,ct,category\na,{ct},osteoporosis\n", "needs a 't_score'"),
     ("patient_id,ct,labels,label_map,level,bmd_mg_cm3\na,{ct},{ct},weird,L1,100\n", "label_map"),
+    ("patient_id,ct,level,bmd_mg_cm3,split\na,{ct},L1,100,holdout\n", "split 'holdout' is not"),
+    ("patient_id,ct,level,bmd_mg_cm3,split\na,{ct},L1,100,cv\nb,{ct2},L1,90,external_3\n",
+     "external site 'external' has no patients, but 'external_3' has"),
 ])
 def test_bad_manifest_is_one_line_exit_3(tmp_path, content, message):
     m = tmp_path / "manifest.csv"
-    m.write_text(content.format(ct=EXAMPLE / "ct.nii.gz"))
+    m.write_text(content.format(ct=EXAMPLE / "ct.nii.gz", ct2=DATA / "tptbox_l3_crop" / "ct.nii.gz"))
     rc, so, se = run_cli("train", "--manifest", m, "--out", tmp_path / "model", "--no-cache")
     assert rc == 3, se
     assert message in se and str(m) in se and "Traceback" not in se

@@ -10,7 +10,12 @@ A CSV with one CT per patient:
   ``ctbmd run --labels``); without it the builtin segmenter labels the levels;
   ``label_map`` (optional) names its numbering as ``--label-map`` does
   (``auto`` when empty; phantoms of ``ctbmd simulate`` are ``verse``);
-* ``split`` (optional): ``test`` marks patients held out of cross-validation;
+* ``split`` (optional): empty, ``cv`` or ``train`` for cross-validation; ``test``
+  marks patients held out of cross-validation (predicted by the ensemble);
+  ``external``, ``external_2``, ``external_3``, ... mark external sites (other
+  scanners or hospitals, as in Peng 2024 and Huang 2025): never in a training,
+  early-stopping or validation fold, each predicted by the ensemble and
+  evaluated on its own (:data:`EXTERNAL_SPLIT`);
 * the reference, in the forms ``ctbmd evaluate`` reads
   (:func:`ctbmd.evaluate.read_reference`): per level, one row per level with
   ``level`` and ``bmd_mg_cm3`` (QCT, mg/cm³), or per patient ``t_score`` (DXA),
@@ -27,6 +32,7 @@ rest go on.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,20 @@ from ctbmd import evaluate as ev
 from ctbmd.errors import CtbmdError, InvalidInputError
 from ctbmd.model.crops import FEATURES, CropSpec, VertebraCrop, extract_crops, input_hash, load_crops, save_crops
 from ctbmd.segment.labelmaps import LABEL_MAPS
+
+#: Names of external sites in the manifest's ``split`` column: ``external``, ``external_2``, ``external_3``, ...
+EXTERNAL_SPLIT = re.compile(r"external(_([2-9]|[1-9][0-9]+))?")
+
+
+def is_external(split: str) -> bool:
+    """True for an external site's split name (:data:`EXTERNAL_SPLIT`)."""
+    return EXTERNAL_SPLIT.fullmatch(str(split)) is not None
+
+
+def external_number(split: str) -> int:
+    """1 for ``external``, n for ``external_n``."""
+    return 1 if split == "external" else int(split.rsplit("_", 1)[1])
+
 
 #: Levels that carry a per-patient (DXA) target; DXA of the lumbar spine covers L1-L4.
 PATIENT_TARGET_LEVELS: tuple[str, ...] = ("L1", "L2", "L3", "L4")
@@ -110,7 +130,8 @@ def read_manifest(path: str | Path) -> Cohort:
     InvalidInputError
         Unreadable or empty CSV, a missing ``patient_id``/``ct`` column, a CT
         or label path that does not exist, two CTs for one patient, a ``split``
-        other than ``test``/``train``/``cv``/empty, an unknown ``label_map``, no usable target (a DXA
+        other than ``cv``/``train``/empty, ``test`` or an external site name, external
+        sites numbered with a gap (``external_3`` without ``external_2``), an unknown ``label_map``, no usable target (a DXA
         manifest needs ``t_score`` for training), or any reference problem
         :func:`ctbmd.evaluate.read_reference` reports. One line, naming the
         file and row.
@@ -132,10 +153,11 @@ def read_manifest(path: str | Path) -> Cohort:
         for p in (ct, labels):
             if p is not None and not p.exists():
                 raise InvalidInputError(f"row {i}: {p} does not exist", path)
-        split = (r.get("split") or "cv").lower()
-        if split not in ("test", "train", "cv"):
-            raise InvalidInputError(f"row {i}: split {r['split']!r} is not 'test', 'train' or 'cv'", path)
-        split = "test" if split == "test" else "cv"
+        split = (r.get("split") or "cv").strip().lower()
+        if split not in ("test", "train", "cv") and not is_external(split):
+            raise InvalidInputError(f"row {i}: split {r['split']!r} is not 'cv' (or 'train' or empty), 'test', "
+                                    "'external' or 'external_<n>' (n >= 2)", path)
+        split = split if split == "test" or is_external(split) else "cv"
         label_map = (r.get("label_map") or "auto").lower()
         if label_map not in LABEL_MAPS:
             raise InvalidInputError(f"row {i}: label_map {r['label_map']!r} is not one of {', '.join(LABEL_MAPS)}",
@@ -145,6 +167,12 @@ def read_manifest(path: str | Path) -> Cohort:
         if old != scan:
             raise InvalidInputError(f"row {i}: patient {r['patient_id']!r} has a different ct/labels/split than on "
                                     "an earlier row (one CT per patient)", path)
+    sites = sorted({external_number(s.split) for s in scans.values() if is_external(s.split)})
+    if sites and sites != list(range(1, len(sites) + 1)):
+        gap = min(set(range(1, max(sites) + 1)) - set(sites))
+        name = "external" if gap == 1 else f"external_{gap}"
+        raise InvalidInputError(f"external site {name!r} has no patients, but 'external_{max(sites)}' has: "
+                                "number the external sites external, external_2, ... without gaps", path)
     target = "bmd_mg_cm3" if reference.kind == "qct" else "t_score"
     return Cohort(path=path, target=target, scans=tuple(scans.values()), reference=reference)
 

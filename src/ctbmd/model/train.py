@@ -174,7 +174,8 @@ def patient_folds(samples: Samples, n_folds: int, seed: int, target: str,
     folds : list of Fold
     test : numpy.ndarray
         Indices of the held-out test vertebrae (manifest ``test`` split or
-        ``test_fraction``).
+        ``test_fraction``). External sites (split ``external``, ``external_n``)
+        are in neither: only ``cv`` vertebrae enter the folds.
 
     Raises
     ------
@@ -185,7 +186,7 @@ def patient_folds(samples: Samples, n_folds: int, seed: int, target: str,
 
     idx = np.arange(len(samples))
     test = idx[samples.split == "test"]
-    cv = idx[samples.split != "test"]
+    cv = idx[samples.split == "cv"]
     if not len(test) and test_fraction > 0:
         gss = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
         keep, held = next(gss.split(cv, groups=samples.patient[cv]))

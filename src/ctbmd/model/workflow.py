@@ -7,8 +7,11 @@ member per fold with early stopping, predicts each fold's validation patients
 writes the model folder (:mod:`ctbmd.model.store`) with:
 
 * ``oof_predictions.csv``: per vertebra ``patient_id``, ``level``, ``set``
-  (``out-of-fold`` or ``test``), ``fold``, the reference, the model's value and
-  the calibration-only ``bmd_calibrated_mg_cm3``;
+  (``out-of-fold``, ``test``, or an external site's name such as ``external``,
+  ``external_2``), ``fold`` (-1 outside cross-validation), the reference, the
+  model's value and the calibration-only ``bmd_calibrated_mg_cm3``;
+* ``evaluation/<external site>/``: each external site evaluated on its own (a
+  ``ctbmd evaluate`` report of the model, or ``metrics.json`` for a T-score);
 * ``evaluation/model/`` and ``evaluation/calibration/``: ``ctbmd evaluate``
   reports (metrics.json, metrics.md, plots) of the model and of phantomless
   calibration on the same vertebrae, split by ``set``; for a T-score target,
@@ -38,7 +41,7 @@ import numpy as np
 from ctbmd import __version__
 from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.io import write_atomic
-from ctbmd.model.cohort import Cohort, Samples, build_samples, read_manifest
+from ctbmd.model.cohort import Cohort, Samples, build_samples, external_number, is_external, read_manifest
 from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec
 from ctbmd.model.nets import ARCHS, DIMS
 from ctbmd.model.store import MODEL_FORMAT
@@ -94,6 +97,19 @@ def _evaluate_bmd(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarra
                              "auc_osteoporosis": m["diagnosis"]["auc_osteoporosis"],
                              "accuracy": m["diagnosis"]["accuracy"]}
                          for s, m in result["splits"].items()}
+    for site in sorted({str(x) for x in sets if is_external(x)}, key=external_number):
+        sel = [j for j, x in enumerate(sets) if str(x) == site]
+        site_dir = out / "evaluation" / site
+        site_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(site_dir / "reference.csv", _csv_text(
+            ["patient_id", "level", "bmd_mg_cm3"],
+            [[samples.patient[rows[j]], samples.level[rows[j]], f"{samples.target[rows[j]]:.3f}"] for j in sel]))
+        _write_text(site_dir / "model_predictions.csv", _csv_text(
+            ["patient_id", "level", "bmd_mg_cm3"],
+            [[samples.patient[rows[j]], samples.level[rows[j]], f"{pred[j]:.3f}"] for j in sel]))
+        paired = ev.pair(ev.read_predictions(site_dir / "model_predictions.csv"),
+                         ev.read_reference(site_dir / "reference.csv"))
+        ev.write_evaluation(paired, ev.evaluate(paired, n_boot=EVAL_BOOTSTRAP, seed=0), site_dir)
     return summary
 
 
@@ -115,6 +131,9 @@ def _evaluate_t_score(out: Path, samples: Samples, rows: np.ndarray, pred: np.nd
                                               if 0 < porotic.sum() < len(ps) else None)}
     (out / "evaluation").mkdir(parents=True, exist_ok=True)
     _write_text(out / "evaluation" / "metrics.json", json.dumps(summary, indent=2))
+    for site in (n for n in summary if is_external(n)):
+        (out / "evaluation" / site).mkdir(parents=True, exist_ok=True)
+        _write_text(out / "evaluation" / site / "metrics.json", json.dumps(summary[site], indent=2))
     return summary
 
 
@@ -178,6 +197,11 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
                                 + (f" (first failure: {samples.failed[0][0]}: {samples.failed[0][1]})"
                                    if samples.failed else ""), cohort.path)
     extract_s = time.time() - t0
+    named = {s.split for s in cohort.scans if is_external(s.split)}
+    empty = sorted(named - {str(x) for x in samples.split}, key=external_number)
+    if empty:
+        raise InvalidInputError(f"external site {empty[0]!r} has no patient with a usable vertebra and a reference "
+                                "(see which scans failed with --no-cache, or drop the site)", cohort.path)
     try:
         folds, test = patient_folds(samples, cfg.folds, cfg.seed, cohort.target, cfg.test_fraction)
     except ValueError as exc:
@@ -210,12 +234,16 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         fold_of[fold.validation] = k
         members.append((net, norm))
         history += [{"member": k, **h} for h in hist]
-    if len(test):
-        oof[test] = np.mean([predict_arrays(n, nm, samples.images[test], samples.features[test],
-                                            samples.baseline[test], device)[0] for n, nm in members], axis=0)
+    # the test patients and every external site: the ensemble of all members, none of which saw them
+    external = np.nonzero([is_external(x) for x in samples.split])[0]
+    held = np.concatenate([test, external]).astype(int)
+    if len(held):
+        oof[held] = np.mean([predict_arrays(n, nm, samples.images[held], samples.features[held],
+                                            samples.baseline[held], device)[0] for n, nm in members], axis=0)
     train_s = time.time() - t1
-    rows = np.concatenate([np.concatenate([f.validation for f in folds]), test]).astype(int)
-    sets = np.array(["out-of-fold"] * (len(rows) - len(test)) + ["test"] * len(test), dtype=object)
+    rows = np.concatenate([np.concatenate([f.validation for f in folds]), test, external]).astype(int)
+    sets = np.array(["out-of-fold"] * (len(rows) - len(held)) + ["test"] * len(test)
+                    + [str(x) for x in samples.split[external]], dtype=object)
     pred = oof[rows]
     tname = cohort.target
     _write_text(out / "oof_predictions.csv", _csv_text(
@@ -244,6 +272,9 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
             "phantom_trained": phantom, "clinically_validated": False, "description": description,
             "manifest": str(cohort.path), "n_patients": int(len(set(samples.patient))),
             "n_vertebrae": int(len(samples)), "n_test_patients": int(len(set(samples.patient[test]))),
+            "n_external_patients": {site: int(len(set(samples.patient[samples.split == site])))
+                                    for site in sorted({str(x) for x in samples.split[external]},
+                                                       key=external_number)},
             "failed_scans": len(samples.failed), "config": asdict(cfg),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": {"crops": round(extract_s, 1), "training": round(train_s, 1)},
