@@ -195,6 +195,26 @@ def test_an_external_site_is_predicted_by_the_ensemble_and_evaluated_on_its_own(
     assert whole["splits"]["external"]["level"]["n"] == 4 and whole["splits"]["out-of-fold"]["level"]["n"] == 16
 
 
+@pytest.mark.parametrize("dims", ["sagittal", "sagittal3"])
+def test_sagittal_input_trains_applies_and_shows_its_slices(tiny_model, tmp_path, dims):
+    from PIL import Image
+
+    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
+    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "model", "--arch",
+                         "densenet_small", "--dims", dims, "--folds", "2", "--epochs", "1", "--cache",
+                         tmp_path / "cache", "--seed", "1")
+    assert rc == 0, se
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["dims"] == dims
+    png = Image.open(tmp_path / "model" / "input_examples.png")
+    assert png.size[0] > 150 * (1 if dims == "sagittal" else 3) and png.size[1] > 4 * 150  # 4 patients, k slices
+    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
+                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
+                         "--quiet")
+    assert rc == 0, se
+    levels = json.loads((tmp_path / "run" / "result.json").read_text())["levels"]
+    assert all(lv["bmd_dl_mg_cm3"] is not None for lv in levels if lv["level"] in ("L1", "L2", "L3", "L4"))
+
+
 def test_model_reloads_without_caches_and_runs_on_the_real_example(tiny_model, tmp_path):
     moved = tmp_path / "shipped_model"
     shutil.copytree(tiny_model / "model", moved)

@@ -434,7 +434,8 @@ def train(
                                                                 "level + bmd_mg_cm3 (QCT) or t_score (DXA)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     arch: str = typer.Option("densenet121", "--arch", help="densenet121 | densenet_small | resnet18 | resnet50"),
-    dims: str = typer.Option("3d", "--dims", help="3d (whole crop) | 2d (mid-axial slice) | 2.5d (5 axial slices)"),
+    dims: str = typer.Option("3d", "--dims", help="3d (whole crop) | 2d (mid-axial slice) | 2.5d (5 axial slices) | "
+                                                "sagittal (mid-sagittal slice) | sagittal3 (3 sagittal slices)"),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds, split by patient."),
     test_fraction: float = typer.Option(0.0, "--test-fraction", help="Patients held out as a test split "
                                                                      "(when the manifest marks none)."),

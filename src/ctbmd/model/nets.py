@@ -14,7 +14,11 @@ Backbones (``arch``), all from ``monai.networks.nets``:
 Input modes (``dims``): ``3d`` feeds the whole crop ``(3, s, s, s)``; ``2d``
 the central axial slice of each channel ``(3, s, s)`` (Yasaka et al. 2020 work
 on axial slices); ``2.5d`` the 5 central axial slices of each channel stacked as
-15 channels ``(15, s, s)``.
+15 channels ``(15, s, s)``; ``sagittal`` the mid-sagittal slice of each channel
+``(3, s, s)`` (axes P, S: the vertebral body in profile, as the ResNet-50 of the
+JCAT 2023 study read it, seed 002); ``sagittal3`` the 3 central sagittal slices
+of each channel stacked as 9 channels ``(9, s, s)``. The crop is centred on the
+trabecular ROI, so its central sagittal slice is the body's midline.
 
 The head concatenates the backbone's 32-value embedding with the standardised
 scan features (:data:`ctbmd.model.crops.FEATURES`) and maps them through a
@@ -29,15 +33,25 @@ import torch
 from torch import nn
 
 ARCHS = ("densenet121", "densenet_small", "resnet18", "resnet50")
-DIMS = ("3d", "2d", "2.5d")
+DIMS = ("3d", "2d", "2.5d", "sagittal", "sagittal3")
 EMBEDDING = 32
 SLICES_25D = 5
+SLICES_SAGITTAL3 = 3
+#: Channels per crop channel that each 2-D mode stacks.
+STACKED = {"2d": 1, "2.5d": SLICES_25D, "sagittal": 1, "sagittal3": SLICES_SAGITTAL3}
 
 
 def to_input(images: torch.Tensor, dims: str) -> torch.Tensor:
     """Crops ``(n, c, L, P, S)`` -> the network input of mode ``dims`` (see the module docstring)."""
     if dims == "3d":
         return images
+    if dims in ("sagittal", "sagittal3"):
+        mid = images.shape[2] // 2
+        if dims == "sagittal":
+            return images[:, :, mid]  # (n, c, P, S)
+        half = SLICES_SAGITTAL3 // 2
+        sl = images[:, :, mid - half: mid + half + 1]  # (n, c, 3, P, S)
+        return sl.reshape(images.shape[0], -1, images.shape[3], images.shape[4])
     mid = images.shape[-1] // 2
     if dims == "2d":
         return images[..., mid]
@@ -50,7 +64,7 @@ def _backbone(arch: str, dims: str, in_channels: int) -> nn.Module:
     from monai.networks import nets
 
     spatial = 3 if dims == "3d" else 2
-    ch = in_channels * (SLICES_25D if dims == "2.5d" else 1)
+    ch = in_channels * STACKED.get(dims, 1)
     if arch == "densenet121":
         return nets.DenseNet121(spatial_dims=spatial, in_channels=ch, out_channels=EMBEDDING)
     if arch == "densenet_small":

@@ -18,7 +18,9 @@ writes the model folder (:mod:`ctbmd.model.store`) with:
   ``evaluation/metrics.json`` (r², MAE, RMSE, AUC) instead;
 * ``history.csv`` (loss per member and epoch), ``failed.csv`` (scans and levels
   left out, with the reason);
-* ``member_<k>.pt`` and ``config.json``.
+* ``member_<k>.pt`` and ``config.json``;
+* ``input_examples.png``: the HU channel of what the network sees for a few
+  vertebrae (:func:`write_input_examples`), to check the input mode by eye.
 
 While training, ``checkpoints/member_<k>.pt`` holds the state of the running
 fold; ``resume=True`` continues from there and skips finished folds.
@@ -137,6 +139,63 @@ def _evaluate_t_score(out: Path, samples: Samples, rows: np.ndarray, pred: np.nd
     return summary
 
 
+def write_input_examples(samples: Samples, dims: str, path: Path, n: int = 6) -> None:
+    """A PNG of the HU channel the network receives in mode ``dims``, for up to ``n`` vertebrae of different patients.
+
+    Each row is one vertebra (patient and level named); each column one slice
+    of the input (1 for ``2d``/``sagittal``, 3 for ``sagittal3``, 5 for
+    ``2.5d``, the central axial, coronal and sagittal planes for ``3d``).
+    Axial slices are shown anterior up, sagittal slices with anterior left and
+    superior up.
+    """
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 - registers the PNG writer
+    from matplotlib.figure import Figure
+
+    from ctbmd.model.nets import STACKED, to_input
+
+    picked, seen = [], set()
+    for i, pid in enumerate(samples.patient):
+        if pid not in seen:
+            picked.append(i)
+            seen.add(pid)
+        if len(picked) == n:
+            break
+    if not picked:
+        return
+    images = torch.from_numpy(samples.images[picked])
+    if dims == "3d":
+        c = images.shape[-1] // 2
+        panels = [[("axial", img[0, :, :, c]), ("coronal", img[0, :, c, :]), ("sagittal", img[0, c, :, :])]
+                  for img in images]
+    else:
+        x = to_input(images, dims)  # (n, 3 * k, a, b): channel-major, k slices per channel
+        k = STACKED[dims]
+        plane = "sagittal" if dims.startswith("sagittal") else "axial"
+        panels = [[(f"{plane} {j + 1}/{k}", x[r, j]) for j in range(k)] for r in range(len(picked))]
+    cols = len(panels[0])
+    fig = Figure(figsize=(1.8 * cols + 0.4, 1.9 * len(panels)))
+    axes = fig.subplots(len(panels), cols, squeeze=False)
+    for r, row in enumerate(panels):
+        for j, (name, sl) in enumerate(row):
+            a = sl.numpy()
+            if name.startswith("axial"):
+                shown, origin = a.T, "upper"  # rows P (anterior up), columns L
+            elif name.startswith("coronal"):
+                shown, origin = a.T, "lower"  # rows S (superior up), columns L
+            else:
+                shown, origin = a.T, "lower"  # rows S (superior up), columns P (anterior left)
+            axes[r, j].imshow(shown, cmap="gray", vmin=-1, vmax=1, origin=origin)
+            axes[r, j].set_xticks([])
+            axes[r, j].set_yticks([])
+            if r == 0:
+                axes[r, j].set_title(name, fontsize=8)
+        axes[r, 0].set_ylabel(f"{samples.patient[picked[r]]} {samples.level[picked[r]]}", fontsize=8)
+    fig.suptitle(f"network input, --dims {dims} (HU channel, window -250..1250 HU)", fontsize=9)
+    fig.tight_layout()
+    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=90))
+
+
 def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(), spec: CropSpec = CropSpec(),
                  cache_dir: Path | None = None, resume: bool = False, description: str = "",
                  progress: Callable[[str, dict], None] | None = None) -> dict:
@@ -207,6 +266,7 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     except ValueError as exc:
         raise UsageError(str(exc), cohort.path) from None
     out.mkdir(parents=True, exist_ok=True)
+    write_input_examples(samples, cfg.dims, out / "input_examples.png")
     import torch
 
     members, history = [], []
