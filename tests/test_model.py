@@ -215,6 +215,44 @@ def test_sagittal_input_trains_applies_and_shows_its_slices(tiny_model, tmp_path
     assert all(lv["bmd_dl_mg_cm3"] is not None for lv in levels if lv["level"] in ("L1", "L2", "L3", "L4"))
 
 
+def test_a_tbs_target_trains_reports_r_and_is_applied_without_a_category(tiny_model, tmp_path):
+    """Seed 002 regressed DXA BMD and TBS and reported r: any numeric per-patient column is a target."""
+    with open(tiny_model / "manifest.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    # one TBS per patient, higher with more bone (about 1.0-1.4); the rows keep their level and bmd_mg_cm3
+    mean = {}
+    for r in rows[1:]:
+        mean.setdefault(r[0], []).append(float(r[5]))
+    tbs = {p: round(1.0 + np.mean(v) / 500, 3) for p, v in mean.items()}
+    manifest = tmp_path / "manifest_tbs.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows([rows[0] + ["tbs"]] + [[r[0], str(tiny_model / r[1]), str(tiny_model / r[2])] + r[3:]
+                                                         + [tbs[r[0]]] for r in rows[1:]])
+    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
+    args = ["train", "--manifest", manifest, "--arch", "densenet_small", "--folds", "2", "--epochs", "1",
+            "--cache", tmp_path / "cache", "--seed", "1", "--target", "tbs"]
+    rc, so, se = run_cli(*args, "--out", tmp_path / "model")
+    assert rc == 0, se
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert cfg["target"] == "tbs" and cfg["target_units"] == "as the manifest's 'tbs' column"
+    metrics = json.loads((tmp_path / "model" / "evaluation" / "metrics.json").read_text())["out-of-fold"]
+    assert metrics["n_patients"] == 4 and metrics["r"] is not None and -1 <= metrics["r"] <= 1
+    assert metrics["auc_osteoporosis"] is None and "r " in so
+    with open(tmp_path / "model" / "oof_predictions.csv") as fh:
+        oof = list(csv.DictReader(fh))
+    assert {float(r["reference_tbs"]) for r in oof} == set(tbs.values())
+    rc, so, se = run_cli(*args, "--out", tmp_path / "m2", "--classify")
+    assert rc == 2 and "--classify needs categories" in se and not (tmp_path / "m2").exists()
+    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
+                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
+                         "--quiet")
+    assert rc == 0, se
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["patient"]["tbs_dl"] is not None and result["patient"]["category_dl"] is None
+    assert result["patient"]["category"] is not None  # the calibrated ACR category is untouched
+    assert "tbs_dl" in (tmp_path / "run" / "levels.csv").read_text().splitlines()[0]
+
+
 def test_model_reloads_without_caches_and_runs_on_the_real_example(tiny_model, tmp_path):
     moved = tmp_path / "shipped_model"
     shutil.copytree(tiny_model / "model", moved)
@@ -260,13 +298,15 @@ def test_train_refuses_to_overwrite_and_too_few_patients(tiny_model, tmp_path):
     ("patient_id,ct,category\na,{ct},osteoporosis\n", "needs a 't_score'"),
     ("patient_id,ct,labels,label_map,level,bmd_mg_cm3\na,{ct},{ct},weird,L1,100\n", "label_map"),
     ("patient_id,ct,level,bmd_mg_cm3,split\na,{ct},L1,100,holdout\n", "split 'holdout' is not"),
+    ("patient_id,ct,tbs\na,{ct},high\n", "tbs 'high' is not a number"),
     ("patient_id,ct,level,bmd_mg_cm3,split\na,{ct},L1,100,cv\nb,{ct2},L1,90,external_3\n",
      "external site 'external' has no patients, but 'external_3' has"),
 ])
 def test_bad_manifest_is_one_line_exit_3(tmp_path, content, message):
     m = tmp_path / "manifest.csv"
     m.write_text(content.format(ct=EXAMPLE / "ct.nii.gz", ct2=DATA / "tptbox_l3_crop" / "ct.nii.gz"))
-    rc, so, se = run_cli("train", "--manifest", m, "--out", tmp_path / "model", "--no-cache")
+    target = ["--target", "tbs"] if "tbs" in content else []
+    rc, so, se = run_cli("train", "--manifest", m, "--out", tmp_path / "model", "--no-cache", *target)
     assert rc == 3, se
     assert message in se and str(m) in se and "Traceback" not in se
     assert not (tmp_path / "model").exists()

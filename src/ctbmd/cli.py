@@ -125,9 +125,12 @@ def _print_summary(result: dict, out: Path) -> None:
                + (f" ({p['bmd_mg_cm3']:.1f} mg/cm³" + (f", 95% {ci[0]:.0f}-{ci[1]:.0f}" if ci else "")
                   + f", {'+'.join(p['levels_used'])})" if p["bmd_mg_cm3"] else ""))
     if "model" in result:
-        key = "bmd_dl_mg_cm3" if "bmd_dl_mg_cm3" in p else "t_score_dl"
+        from ctbmd.result import model_value_key
+
+        key = model_value_key(result["model"]["target"])
         unit = " mg/cm³" if key == "bmd_dl_mg_cm3" else ""
-        values = ", ".join(f"{lv['level']} {lv[key]:.{0 if unit else 1}f}" for lv in result["levels"]
+        digits = 0 if unit else (1 if key == "t_score_dl" else 3)
+        values = ", ".join(f"{lv['level']} {lv[key]:.{digits}f}" for lv in result["levels"]
                            if lv.get(key) is not None)
         origin = "trained on simulated phantoms" if result["model"]["phantom_trained"] else result["model"]["trained_on"]
         typer.echo(f"model ({origin}): {values}; patient {p[key] if p[key] is not None else 'n/a'}{unit}, "
@@ -444,6 +447,9 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     classify: bool = typer.Option(False, "--classify", help="Add a 3-class (ACR or WHO) head."),
+    target: Optional[str] = typer.Option(None, "--target", help="Manifest column to train on: bmd_mg_cm3 or "
+                                         "t_score (default: as the manifest gives), or another numeric per-patient "
+                                         "column such as tbs."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, augmentation and order."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -464,7 +470,7 @@ def train(
 
         cfg = TrainConfig(arch=arch, dims=dims, folds=folds, test_fraction=test_fraction, epochs=epochs,
                           patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=not no_augment,
-                          seed=seed, device=device)
+                          seed=seed, device=device, target=target)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
             task = bar.add_task("reading the manifest")
 
@@ -488,10 +494,12 @@ def train(
                 typer.echo(f"{name:11s} {split:11s}: vertebrae n {v['n']:.0f}, r² {v['r2']:.3f}, MAE {v['mae']:.2f} "
                            f"mg/cm³, RMSE {v['rmse']:.2f}; AUC osteoporosis {m['auc_osteoporosis']:.3f}")
         else:
-            auc = figures["auc_osteoporosis"]
-            typer.echo(f"{name:11s}: patients n {figures['n_patients']}, r² {figures['r2']:.3f}, MAE "
-                       f"{figures['mae']:.2f}, RMSE {figures['rmse']:.2f} (T-score); AUC osteoporosis "
-                       + ("n/a" if auc is None else f"{auc:.3f}"))
+            auc, r = figures["auc_osteoporosis"], figures["r"]
+            typer.echo(f"{name:11s}: patients n {figures['n_patients']}, r "
+                       + ("n/a" if r is None else f"{r:.3f}, r² {r * r:.3f}")
+                       + f", MAE {figures['mae']:.3f}, RMSE {figures['rmse']:.3f} ({config['target']})"
+                       + ("" if config["target"] != "t_score" else
+                          "; AUC osteoporosis " + ("n/a" if auc is None else f"{auc:.3f}")))
     typer.echo(f"model: {out}")
 
 

@@ -178,13 +178,20 @@ def labelling_dict(rec: LabellingRecord | None) -> dict | None:
         "anchors": [asdict(a) for a in rec.anchors], "refusal": rec.refusal, "vertebrae": verts}
 
 
+def model_value_key(target: str) -> str:
+    """The ``result.json`` key of a model's value: ``bmd_dl_mg_cm3``, ``t_score_dl``, or ``<target>_dl`` (``tbs_dl``)."""
+    return "bmd_dl_mg_cm3" if target == "bmd_mg_cm3" else f"{target}_dl"
+
+
 def _add_model_values(result: dict, dl: ModelOutput) -> None:
-    """Add a model's per-level value (``bmd_dl_mg_cm3`` or ``t_score_dl``), its patient mean over the levels
-    the calibrated value used (or L1-L4 for a T-score) with the category, and the ``model`` provenance block."""
-    key = "bmd_dl_mg_cm3" if dl.target == "bmd_mg_cm3" else "t_score_dl"
+    """Add a model's per-level value (:func:`model_value_key`), its patient mean over the levels the calibrated
+    value used (or L1-L4 for a per-patient target such as a T-score or TBS) with the category (ACR for BMD,
+    WHO for a T-score, none for other targets), and the ``model`` provenance block."""
+    key = model_value_key(dl.target)
+    digits = 1 if key == "bmd_dl_mg_cm3" else (2 if key == "t_score_dl" else 3)
     for lv in result["levels"]:
         pred = dl.levels.get(lv["level"])
-        lv[key] = None if pred is None else round(pred.value, 2 if key == "t_score_dl" else 1)
+        lv[key] = None if pred is None else round(pred.value, digits)
         lv["dl_member_sd"] = None if pred is None else round(pred.member_sd, 2)
         if pred is not None and pred.class_probabilities:
             lv["dl_class_probabilities"] = {k: round(v, 3) for k, v in pred.class_probabilities.items()}
@@ -192,7 +199,9 @@ def _add_model_values(result: dict, dl: ModelOutput) -> None:
     used = p["levels_used"] if key == "bmd_dl_mg_cm3" else ["L1", "L2", "L3", "L4"]
     vals = [dl.levels[lv].value for lv in used if lv in dl.levels]
     value = float(np.mean(vals)) if vals else None
-    p[key] = None if value is None else round(value, 2 if key == "t_score_dl" else 1)
-    p["category_dl"] = None if value is None else (acr_category(value) if key == "bmd_dl_mg_cm3" else who_category(value))
-    p["category_dl_system"] = "ACR-QCT" if key == "bmd_dl_mg_cm3" else "WHO (T-score)"
+    p[key] = None if value is None else round(value, digits)
+    systems = {"bmd_dl_mg_cm3": ("ACR-QCT", acr_category), "t_score_dl": ("WHO (T-score)", who_category)}
+    system, categorise = systems.get(key, (None, None))
+    p["category_dl"] = None if value is None or categorise is None else categorise(value)
+    p["category_dl_system"] = system
     result["model"] = dl.model

@@ -19,7 +19,10 @@ A CSV with one CT per patient:
 * the reference, in the forms ``ctbmd evaluate`` reads
   (:func:`ctbmd.evaluate.read_reference`): per level, one row per level with
   ``level`` and ``bmd_mg_cm3`` (QCT, mg/cm³), or per patient ``t_score`` (DXA),
-  which is then the target of each of the patient's ``PATIENT_TARGET_LEVELS``.
+  which is then the target of each of the patient's ``PATIENT_TARGET_LEVELS``;
+  or, with ``target=COLUMN`` (``ctbmd train --target``), any other numeric
+  per-patient column, such as ``tbs`` (trabecular bone score, seed 002), which
+  is likewise the target of each of L1-L4.
 
 Every CT goes through :func:`ctbmd.pipeline.analyse` (read, segment, ROI,
 calibrate) and :func:`ctbmd.model.crops.extract_crops`. The crops are cached as
@@ -43,6 +46,9 @@ from ctbmd import evaluate as ev
 from ctbmd.errors import CtbmdError, InvalidInputError
 from ctbmd.model.crops import FEATURES, CropSpec, VertebraCrop, extract_crops, input_hash, load_crops, save_crops
 from ctbmd.segment.labelmaps import LABEL_MAPS
+
+#: The targets with a reference of their own in ``ctbmd evaluate`` (QCT per level, DXA T-score per patient).
+BUILTIN_TARGETS = ("bmd_mg_cm3", "t_score")
 
 #: Names of external sites in the manifest's ``split`` column: ``external``, ``external_2``, ``external_3``, ...
 EXTERNAL_SPLIT = re.compile(r"external(_([2-9]|[1-9][0-9]+))?")
@@ -102,28 +108,38 @@ class Cohort:
     path : Path
         The manifest.
     target : str
-        ``"bmd_mg_cm3"`` (per-level QCT) or ``"t_score"`` (per-patient DXA).
+        ``"bmd_mg_cm3"`` (per-level QCT), ``"t_score"`` (per-patient DXA) or the
+        name of another numeric per-patient column (e.g. ``"tbs"``).
     scans : tuple of CohortScan
         One per patient, in manifest order.
-    reference : ctbmd.evaluate.Reference
-        The targets, as ``ctbmd evaluate`` reads them.
+    reference : ctbmd.evaluate.Reference or None
+        The targets, as ``ctbmd evaluate`` reads them (None for another column).
+    values : dict of str to float
+        Patient -> value of another per-patient column (empty for the two above).
     """
 
     path: Path
     target: str
     scans: tuple[CohortScan, ...]
-    reference: ev.Reference
+    reference: ev.Reference | None
+    values: dict = field(default_factory=dict)
 
     def targets(self) -> dict[tuple[str, str], float]:
-        """(patient_id, level) -> target value (mg/cm³ or T-score)."""
+        """(patient_id, level) -> target value (mg/cm³, T-score, or the per-patient column's value)."""
+        if self.target not in BUILTIN_TARGETS:
+            return {(pid, lv): v for pid, v in self.values.items() for lv in PATIENT_TARGET_LEVELS}
         if self.target == "bmd_mg_cm3":
             return {(lv.patient_id, lv.level): lv.bmd_mg_cm3 for lv in self.reference.levels}
         return {(p.patient_id, lv): p.t_score for p in self.reference.patients if p.t_score is not None
                 for lv in PATIENT_TARGET_LEVELS}
 
 
-def read_manifest(path: str | Path) -> Cohort:
+def read_manifest(path: str | Path, target: str | None = None) -> Cohort:
     """Read and check a cohort manifest (see the module docstring).
+
+    ``target`` names the column to train on: None (``bmd_mg_cm3`` for a
+    per-level manifest, ``t_score`` for a per-patient one), one of those two, or
+    any other numeric per-patient column (``tbs``).
 
     Raises
     ------
@@ -139,8 +155,18 @@ def read_manifest(path: str | Path) -> Cohort:
     path = Path(path)
     header, rows = ev._read_csv(path)
     ev._require(header, ("patient_id", "ct"), path)
-    reference = ev.read_reference(path)
-    if reference.kind == "dxa" and not any(p.t_score is not None for p in reference.patients):
+    values: dict[str, float] = {}
+    if target is not None and target not in BUILTIN_TARGETS:
+        reference = None
+        values = _column_values(path, header, rows, target)
+    else:
+        reference = ev.read_reference(path)
+        kind = "bmd_mg_cm3" if reference.kind == "qct" else "t_score"
+        if target is not None and target != kind:
+            raise InvalidInputError(f"--target {target} does not match the manifest, whose reference is "
+                                    f"{'per level (bmd_mg_cm3)' if kind == 'bmd_mg_cm3' else 'per patient (t_score)'}",
+                                    path)
+    if reference is not None and reference.kind == "dxa" and not any(p.t_score is not None for p in reference.patients):
         raise InvalidInputError("a per-patient manifest needs a 't_score' column to train on "
                                 "(categories alone are not a regression target)", path)
     base = path.resolve().parent
@@ -173,8 +199,42 @@ def read_manifest(path: str | Path) -> Cohort:
         name = "external" if gap == 1 else f"external_{gap}"
         raise InvalidInputError(f"external site {name!r} has no patients, but 'external_{max(sites)}' has: "
                                 "number the external sites external, external_2, ... without gaps", path)
+    if reference is None:
+        return Cohort(path=path, target=target, scans=tuple(scans.values()), reference=None, values=values)
     target = "bmd_mg_cm3" if reference.kind == "qct" else "t_score"
     return Cohort(path=path, target=target, scans=tuple(scans.values()), reference=reference)
+
+
+def _column_values(path: Path, header: list[str], rows: list[dict], column: str) -> dict[str, float]:
+    """Patient -> the numeric value of a per-patient column (one value per patient; empty cells skipped).
+
+    Raises
+    ------
+    InvalidInputError
+        No such column, a value that is not a finite number, two values for one
+        patient, or no value at all.
+    """
+    import math
+
+    if column not in header:
+        raise InvalidInputError(f"no column {column!r} for --target (columns found: {', '.join(header)})", path)
+    values: dict[str, float] = {}
+    for i, r in enumerate(rows, start=2):
+        text = (r.get(column) or "").strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise InvalidInputError(f"row {i}: {column} {text!r} is not a number", path)
+        if values.setdefault(r["patient_id"], value) != value:
+            raise InvalidInputError(f"row {i}: patient {r['patient_id']!r} has two {column} values "
+                                    f"({values[r['patient_id']]} and {value})", path)
+    if not values:
+        raise InvalidInputError(f"column {column!r} holds no value to train on", path)
+    return values
 
 
 def scan_crops(scan: CohortScan, spec: CropSpec, cache_dir: Path | None) -> tuple[list[VertebraCrop], dict[str, str]]:

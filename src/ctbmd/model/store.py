@@ -57,7 +57,7 @@ class BmdModel:
 
     @property
     def target(self) -> str:
-        """``bmd_mg_cm3`` or ``t_score``."""
+        """``bmd_mg_cm3``, ``t_score`` or another per-patient column the model was trained on (``tbs``)."""
         return self.config["target"]
 
     def describe(self) -> dict:

@@ -78,6 +78,10 @@ class TrainConfig:
     seed : int
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    target : str or None
+        The manifest column to train on (None: ``bmd_mg_cm3`` or ``t_score``, as
+        the manifest gives; another name: a numeric per-patient column such as
+        ``tbs``, see :func:`ctbmd.model.cohort.read_manifest`).
     """
 
     arch: str = "densenet121"
@@ -93,6 +97,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,11 @@ def patient_folds(samples: Samples, n_folds: int, seed: int, target: str,
                          f"(need at least {2 * n_folds})")
     # stratify by the patient's category (of its mean target), repeated on each of its vertebrae
     mean = {p: samples.target[cv][patients == p].mean() for p in set(patients)}
-    strata = categories(np.array([mean[p] for p in patients]), target)
+    values = np.array([mean[p] for p in patients])
+    if target in ("bmd_mg_cm3", "t_score"):
+        strata = categories(values, target)
+    else:  # another per-patient target (TBS): its tertiles
+        strata = np.digitize(values, np.quantile(list(mean.values()), [1 / 3, 2 / 3])).astype(int)
     counts = np.bincount(strata, minlength=3)
     if (counts[counts > 0] < n_folds).any():
         strata = np.zeros_like(strata)

@@ -115,8 +115,11 @@ def _evaluate_bmd(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarra
     return summary
 
 
-def _evaluate_t_score(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarray, sets: np.ndarray) -> dict:
-    """r², MAE, RMSE (sklearn) of patient-mean T-scores and the AUC of osteoporosis (T <= -2.5)."""
+def _evaluate_patient_target(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarray, sets: np.ndarray,
+                             target: str = "t_score") -> dict:
+    """Per set: Pearson r and r², MAE, RMSE (scipy, sklearn) of the patient means of a per-patient target
+    (T-score, TBS, ...); for a T-score also the AUC of osteoporosis (T <= -2.5, WHO)."""
+    from scipy import stats
     from sklearn import metrics as skm
 
     summary = {}
@@ -126,11 +129,12 @@ def _evaluate_t_score(out: Path, samples: Samples, rows: np.ndarray, pred: np.nd
         ref = np.array([samples.target[sel][samples.patient[sel] == p].mean() for p in ps])
         prd = np.array([pred[sets == name][samples.patient[sel] == p].mean() for p in ps])
         porotic = ref <= -2.5
-        summary[name] = {"n_patients": len(ps), "r2": float(np.corrcoef(ref, prd)[0, 1] ** 2),
+        r = float(stats.pearsonr(ref, prd).statistic) if len(ps) > 2 and np.std(prd) > 0 and np.std(ref) > 0 else None
+        summary[name] = {"n_patients": len(ps), "r": r, "r2": None if r is None else r * r,
                          "mae": float(skm.mean_absolute_error(ref, prd)),
                          "rmse": float(np.sqrt(skm.mean_squared_error(ref, prd))),
                          "auc_osteoporosis": (float(skm.roc_auc_score(porotic, -prd))
-                                              if 0 < porotic.sum() < len(ps) else None)}
+                                              if target == "t_score" and 0 < porotic.sum() < len(ps) else None)}
     (out / "evaluation").mkdir(parents=True, exist_ok=True)
     _write_text(out / "evaluation" / "metrics.json", json.dumps(summary, indent=2))
     for site in (n for n in summary if is_external(n)):
@@ -247,7 +251,10 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     if cfg.arch not in ARCHS or cfg.dims not in DIMS:
         raise UsageError(f"--arch must be one of {', '.join(ARCHS)} and --dims one of {', '.join(DIMS)} "
                          f"(got {cfg.arch!r}, {cfg.dims!r})")
-    cohort = read_manifest(manifest)
+    cohort = read_manifest(manifest, cfg.target)
+    if cfg.classify and cohort.target not in ("bmd_mg_cm3", "t_score"):
+        raise UsageError(f"--classify needs categories, which a {cohort.target} target has none of "
+                         "(ACR for bmd_mg_cm3, WHO for t_score)")
     t0 = time.time()
     samples = build_samples(cohort, spec, cache_dir,
                             lambda done, total, pid: tick("scan", {"done": done, "total": total, "patient_id": pid}))
@@ -316,11 +323,15 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     _write_text(out / "failed.csv", _csv_text(["patient_id", "level", "reason"],
                                               [[p, "", r] for p, r in samples.failed]
                                               + [[p, lv, r] for p, lv, r in samples.skipped]))
-    metrics = (_evaluate_bmd if tname == "bmd_mg_cm3" else _evaluate_t_score)(out, samples, rows, pred, sets)
+    if tname == "bmd_mg_cm3":
+        metrics = _evaluate_bmd(out, samples, rows, pred, sets)
+    else:
+        metrics = _evaluate_patient_target(out, samples, rows, pred, sets, tname)
     phantom = is_phantom_cohort(cohort)
     config = {
         "format": MODEL_FORMAT, "ctbmd_version": __version__, "target": tname,
-        "target_units": "mg/cm³ K2HPO4-equivalent (as the reference)" if tname == "bmd_mg_cm3" else "DXA T-score",
+        "target_units": {"bmd_mg_cm3": "mg/cm³ K2HPO4-equivalent (as the reference)", "t_score": "DXA T-score"}.get(
+            tname, f"as the manifest's {tname!r} column"),
         "arch": cfg.arch, "dims": cfg.dims, "classify": cfg.classify,
         "preprocessing": {"crop_size": spec.size, "crop_spacing_mm": spec.spacing_mm, "hu_window": list(HU_WINDOW),
                           "mg_cm3_scale": MG_CM3_SCALE, "features": list(FEATURES),

@@ -43,7 +43,8 @@ CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular
 def levels_csv(result: dict) -> str:
     """``levels.csv`` text: one row per level, :data:`CSV_FIELDS` columns."""
     buf = _io.StringIO()
-    fields = CSV_FIELDS + [k for k in ("bmd_dl_mg_cm3", "t_score_dl") if result["levels"] and k in result["levels"][0]]
+    fields = CSV_FIELDS + [k for k in (result["levels"][0] if result["levels"] else {})
+                           if k.endswith("_dl") or k == "bmd_dl_mg_cm3"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for lv in result["levels"]:
@@ -192,8 +193,12 @@ def _model_line(result: dict) -> str:
     if not m:
         return ""
     p = result["patient"]
-    value = p.get("bmd_dl_mg_cm3", p.get("t_score_dl"))
-    shown = "n/a" if value is None else (f"{value:.0f} mg/cm³" if "bmd_dl_mg_cm3" in p else f"T {value:.1f}")
+    from ctbmd.result import model_value_key
+
+    key = model_value_key(m["target"])
+    value = p.get(key)
+    shown = "n/a" if value is None else {"bmd_dl_mg_cm3": f"{value:.0f} mg/cm³", "t_score_dl": f"T {value:.1f}"}.get(
+        key, f"{m['target']} {value:.3g}")
     origin = "trained on phantoms" if m["phantom_trained"] else "research model"
     return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"
 

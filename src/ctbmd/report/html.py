@@ -67,9 +67,13 @@ def render_report_html(result: dict, png: bytes, title: str) -> str:
     p = result["patient"]
     model, model_value = result.get("model"), None
     if model:
-        value = p.get("bmd_dl_mg_cm3", p.get("t_score_dl"))
-        model_value = "n/a" if value is None else (
-            f"{value:.0f} mg/cm³" if "bmd_dl_mg_cm3" in p else f"T-score {value:.1f}")
+        from ctbmd.result import model_value_key
+
+        key = model_value_key(model["target"])
+        value = p.get(key)
+        model_value = "n/a" if value is None else {"bmd_dl_mg_cm3": f"{value:.0f} mg/cm³",
+                                                   "t_score_dl": f"T-score {value:.1f}"}.get(
+            key, f"{model['target']} {value:.3g}")
     from markupsafe import Markup
 
     return _environment().get_template("report.html.j2").render(
