@@ -253,6 +253,50 @@ def test_a_tbs_target_trains_reports_r_and_is_applied_without_a_category(tiny_mo
     assert "tbs_dl" in (tmp_path / "run" / "levels.csv").read_text().splitlines()[0]
 
 
+def test_binary_agreement_of_known_predictions():
+    from ctbmd.evaluate import binary_agreement
+
+    low = np.array([1, 1, 0, 0, 1, 0, 0, 0], bool)
+    p = np.array([0.9, 0.6, 0.4, 0.2, 0.3, 0.7, 0.1, 0.05])  # TP TP TN TN FN FP TN TN at 0.5
+    m = binary_agreement(low, p, np.arange(8), n_boot=300, seed=1)
+    assert (m["n"], m["n_low"]) == (8, 3)
+    assert m["recall"]["value"] == pytest.approx(2 / 3) and m["precision"]["value"] == pytest.approx(2 / 3)
+    assert m["specificity"]["value"] == pytest.approx(4 / 5) and m["accuracy"]["value"] == pytest.approx(6 / 8)
+    assert m["f1"]["value"] == pytest.approx(2 / 3)
+    assert m["auc"]["value"] == pytest.approx(12 / 15)  # 12 of the 15 (low, normal) pairs ordered right
+    lo, hi = m["auc"]["ci95"]
+    assert lo < 12 / 15 < hi <= 1.0
+
+
+def test_binary_task_reports_peng_figures_and_applies_a_probability(tiny_model, tmp_path):
+    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
+    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "model", "--arch",
+                         "densenet_small", "--folds", "2", "--epochs", "2", "--cache", tmp_path / "cache", "--seed",
+                         "1", "--task", "binary")
+    assert rc == 0, se
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert (cfg["task"], cfg["binary_threshold"]) == ("binary", 120.0)
+    m = json.loads((tmp_path / "model" / "evaluation" / "metrics.json").read_text())["out-of-fold"]
+    assert m["threshold"] == 120.0 and m["patient"]["n"] == 4 and m["patient"]["n_low"] == 2  # L1 60, 100 | 150, 200
+    for unit in ("vertebra", "patient"):
+        for key in ("auc", "f1", "recall", "precision", "specificity", "accuracy"):
+            assert set(m[unit][key]) == {"value", "ci95"}, (unit, key)
+    assert m["vertebra"]["auc"]["value"] is not None and "auc" in so and "specificity" in so
+    with open(tmp_path / "model" / "oof_predictions.csv") as fh:
+        oof = list(csv.DictReader(fh))
+    assert all(0.0 <= float(r["p_low_bmd"]) <= 1.0 for r in oof)
+    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "m2", "--task",
+                         "binary", "--classify", "--cache", tmp_path / "cache")
+    assert rc == 2 and "cannot take --classify" in se
+    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
+                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
+                         "--quiet")
+    assert rc == 0, se
+    p = json.loads((tmp_path / "run" / "result.json").read_text())["patient"]
+    assert 0.0 <= p["p_low_bmd_dl"] <= 1.0 and p["category_dl"] in ("low BMD", "normal")
+    assert "P(low BMD)" in (tmp_path / "run" / "report.html").read_text()
+
+
 def test_model_reloads_without_caches_and_runs_on_the_real_example(tiny_model, tmp_path):
     moved = tmp_path / "shipped_model"
     shutil.copytree(tiny_model / "model", moved)

@@ -447,6 +447,11 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     classify: bool = typer.Option(False, "--classify", help="Add a 3-class (ACR or WHO) head."),
+    task: str = typer.Option("regression", "--task", help="regression | binary (normal against low BMD: below "
+                             "120 mg/cm³, or T-score -1.0; see --threshold) | categories (regression with the "
+                             "3-class head, as --classify)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="With --task binary: a reference below "
+                                              "this is low BMD (default 120 mg/cm³ for QCT, -1.0 for a T-score)."),
     target: Optional[str] = typer.Option(None, "--target", help="Manifest column to train on: bmd_mg_cm3 or "
                                          "t_score (default: as the manifest gives), or another numeric per-patient "
                                          "column such as tbs."),
@@ -470,7 +475,7 @@ def train(
 
         cfg = TrainConfig(arch=arch, dims=dims, folds=folds, test_fraction=test_fraction, epochs=epochs,
                           patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=not no_augment,
-                          seed=seed, device=device, target=target)
+                          seed=seed, device=device, target=target, task=task, threshold=threshold)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
             task = bar.add_task("reading the manifest")
 
@@ -488,7 +493,21 @@ def train(
     typer.echo(f"trained on {t['n_patients']} patients, {t['n_vertebrae']} vertebrae ({t['data']}); "
                f"{t['failed_scans']} scans failed (see failed.csv)")
     for name, figures in t["out_of_fold"].items():
-        if config["target"] == "bmd_mg_cm3":
+        if config.get("task") == "binary":
+            for unit in ("vertebra", "patient"):
+                m = figures[unit]
+
+                def cell(key: str) -> str:
+                    v = m[key]
+                    if v["value"] is None:
+                        return f"{key} n/a"
+                    ci = f" ({v['ci95'][0]:.3f}-{v['ci95'][1]:.3f})" if v["ci95"] else ""
+                    return f"{key} {v['value']:.3f}{ci}"
+
+                typer.echo(f"{name:11s} {unit:9s}: n {m['n']} ({m['n_low']} low, below {figures['threshold']:g}); "
+                           + ", ".join(cell(k) for k in ("auc", "f1", "recall", "precision", "specificity",
+                                                         "accuracy")))
+        elif config["target"] == "bmd_mg_cm3":
             for split, m in figures.items():
                 v = m["vertebra"]
                 typer.echo(f"{name:11s} {split:11s}: vertebrae n {v['n']:.0f}, r² {v['r2']:.3f}, MAE {v['mae']:.2f} "

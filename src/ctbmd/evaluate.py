@@ -662,6 +662,62 @@ _AGREEMENT_ROWS = (("n", "n", "{:.0f}"), ("r", "Pearson r", "{:.3f}"), ("p", "p"
                    ("loa_high", "LoA high (mg/cm³)", "{:.1f}"))
 
 
+def binary_agreement(low: np.ndarray, p_low: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
+                     seed: int = 0, cut: float = 0.5) -> dict:
+    """A binary classifier of low BMD against its reference, as Peng et al. 2024 reported theirs.
+
+    Parameters
+    ----------
+    low : numpy.ndarray
+        bool ``(n,)``: the reference says low BMD.
+    p_low : numpy.ndarray
+        float ``(n,)``: the predicted probability of low BMD.
+    groups : numpy.ndarray
+        ``(n,)`` patient of each row; the bootstrap resamples patients with all their rows.
+    n_boot, seed : int
+        Bootstrap resamples and seed (95% percentile intervals).
+    cut : float
+        Probability at or above which the prediction is "low".
+
+    Returns
+    -------
+    dict
+        ``n``, ``n_low`` and, each as ``{"value", "ci95"}`` (None where undefined, e.g. an AUC with one
+        class): ``auc`` (ROC AUC), ``f1``, ``recall`` (sensitivity), ``precision``, ``specificity`` and
+        ``accuracy`` (scikit-learn).
+    """
+    low = np.asarray(low, bool)
+    p_low = np.asarray(p_low, float)
+    groups = np.asarray(groups)
+
+    def figures(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+        pred = p >= cut
+        tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[False, True]).ravel()
+        return {"auc": float(skm.roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
+                "f1": float(skm.f1_score(y, pred, zero_division=0)) if y.any() or pred.any() else None,
+                "recall": float(tp / (tp + fn)) if tp + fn else None,
+                "precision": float(tp / (tp + fp)) if tp + fp else None,
+                "specificity": float(tn / (tn + fp)) if tn + fp else None,
+                "accuracy": float((tp + tn) / len(y)) if len(y) else None}
+
+    point = figures(low, p_low)
+    rng = np.random.default_rng(seed)
+    ids = np.unique(groups)
+    rows = {g: np.nonzero(groups == g)[0] for g in ids}
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n_boot if len(ids) > 1 else 0):
+        ix = np.concatenate([rows[g] for g in rng.choice(ids, len(ids))])
+        for k, v in figures(low[ix], p_low[ix]).items():
+            if v is not None:
+                samples[k].append(v)
+    out: dict = {"n": int(len(low)), "n_low": int(low.sum())}
+    for k, v in point.items():
+        ci = samples[k]
+        out[k] = {"value": v, "ci95": [float(np.percentile(ci, 2.5)), float(np.percentile(ci, 97.5))]
+                  if v is not None and len(ci) >= 20 else None}
+    return out
+
+
 def _cell(value, ci, fmt: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"

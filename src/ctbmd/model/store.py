@@ -63,7 +63,10 @@ class BmdModel:
     def describe(self) -> dict:
         """The ``model`` block of ``result.json``: where the model came from and what it claims."""
         t = self.config["training"]
-        return {"path": str(self.path), "format": self.config["format"], "target": self.target,
+        binary = self.config.get("task") == "binary"
+        return {"path": str(self.path), "format": self.config["format"],
+                "target": "p_low_bmd" if binary else self.target, "trained_on_target": self.target,
+                "task": self.config.get("task", "regression"), "binary_threshold": self.config.get("binary_threshold"),
                 "arch": self.config["arch"], "dims": self.config["dims"], "members": len(self.members),
                 "trained_on": t["data"], "phantom_trained": t["phantom_trained"],
                 "clinically_validated": t["clinically_validated"], "n_patients": t["n_patients"],
@@ -192,7 +195,8 @@ def add_model(result: Result, model: BmdModel) -> Result:
     crops, skipped = extract_crops(result.ct, result.roi_labels, result.levels, result.calibration,
                                    result.phase, model.spec)
     preds = model.predict(crops)
-    dl = ModelOutput(model=model.describe(), target=model.target, levels={p.level: p for p in preds},
+    described = model.describe()  # a binary model's value is the probability of low BMD ("p_low_bmd")
+    dl = ModelOutput(model=described, target=described["target"], levels={p.level: p for p in preds},
                      skipped=skipped)
     notes = tuple(f"{lv}: no model value ({why})" for lv, why in skipped.items())
     return replace(result, dl=dl, warnings=tuple(result.warnings) + notes)

@@ -24,6 +24,13 @@ T-score directly. With ``classify`` an extra 3-class head (ACR-QCT categories
 of the target BMD, or WHO categories of the T-score) is trained with weight
 ``CLASS_LOSS_WEIGHT``.
 
+Tasks (``TrainConfig.task``): ``regression`` (the above); ``categories``, the
+same with the 3-class head (``classify``); ``binary``, normal against low BMD as
+Peng et al. 2024 trained it: the single output is the logit of "low BMD"
+(reference below ``threshold``: :data:`BINARY_THRESHOLDS`, 120 mg/cm³ for QCT,
+the ACR-QCT upper limit of osteopenia; -1.0 for a T-score, WHO), trained with
+binary cross-entropy; the prediction is its probability.
+
 Loss: smooth L1 (Huber, beta 1) on the normalised target. Optimiser: AdamW
 (Loshchilov & Hutter, ICLR 2019). Augmentation (training only, MONAI):
 ``RandAffine`` (rotation up to 10 degrees about each axis, shift up to 2
@@ -50,6 +57,10 @@ from ctbmd.model.cohort import Samples
 from ctbmd.model.nets import BmdNet
 
 TARGET_SCALE_MG_CM3 = 20.0
+TASKS = ("regression", "binary", "categories")
+#: Default "low BMD" threshold of ``task="binary"``: below it is low. ACR-QCT 2018 (above 120 mg/cm³ is
+#: normal) and WHO 1994 (a T-score of -1.0 or above is normal); other targets need ``threshold``.
+BINARY_THRESHOLDS = {"bmd_mg_cm3": 120.0, "t_score": -1.0}
 CLASS_LOSS_WEIGHT = 0.2
 EARLY_STOP_FRACTION = 0.15
 
@@ -78,6 +89,11 @@ class TrainConfig:
     seed : int
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    task : str
+        One of :data:`TASKS` (see the module docstring); ``categories`` sets ``classify``.
+    threshold : float or None
+        With ``task="binary"``: a reference below it is "low BMD" (default
+        :data:`BINARY_THRESHOLDS` of the target).
     target : str or None
         The manifest column to train on (None: ``bmd_mg_cm3`` or ``t_score``, as
         the manifest gives; another name: a numeric per-patient column such as
@@ -98,6 +114,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     target: str | None = None
+    task: str = "regression"
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,9 @@ class Normaliser:
     residual : bool
         Target = baseline + scale * output (BMD) or mean + scale * output (T-score).
     target_mean, target_scale : float
+    binary_threshold : float or None
+        For a binary member: the network output is the logit of "target below
+        this"; :meth:`encode` gives 0/1 and :meth:`decode` the probability.
     """
 
     feature_mean: tuple[float, ...]
@@ -132,6 +153,7 @@ class Normaliser:
     residual: bool
     target_mean: float
     target_scale: float
+    binary_threshold: float | None = None
 
     def features(self, f: np.ndarray) -> np.ndarray:
         """Standardise ``(n, n_features)`` raw features."""
@@ -139,23 +161,30 @@ class Normaliser:
         return np.nan_to_num(z, nan=0.0).astype(np.float32)
 
     def encode(self, target: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-        """Target -> normalised network output."""
+        """Target -> normalised network output (for a binary member: 1.0 below the threshold, else 0.0)."""
+        if self.binary_threshold is not None:
+            return (target < self.binary_threshold).astype(np.float32)
         centre = baseline if self.residual else self.target_mean
         return ((target - centre) / self.target_scale).astype(np.float32)
 
     def decode(self, output: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-        """Normalised network output -> target units."""
+        """Normalised network output -> target units (for a binary member: the probability of low BMD)."""
+        if self.binary_threshold is not None:
+            return (1.0 / (1.0 + np.exp(-output.astype(np.float64)))).astype(np.float32)
         centre = baseline if self.residual else self.target_mean
         return (centre + self.target_scale * output).astype(np.float32)
 
 
-def fit_normaliser(samples: Samples, idx: np.ndarray, target: str) -> Normaliser:
-    """Normaliser from the vertebrae ``idx`` (``target``: ``bmd_mg_cm3`` or ``t_score``)."""
+def fit_normaliser(samples: Samples, idx: np.ndarray, target: str, binary_threshold: float | None = None) -> Normaliser:
+    """Normaliser from the vertebrae ``idx`` (``target``: ``bmd_mg_cm3``, ``t_score`` or another column;
+    ``binary_threshold`` for a binary member)."""
     f = samples.features[idx]
     mean = np.nanmean(f, axis=0)
     sd = np.nanstd(f, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     sd = np.where(np.isfinite(sd) & (sd > 1e-6), sd, 1.0)
+    if binary_threshold is not None:
+        return Normaliser(tuple(map(float, mean)), tuple(map(float, sd)), False, 0.0, 1.0, float(binary_threshold))
     if target == "bmd_mg_cm3":
         return Normaliser(tuple(map(float, mean)), tuple(map(float, sd)), True, 0.0, TARGET_SCALE_MG_CM3)
     t = samples.target[idx]
@@ -249,12 +278,29 @@ def _augmenter(seed: int):
     return aug
 
 
+def binary_threshold(cfg: TrainConfig, target: str) -> float:
+    """The "low BMD" threshold of a binary task: ``cfg.threshold``, else :data:`BINARY_THRESHOLDS`.
+
+    Raises
+    ------
+    ValueError
+        A target without a default threshold (such as ``tbs``) and no ``cfg.threshold``.
+    """
+    if cfg.threshold is not None:
+        return float(cfg.threshold)
+    if target not in BINARY_THRESHOLDS:
+        raise ValueError(f"--task binary with a {target} target needs --threshold (below it is 'low')")
+    return BINARY_THRESHOLDS[target]
+
+
 def build_net(cfg: TrainConfig, n_features: int) -> BmdNet:
     """A fresh :class:`~ctbmd.model.nets.BmdNet` for ``cfg`` (3-channel crops)."""
     return BmdNet(cfg.arch, cfg.dims, 3, n_features, 3 if cfg.classify else 0)
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+def _loss(out: torch.Tensor, y: torch.Tensor, cls: torch.Tensor | None, binary: bool = False) -> torch.Tensor:
+    if binary:
+        return nn.functional.binary_cross_entropy_with_logits(out[:, 0], y)
     loss = nn.functional.smooth_l1_loss(out[:, 0], y)
     if cls is not None and out.shape[1] > 1:
         loss = loss + CLASS_LOSS_WEIGHT * nn.functional.cross_entropy(out[:, 1:], cls)
@@ -334,7 +380,8 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(_epoch_seed(cfg.seed, member, -1))
-    norm = fit_normaliser(samples, fit, target)
+    binary = cfg.task == "binary"
+    norm = fit_normaliser(samples, fit, target, binary_threshold(cfg, target) if binary else None)
     net = build_net(cfg, samples.features.shape[1]).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     feats = norm.features(samples.features)
@@ -372,7 +419,7 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
                 continue
             x, f, t, c = batch(ix, aug)
             opt.zero_grad()
-            loss = _loss(net(x, f), t, c)
+            loss = _loss(net(x, f), t, c, binary)
             loss.backward()
             opt.step()
             total += loss.item() * len(ix)
@@ -382,7 +429,7 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
             stop_total = 0.0
             for s in range(0, len(stop), 64):
                 x, f, t, c = batch(stop[s:s + 64])
-                stop_total += float(_loss(net(x, f), t, c)) * len(x)
+                stop_total += float(_loss(net(x, f), t, c, binary)) * len(x)
         rec = {"epoch": epoch, "train_loss": total / max(count, 1), "stop_loss": stop_total / max(len(stop), 1)}
         history.append(rec)
         if rec["stop_loss"] < best[0]:

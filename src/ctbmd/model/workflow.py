@@ -34,7 +34,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,7 +47,8 @@ from ctbmd.model.cohort import Cohort, Samples, build_samples, external_number, 
 from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec
 from ctbmd.model.nets import ARCHS, DIMS
 from ctbmd.model.store import MODEL_FORMAT
-from ctbmd.model.train import Normaliser, TrainConfig, build_net, patient_folds, predict_arrays, resolve_device, train_member
+from ctbmd.model.train import (TASKS, Normaliser, TrainConfig, binary_threshold, build_net, patient_folds,
+                               predict_arrays, resolve_device, train_member)
 
 EVAL_BOOTSTRAP = 200
 
@@ -200,6 +201,34 @@ def write_input_examples(samples: Samples, dims: str, path: Path, n: int = 6) ->
     write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=90))
 
 
+def _evaluate_binary(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarray, sets: np.ndarray,
+                     threshold: float) -> dict:
+    """Per set, per vertebra and per patient (mean probability against the patient's mean reference):
+    AUC, F1, recall, precision, specificity and accuracy with bootstrap 95% CIs
+    (:func:`ctbmd.evaluate.binary_agreement`); written to ``evaluation/metrics.json`` and, for each
+    external site, ``evaluation/<site>/metrics.json``."""
+    from ctbmd import evaluate as ev
+
+    summary = {}
+    for name in sorted(set(sets)):
+        sel = rows[sets == name]
+        p_sel = pred[sets == name]
+        ps = np.array(sorted(set(samples.patient[sel])))
+        ref_p = np.array([samples.target[sel][samples.patient[sel] == p].mean() for p in ps])
+        prob_p = np.array([p_sel[samples.patient[sel] == p].mean() for p in ps])
+        summary[name] = {
+            "threshold": threshold, "low_means": f"reference below {threshold:g}",
+            "vertebra": ev.binary_agreement(samples.target[sel] < threshold, p_sel, samples.patient[sel],
+                                            n_boot=EVAL_BOOTSTRAP),
+            "patient": ev.binary_agreement(ref_p < threshold, prob_p, ps, n_boot=EVAL_BOOTSTRAP)}
+    (out / "evaluation").mkdir(parents=True, exist_ok=True)
+    _write_text(out / "evaluation" / "metrics.json", json.dumps(summary, indent=2))
+    for site in (n for n in summary if is_external(n)):
+        (out / "evaluation" / site).mkdir(parents=True, exist_ok=True)
+        _write_text(out / "evaluation" / site / "metrics.json", json.dumps(summary[site], indent=2))
+    return summary
+
+
 def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(), spec: CropSpec = CropSpec(),
                  cache_dir: Path | None = None, resume: bool = False, description: str = "",
                  progress: Callable[[str, dict], None] | None = None) -> dict:
@@ -251,10 +280,22 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     if cfg.arch not in ARCHS or cfg.dims not in DIMS:
         raise UsageError(f"--arch must be one of {', '.join(ARCHS)} and --dims one of {', '.join(DIMS)} "
                          f"(got {cfg.arch!r}, {cfg.dims!r})")
+    if cfg.task not in TASKS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)} (got {cfg.task!r})")
+    if cfg.task == "binary" and cfg.classify:
+        raise UsageError("--task binary has one output (the probability of low BMD); it cannot take --classify")
+    if cfg.task == "categories":
+        cfg = replace(cfg, classify=True)
     cohort = read_manifest(manifest, cfg.target)
     if cfg.classify and cohort.target not in ("bmd_mg_cm3", "t_score"):
         raise UsageError(f"--classify needs categories, which a {cohort.target} target has none of "
                          "(ACR for bmd_mg_cm3, WHO for t_score)")
+    threshold = None
+    if cfg.task == "binary":
+        try:
+            threshold = binary_threshold(cfg, cohort.target)
+        except ValueError as exc:
+            raise UsageError(str(exc), cohort.path) from None
     t0 = time.time()
     samples = build_samples(cohort, spec, cache_dir,
                             lambda done, total, pid: tick("scan", {"done": done, "total": total, "patient_id": pid}))
@@ -314,7 +355,8 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     pred = oof[rows]
     tname = cohort.target
     _write_text(out / "oof_predictions.csv", _csv_text(
-        ["patient_id", "level", "set", "fold", f"reference_{tname}", tname, "bmd_calibrated_mg_cm3"],
+        ["patient_id", "level", "set", "fold", f"reference_{tname}", "p_low_bmd" if threshold is not None else tname,
+         "bmd_calibrated_mg_cm3"],
         [[samples.patient[i], samples.level[i], sets[j], int(fold_of[i]), f"{samples.target[i]:.3f}",
           f"{pred[j]:.3f}", f"{samples.baseline[i]:.3f}"] for j, i in enumerate(rows)]))
     _write_text(out / "history.csv", _csv_text(["member", "epoch", "train_loss", "stop_loss"],
@@ -323,7 +365,9 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     _write_text(out / "failed.csv", _csv_text(["patient_id", "level", "reason"],
                                               [[p, "", r] for p, r in samples.failed]
                                               + [[p, lv, r] for p, lv, r in samples.skipped]))
-    if tname == "bmd_mg_cm3":
+    if threshold is not None:
+        metrics = _evaluate_binary(out, samples, rows, pred, sets, threshold)
+    elif tname == "bmd_mg_cm3":
         metrics = _evaluate_bmd(out, samples, rows, pred, sets)
     else:
         metrics = _evaluate_patient_target(out, samples, rows, pred, sets, tname)
@@ -332,7 +376,8 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         "format": MODEL_FORMAT, "ctbmd_version": __version__, "target": tname,
         "target_units": {"bmd_mg_cm3": "mg/cm³ K2HPO4-equivalent (as the reference)", "t_score": "DXA T-score"}.get(
             tname, f"as the manifest's {tname!r} column"),
-        "arch": cfg.arch, "dims": cfg.dims, "classify": cfg.classify,
+        "arch": cfg.arch, "dims": cfg.dims, "classify": cfg.classify, "task": cfg.task,
+        "binary_threshold": threshold,
         "preprocessing": {"crop_size": spec.size, "crop_spacing_mm": spec.spacing_mm, "hu_window": list(HU_WINDOW),
                           "mg_cm3_scale": MG_CM3_SCALE, "features": list(FEATURES),
                           "crop_frame": "LPS-aligned isotropic cube centred on the trabecular ROI",

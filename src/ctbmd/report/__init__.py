@@ -197,7 +197,8 @@ def _model_line(result: dict) -> str:
 
     key = model_value_key(m["target"])
     value = p.get(key)
-    shown = "n/a" if value is None else {"bmd_dl_mg_cm3": f"{value:.0f} mg/cm³", "t_score_dl": f"T {value:.1f}"}.get(
+    shown = "n/a" if value is None else {"bmd_dl_mg_cm3": f"{value:.0f} mg/cm³", "t_score_dl": f"T {value:.1f}",
+                                         "p_low_bmd_dl": f"P(low BMD) {value:.2f}"}.get(
         key, f"{m['target']} {value:.3g}")
     origin = "trained on phantoms" if m["phantom_trained"] else "research model"
     return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"

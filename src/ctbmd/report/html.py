@@ -72,7 +72,8 @@ def render_report_html(result: dict, png: bytes, title: str) -> str:
         key = model_value_key(model["target"])
         value = p.get(key)
         model_value = "n/a" if value is None else {"bmd_dl_mg_cm3": f"{value:.0f} mg/cm³",
-                                                   "t_score_dl": f"T-score {value:.1f}"}.get(
+                                                   "t_score_dl": f"T-score {value:.1f}",
+                                                   "p_low_bmd_dl": f"P(low BMD) {value:.2f}"}.get(
             key, f"{model['target']} {value:.3g}")
     from markupsafe import Markup
 
