@@ -253,6 +253,26 @@ def test_a_tbs_target_trains_reports_r_and_is_applied_without_a_category(tiny_mo
     assert "tbs_dl" in (tmp_path / "run" / "levels.csv").read_text().splitlines()[0]
 
 
+def test_offline_copies_are_fixed_per_crop_and_copy_and_train(tiny_model, tmp_path):
+    from ctbmd.model.train import augmented_copy
+
+    im = np.random.default_rng(0).normal(size=(3, 16, 16, 16)).astype(np.float32)
+    a, b, c = augmented_copy(im, 0, 3, 1), augmented_copy(im, 0, 3, 1), augmented_copy(im, 0, 3, 2)
+    assert a.shape == im.shape and np.array_equal(a, b)  # the same copy in every epoch
+    assert not np.array_equal(a, c) and not np.array_equal(a, im)
+    assert not np.array_equal(augmented_copy(im, 1, 3, 1), a)  # the seed enters
+    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
+    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "model", "--arch",
+                         "densenet_small", "--folds", "2", "--epochs", "1", "--cache", tmp_path / "cache", "--seed",
+                         "1", "--augment-copies", "2")
+    assert rc == 0, se
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert cfg["training"]["config"]["augment_copies"] == 2
+    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "m2",
+                         "--augment-copies", "-1", "--cache", tmp_path / "cache")
+    assert rc == 2 and "--augment-copies" in se and not (tmp_path / "m2").exists()
+
+
 def test_binary_agreement_of_known_predictions():
     from ctbmd.evaluate import binary_agreement
 

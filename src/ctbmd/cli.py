@@ -456,6 +456,8 @@ def train(
                                          "t_score (default: as the manifest gives), or another numeric per-patient "
                                          "column such as tbs."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
+    augment_copies: int = typer.Option(0, "--augment-copies", help="Offline expansion (Yasaka 2020: 60): fixed "
+                                       "augmented copies per training crop (rotation, parallel shift, noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, augmentation and order."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache folder (default ~/.cache/ctbmd/crops)."),
@@ -475,7 +477,8 @@ def train(
 
         cfg = TrainConfig(arch=arch, dims=dims, folds=folds, test_fraction=test_fraction, epochs=epochs,
                           patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=not no_augment,
-                          seed=seed, device=device, target=target, task=task, threshold=threshold)
+                          seed=seed, device=device, target=target, task=task, threshold=threshold,
+                          augment_copies=augment_copies)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
             task = bar.add_task("reading the manifest")
 

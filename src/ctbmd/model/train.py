@@ -38,6 +38,16 @@ voxels, scale +-5%), ``RandGaussianNoise`` (SD 0.02 of the normalised
 intensity, about 15 HU), ``RandShiftIntensity`` per channel (up to 0.03, about
 20 HU of HU jitter).
 
+Offline expansion (``augment_copies``, Yasaka et al. 2020, who expanded each
+training image 60-fold by noise, parallel shift and rotation): every training
+crop gets ``augment_copies`` fixed copies (:func:`augmented_copy`: rotation up
+to 15 degrees about the cranio-caudal axis, a parallel shift up to 3 voxels in
+plane, Gaussian noise of SD 0.03), made from a seed of (seed, crop, copy) so
+each copy is the same in every epoch; they are generated when a batch needs
+them instead of being stored. Copies join the fit set only, never early
+stopping, validation, test or external sets; the on-the-fly augmentation
+above still applies on top.
+
 Reproducibility: the randomness of epoch ``e`` of member ``m`` (shuffling,
 augmentation, dropout) is seeded from ``(seed, m, e)``, so the same seed gives
 the same split and the same losses, and a resumed run continues exactly.
@@ -89,6 +99,8 @@ class TrainConfig:
     seed : int
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    augment_copies : int
+        Offline expansion: fixed augmented copies per training crop (0: none; see the module docstring).
     task : str
         One of :data:`TASKS` (see the module docstring); ``categories`` sets ``classify``.
     threshold : float or None
@@ -116,6 +128,7 @@ class TrainConfig:
     target: str | None = None
     task: str = "regression"
     threshold: float | None = None
+    augment_copies: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,6 +291,23 @@ def _augmenter(seed: int):
     return aug
 
 
+def augmented_copy(image: np.ndarray, seed: int, crop: int, copy: int) -> np.ndarray:
+    """Copy ``copy`` (>= 1) of training crop ``crop``: the Yasaka 2020 expansion (see the module docstring).
+
+    ``image`` is float32 ``(c, L, P, S)``; the result has the same shape and is
+    the same for the same (seed, crop, copy).
+    """
+    from monai.transforms import Compose, RandAffine, RandGaussianNoise
+
+    aug = Compose([
+        RandAffine(prob=1.0, rotate_range=(0.0, 0.0, math.radians(15)), translate_range=(3, 3, 0),
+                   padding_mode="border", mode="bilinear"),
+        RandGaussianNoise(prob=1.0, std=0.03),
+    ])
+    aug.set_random_state(seed=int(np.random.SeedSequence([seed, crop, copy]).generate_state(1)[0] % (2 ** 31)))
+    return np.asarray(aug(image), dtype=np.float32)
+
+
 def binary_threshold(cfg: TrainConfig, target: str) -> float:
     """The "low BMD" threshold of a binary task: ``cfg.threshold``, else :data:`BINARY_THRESHOLDS`.
 
@@ -397,8 +427,11 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
         history, start = state["history"], state["epoch"] + 1
         best = (state["best_loss"], state["best_epoch"], state["best_state"])
 
-    def batch(ix: np.ndarray, aug=None):
+    def batch(ix: np.ndarray, aug=None, copies: np.ndarray | None = None):
         imgs = samples.images[ix]
+        if copies is not None and copies.any():
+            imgs = np.stack([augmented_copy(im, cfg.seed, int(i), int(k)) if k else im
+                             for im, i, k in zip(imgs, ix, copies)])
         if aug is not None:
             imgs = np.stack([np.asarray(aug(im)) for im in imgs])
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
@@ -409,15 +442,19 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
             break
         es = _epoch_seed(cfg.seed, member, epoch)
         torch.manual_seed(es)
-        order = np.random.default_rng(es).permutation(fit)
+        # each fit crop, and with augment_copies its fixed copies 1..N: (crop index, copy number) pairs
+        pairs = np.stack([np.repeat(fit, cfg.augment_copies + 1),
+                          np.tile(np.arange(cfg.augment_copies + 1), len(fit))], axis=1)
+        order = pairs[np.random.default_rng(es).permutation(len(pairs))] if cfg.augment_copies else \
+            np.stack([np.random.default_rng(es).permutation(fit), np.zeros(len(fit), int)], axis=1)
         aug = _augmenter(es % (2 ** 31)) if cfg.augment else None
         net.train()
         total, count = 0.0, 0
         for s in range(0, len(order), cfg.batch_size):
-            ix = order[s:s + cfg.batch_size]
+            ix, copies = order[s:s + cfg.batch_size, 0], order[s:s + cfg.batch_size, 1]
             if len(ix) < 2:
                 continue
-            x, f, t, c = batch(ix, aug)
+            x, f, t, c = batch(ix, aug, copies)
             opt.zero_grad()
             loss = _loss(net(x, f), t, c, binary)
             loss.backward()

@@ -271,8 +271,8 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         raise UsageError("already holds a trained model (config.json); choose another --out", out)
     if (out / "checkpoints").exists() and not resume:
         raise UsageError("holds an unfinished training run; add --resume to continue it, or choose another --out", out)
-    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patience < 1:
-        raise UsageError("--epochs and --patience must be >= 1 and --batch-size >= 2")
+    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patience < 1 or not 0 <= cfg.augment_copies <= 1000:
+        raise UsageError("--epochs and --patience must be >= 1, --batch-size >= 2 and --augment-copies 0-1000")
     try:
         device = resolve_device(cfg.device)
     except ValueError as exc:
