@@ -273,6 +273,28 @@ def test_offline_copies_are_fixed_per_crop_and_copy_and_train(tiny_model, tmp_pa
     assert rc == 2 and "--augment-copies" in se and not (tmp_path / "m2").exists()
 
 
+def test_a_protocol_sets_its_layout_and_takes_overrides(tiny_model, tmp_path):
+    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
+    common = ["--manifest", tiny_model / "manifest.csv", "--cache", tmp_path / "cache"]
+    rc, so, se = run_cli("train", *common, "--out", tmp_path / "model", "--protocol", "yasaka2020", "--folds", "2",
+                         "--epochs", "1", "--augment-copies", "1", "--seed", "1")
+    assert rc == 0, se
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    t = cfg["training"]["config"]
+    assert (cfg["dims"], cfg["arch"], t["protocol"]) == ("2d", "densenet_small", "yasaka2020")  # the preset
+    assert (t["folds"], t["epochs"], t["augment_copies"]) == (2, 1, 1)  # options beside it override it
+    assert cfg["protocol"]["published"]["r_internal"] == 0.852 and cfg["protocol"]["fixed"] == {"dims": "2d"}
+    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
+                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
+                         "--quiet")
+    assert rc == 0 and json.loads((tmp_path / "run" / "result.json").read_text())["patient"]["bmd_dl_mg_cm3"], se
+    for args, message in ((["--protocol", "jcat2023", "--dims", "3d"], "protocol jcat2023 cannot take --dims 3d"),
+                          (["--protocol", "huang2025"], "protocol huang2025 needs the muscle input")):
+        rc, so, se = run_cli("train", *common, "--out", tmp_path / "bad", *args)
+        assert rc == 3 and message in se and len(se.strip().splitlines()) == 1, se
+        assert not (tmp_path / "bad").exists()
+
+
 def test_binary_agreement_of_known_predictions():
     from ctbmd.evaluate import binary_agreement
 

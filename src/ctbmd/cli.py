@@ -433,6 +433,7 @@ def evaluate(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     manifest: Path = typer.Option(..., "--manifest", "-m", help="Cohort CSV: patient_id, ct, [labels], [split], and "
                                                                 "level + bmd_mg_cm3 (QCT) or t_score (DXA)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
@@ -460,6 +461,9 @@ def train(
                                        "augmented copies per training crop (rotation, parallel shift, noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, augmentation and order."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="A seed study's protocol: li2024 | peng2024 | "
+                                           "jcat2023 | yasaka2020 | huang2025 (architecture, input, task, "
+                                           "augmentation, splits); options given beside it override its defaults."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache folder (default ~/.cache/ctbmd/crops)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached crops."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
@@ -475,10 +479,27 @@ def train(
         from ctbmd.model.train import TrainConfig
         from ctbmd.model.workflow import train_cohort
 
-        cfg = TrainConfig(arch=arch, dims=dims, folds=folds, test_fraction=test_fraction, epochs=epochs,
-                          patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=not no_augment,
-                          seed=seed, device=device, target=target, task=task, threshold=threshold,
-                          augment_copies=augment_copies)
+        values = dict(arch=arch, dims=dims, folds=folds, test_fraction=test_fraction, epochs=epochs,
+                      patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=not no_augment,
+                      seed=seed, device=device, target=target, task=task, threshold=threshold,
+                      augment_copies=augment_copies)
+        if protocol is None:
+            cfg = TrainConfig(**values)
+        else:
+            from ctbmd.errors import InvalidInputError, UsageError
+            from ctbmd.model.protocols import PROTOCOLS, resolve
+
+            if protocol not in PROTOCOLS:
+                raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)} (got {protocol!r})")
+            source = {"augment": "no_augment"}
+            # typer ships its own click: compare the source by name
+            given = {k: v for k, v in values.items()
+                     if getattr(ctx.get_parameter_source(source.get(k, k)), "name", "") == "COMMANDLINE"}
+            try:
+                cfg = TrainConfig(**{**resolve(protocol, given), "protocol": protocol,
+                                     **{k: v for k, v in values.items() if k in ("seed", "device") and k not in given}})
+            except ValueError as exc:  # refused like a bad manifest: one line, exit 3, nothing written
+                raise InvalidInputError(str(exc), manifest) from None
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as bar:
             task = bar.add_task("reading the manifest")
 

@@ -99,6 +99,8 @@ class TrainConfig:
     seed : int
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    protocol : str or None
+        The seed study's protocol these settings came from (:mod:`ctbmd.model.protocols`).
     augment_copies : int
         Offline expansion: fixed augmented copies per training crop (0: none; see the module docstring).
     task : str
@@ -129,6 +131,7 @@ class TrainConfig:
     task: str = "regression"
     threshold: float | None = None
     augment_copies: int = 0
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,16 @@ def _evaluate_binary(out: Path, samples: Samples, rows: np.ndarray, pred: np.nda
     return summary
 
 
+def _protocol_record(name: str) -> dict:
+    """The ``protocol`` block of ``config.json``: the study, its fixed settings and published figures."""
+    from ctbmd.model.protocols import PROTOCOLS
+
+    p = PROTOCOLS[name]
+    return {"name": p.name, "study": p.study, "fixed": p.fixed, "defaults": p.defaults,
+            "published": {k: list(v) if isinstance(v, tuple) else v for k, v in p.published.items()},
+            "notes": p.notes}
+
+
 def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(), spec: CropSpec = CropSpec(),
                  cache_dir: Path | None = None, resume: bool = False, description: str = "",
                  progress: Callable[[str, dict], None] | None = None) -> dict:
@@ -376,6 +386,7 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         "format": MODEL_FORMAT, "ctbmd_version": __version__, "target": tname,
         "target_units": {"bmd_mg_cm3": "mg/cm³ K2HPO4-equivalent (as the reference)", "t_score": "DXA T-score"}.get(
             tname, f"as the manifest's {tname!r} column"),
+        "protocol": None if cfg.protocol is None else _protocol_record(cfg.protocol),
         "arch": cfg.arch, "dims": cfg.dims, "classify": cfg.classify, "task": cfg.task,
         "binary_threshold": threshold,
         "preprocessing": {"crop_size": spec.size, "crop_spacing_mm": spec.spacing_mm, "hu_window": list(HU_WINDOW),
