@@ -116,6 +116,17 @@ def _evaluate_bmd(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarra
     return summary
 
 
+def _write_summary(out: Path, summary: dict) -> dict:
+    """Write the per-set ``summary`` to ``evaluation/metrics.json`` and each external site's part to
+    ``evaluation/<site>/metrics.json``; return it."""
+    (out / "evaluation").mkdir(parents=True, exist_ok=True)
+    _write_text(out / "evaluation" / "metrics.json", json.dumps(summary, indent=2))
+    for site in (n for n in summary if is_external(n)):
+        (out / "evaluation" / site).mkdir(parents=True, exist_ok=True)
+        _write_text(out / "evaluation" / site / "metrics.json", json.dumps(summary[site], indent=2))
+    return summary
+
+
 def _evaluate_patient_target(out: Path, samples: Samples, rows: np.ndarray, pred: np.ndarray, sets: np.ndarray,
                              target: str = "t_score") -> dict:
     """Per set: Pearson r and r², MAE, RMSE (scipy, sklearn) of the patient means of a per-patient target
@@ -136,12 +147,7 @@ def _evaluate_patient_target(out: Path, samples: Samples, rows: np.ndarray, pred
                          "rmse": float(np.sqrt(skm.mean_squared_error(ref, prd))),
                          "auc_osteoporosis": (float(skm.roc_auc_score(porotic, -prd))
                                               if target == "t_score" and 0 < porotic.sum() < len(ps) else None)}
-    (out / "evaluation").mkdir(parents=True, exist_ok=True)
-    _write_text(out / "evaluation" / "metrics.json", json.dumps(summary, indent=2))
-    for site in (n for n in summary if is_external(n)):
-        (out / "evaluation" / site).mkdir(parents=True, exist_ok=True)
-        _write_text(out / "evaluation" / site / "metrics.json", json.dumps(summary[site], indent=2))
-    return summary
+    return _write_summary(out, summary)
 
 
 def write_input_examples(samples: Samples, dims: str, path: Path, n: int = 6) -> None:
@@ -221,12 +227,7 @@ def _evaluate_binary(out: Path, samples: Samples, rows: np.ndarray, pred: np.nda
             "vertebra": ev.binary_agreement(samples.target[sel] < threshold, p_sel, samples.patient[sel],
                                             n_boot=EVAL_BOOTSTRAP),
             "patient": ev.binary_agreement(ref_p < threshold, prob_p, ps, n_boot=EVAL_BOOTSTRAP)}
-    (out / "evaluation").mkdir(parents=True, exist_ok=True)
-    _write_text(out / "evaluation" / "metrics.json", json.dumps(summary, indent=2))
-    for site in (n for n in summary if is_external(n)):
-        (out / "evaluation" / site).mkdir(parents=True, exist_ok=True)
-        _write_text(out / "evaluation" / site / "metrics.json", json.dumps(summary[site], indent=2))
-    return summary
+    return _write_summary(out, summary)
 
 
 def _protocol_record(name: str) -> dict:
