@@ -130,6 +130,25 @@ def tiny_model(tmp_path_factory):
     return root
 
 
+def _train_tiny(tiny_model, tmp_path, *args, manifest=None, out="model"):
+    """``ctbmd train`` of a 1-epoch 2-fold densenet_small on the tiny cohort (its crops from a copy of its
+    cache in ``tmp_path``); ``args`` add or override options. Returns (exit code, stdout, stderr)."""
+    if not (tmp_path / "cache").exists():
+        shutil.copytree(tiny_model / "cache", tmp_path / "cache")
+    return run_cli("train", "--manifest", manifest or tiny_model / "manifest.csv", "--out", tmp_path / out,
+                   "--arch", "densenet_small", "--folds", "2", "--epochs", "1", "--cache", tmp_path / "cache",
+                   "--seed", "1", *args)
+
+
+def _apply_to_q1(tiny_model, tmp_path):
+    """``ctbmd run --model tmp_path/model`` on the tiny cohort's phantom q1 (its labels); returns result.json."""
+    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
+                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
+                         "--quiet")
+    assert rc == 0, se
+    return json.loads((tmp_path / "run" / "result.json").read_text())
+
+
 def test_train_writes_a_self_contained_model(tiny_model):
     model = tiny_model / "model"
     cfg = json.loads((model / "config.json").read_text())
@@ -158,14 +177,12 @@ def test_an_external_site_is_predicted_by_the_ensemble_and_evaluated_on_its_own(
         rows = list(csv.reader(fh))
     header = rows[0] + ["split"]
     base = [[r[0], str(root / r[1]), str(root / r[2])] + r[3:] + ["cv"] for r in rows[1:]]
-    shutil.copytree(root / "cache", tmp_path / "cache")
     # an external site whose only scan fails (3 slices): one line, exit 3, nothing written
     bad = tmp_path / "manifest_external_bad.csv"
     with open(bad, "w", newline="") as fh:
         csv.writer(fh).writerows([header] + base + [["x0", str(DATA / "dcmqi_ct3slice" / "dicom"), "", "", "L1", "100",
                                                      "external"]])
-    rc, so, se = run_cli("train", "--manifest", bad, "--out", tmp_path / "bad", "--arch", "densenet_small",
-                         "--folds", "2", "--epochs", "1", "--cache", tmp_path / "cache")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, manifest=bad, out="bad")
     assert rc == 3 and "external site 'external' has no patient with a usable vertebra" in se, se
     assert len(se.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
     # a fifth phantom as the external site
@@ -178,8 +195,7 @@ def test_an_external_site_is_predicted_by_the_ensemble_and_evaluated_on_its_own(
     good = tmp_path / "manifest_external.csv"
     with open(good, "w", newline="") as fh:
         csv.writer(fh).writerows([header] + base + ext)
-    rc, so, se = run_cli("train", "--manifest", good, "--out", tmp_path / "model", "--arch", "densenet_small",
-                         "--folds", "2", "--epochs", "1", "--cache", tmp_path / "cache", "--seed", "1")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, manifest=good)
     assert rc == 0, se
     model = tmp_path / "model"
     with open(model / "oof_predictions.csv") as fh:
@@ -199,19 +215,12 @@ def test_an_external_site_is_predicted_by_the_ensemble_and_evaluated_on_its_own(
 def test_sagittal_input_trains_applies_and_shows_its_slices(tiny_model, tmp_path, dims):
     from PIL import Image
 
-    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
-    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "model", "--arch",
-                         "densenet_small", "--dims", dims, "--folds", "2", "--epochs", "1", "--cache",
-                         tmp_path / "cache", "--seed", "1")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--dims", dims)
     assert rc == 0, se
     assert json.loads((tmp_path / "model" / "config.json").read_text())["dims"] == dims
     png = Image.open(tmp_path / "model" / "input_examples.png")
     assert png.size[0] > 150 * (1 if dims == "sagittal" else 3) and png.size[1] > 4 * 150  # 4 patients, k slices
-    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
-                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
-                         "--quiet")
-    assert rc == 0, se
-    levels = json.loads((tmp_path / "run" / "result.json").read_text())["levels"]
+    levels = _apply_to_q1(tiny_model, tmp_path)["levels"]
     assert all(lv["bmd_dl_mg_cm3"] is not None for lv in levels if lv["level"] in ("L1", "L2", "L3", "L4"))
 
 
@@ -228,10 +237,7 @@ def test_a_tbs_target_trains_reports_r_and_is_applied_without_a_category(tiny_mo
     with open(manifest, "w", newline="") as fh:
         csv.writer(fh).writerows([rows[0] + ["tbs"]] + [[r[0], str(tiny_model / r[1]), str(tiny_model / r[2])] + r[3:]
                                                          + [tbs[r[0]]] for r in rows[1:]])
-    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
-    args = ["train", "--manifest", manifest, "--arch", "densenet_small", "--folds", "2", "--epochs", "1",
-            "--cache", tmp_path / "cache", "--seed", "1", "--target", "tbs"]
-    rc, so, se = run_cli(*args, "--out", tmp_path / "model")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--target", "tbs", manifest=manifest)
     assert rc == 0, se
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert cfg["target"] == "tbs" and cfg["target_units"] == "as the manifest's 'tbs' column"
@@ -241,13 +247,9 @@ def test_a_tbs_target_trains_reports_r_and_is_applied_without_a_category(tiny_mo
     with open(tmp_path / "model" / "oof_predictions.csv") as fh:
         oof = list(csv.DictReader(fh))
     assert {float(r["reference_tbs"]) for r in oof} == set(tbs.values())
-    rc, so, se = run_cli(*args, "--out", tmp_path / "m2", "--classify")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--target", "tbs", "--classify", manifest=manifest, out="m2")
     assert rc == 2 and "--classify needs categories" in se and not (tmp_path / "m2").exists()
-    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
-                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
-                         "--quiet")
-    assert rc == 0, se
-    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    result = _apply_to_q1(tiny_model, tmp_path)
     assert result["patient"]["tbs_dl"] is not None and result["patient"]["category_dl"] is None
     assert result["patient"]["category"] is not None  # the calibrated ACR category is untouched
     assert "tbs_dl" in (tmp_path / "run" / "levels.csv").read_text().splitlines()[0]
@@ -261,21 +263,18 @@ def test_offline_copies_are_fixed_per_crop_and_copy_and_train(tiny_model, tmp_pa
     assert a.shape == im.shape and np.array_equal(a, b)  # the same copy in every epoch
     assert not np.array_equal(a, c) and not np.array_equal(a, im)
     assert not np.array_equal(augmented_copy(im, 1, 3, 1), a)  # the seed enters
-    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
-    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "model", "--arch",
-                         "densenet_small", "--folds", "2", "--epochs", "1", "--cache", tmp_path / "cache", "--seed",
-                         "1", "--augment-copies", "2")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--augment-copies", "2")
     assert rc == 0, se
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert cfg["training"]["config"]["augment_copies"] == 2
-    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "m2",
-                         "--augment-copies", "-1", "--cache", tmp_path / "cache")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--augment-copies", "-1", out="m2")
     assert rc == 2 and "--augment-copies" in se and not (tmp_path / "m2").exists()
 
 
 def test_a_protocol_sets_its_layout_and_takes_overrides(tiny_model, tmp_path):
     shutil.copytree(tiny_model / "cache", tmp_path / "cache")
     common = ["--manifest", tiny_model / "manifest.csv", "--cache", tmp_path / "cache"]
+    # not _train_tiny: the protocol, not an --arch option, must choose the network
     rc, so, se = run_cli("train", *common, "--out", tmp_path / "model", "--protocol", "yasaka2020", "--folds", "2",
                          "--epochs", "1", "--augment-copies", "1", "--seed", "1")
     assert rc == 0, se
@@ -284,10 +283,7 @@ def test_a_protocol_sets_its_layout_and_takes_overrides(tiny_model, tmp_path):
     assert (cfg["dims"], cfg["arch"], t["protocol"]) == ("2d", "densenet_small", "yasaka2020")  # the preset
     assert (t["folds"], t["epochs"], t["augment_copies"]) == (2, 1, 1)  # options beside it override it
     assert cfg["protocol"]["published"]["r_internal"] == 0.852 and cfg["protocol"]["fixed"] == {"dims": "2d"}
-    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
-                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
-                         "--quiet")
-    assert rc == 0 and json.loads((tmp_path / "run" / "result.json").read_text())["patient"]["bmd_dl_mg_cm3"], se
+    assert _apply_to_q1(tiny_model, tmp_path)["patient"]["bmd_dl_mg_cm3"]
     for args, message in ((["--protocol", "jcat2023", "--dims", "3d"], "protocol jcat2023 cannot take --dims 3d"),
                           (["--protocol", "huang2025"], "protocol huang2025 needs the muscle input")):
         rc, so, se = run_cli("train", *common, "--out", tmp_path / "bad", *args)
@@ -311,10 +307,7 @@ def test_binary_agreement_of_known_predictions():
 
 
 def test_binary_task_reports_peng_figures_and_applies_a_probability(tiny_model, tmp_path):
-    shutil.copytree(tiny_model / "cache", tmp_path / "cache")
-    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "model", "--arch",
-                         "densenet_small", "--folds", "2", "--epochs", "2", "--cache", tmp_path / "cache", "--seed",
-                         "1", "--task", "binary")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--epochs", "2", "--task", "binary")
     assert rc == 0, se
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert (cfg["task"], cfg["binary_threshold"]) == ("binary", 120.0)
@@ -327,14 +320,9 @@ def test_binary_task_reports_peng_figures_and_applies_a_probability(tiny_model, 
     with open(tmp_path / "model" / "oof_predictions.csv") as fh:
         oof = list(csv.DictReader(fh))
     assert all(0.0 <= float(r["p_low_bmd"]) <= 1.0 for r in oof)
-    rc, so, se = run_cli("train", "--manifest", tiny_model / "manifest.csv", "--out", tmp_path / "m2", "--task",
-                         "binary", "--classify", "--cache", tmp_path / "cache")
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--task", "binary", "--classify", out="m2")
     assert rc == 2 and "cannot take --classify" in se
-    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run", "--labels",
-                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model",
-                         "--quiet")
-    assert rc == 0, se
-    p = json.loads((tmp_path / "run" / "result.json").read_text())["patient"]
+    p = _apply_to_q1(tiny_model, tmp_path)["patient"]
     assert 0.0 <= p["p_low_bmd_dl"] <= 1.0 and p["category_dl"] in ("low BMD", "normal")
     assert "P(low BMD)" in (tmp_path / "run" / "report.html").read_text()
 

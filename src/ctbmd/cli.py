@@ -60,7 +60,8 @@ def run(
     label_map: str = typer.Option("auto", "--label-map", help="auto | total | verse | vertebrae_pp | vertebrae_pp_refined"),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder from `ctbmd train`: adds "
-                                                                "bmd_dl_mg_cm3 (or t_score_dl) per level."),
+                                                                "bmd_dl_mg_cm3 (or t_score_dl, tbs_dl, "
+                                                                "p_low_bmd_dl) per level."),
     levels: str = typer.Option("T11-L5", "--levels", help="Levels to measure, e.g. T11-L5 (default), T4-T12 on a "
                                                           "chest CT, or L1,L2,L4."),
     kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV, 70-150) when the header has none "

@@ -183,6 +183,18 @@ def model_value_key(target: str) -> str:
     return "bmd_dl_mg_cm3" if target == "bmd_mg_cm3" else f"{target}_dl"
 
 
+def model_value_text(target: str, value: float | None) -> str:
+    """A model's value for people: ``87 mg/cm³``, ``T-score -1.2``, ``P(low BMD) 0.73`` or ``tbs 1.21``.
+
+    ``target`` is the model's output target (``result["model"]["target"]``);
+    ``value`` its value, or None (``n/a``).
+    """
+    if value is None:
+        return "n/a"
+    return {"bmd_mg_cm3": f"{value:.0f} mg/cm³", "t_score": f"T-score {value:.1f}",
+            "p_low_bmd": f"P(low BMD) {value:.2f}"}.get(target, f"{target} {value:.3g}")
+
+
 def _add_model_values(result: dict, dl: ModelOutput) -> None:
     """Add a model's per-level value (:func:`model_value_key`), its patient mean over the levels the calibrated
     value used (or L1-L4 for a per-patient target such as a T-score or TBS) with the category (ACR for BMD,

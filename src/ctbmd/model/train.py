@@ -448,8 +448,7 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
         # each fit crop, and with augment_copies its fixed copies 1..N: (crop index, copy number) pairs
         pairs = np.stack([np.repeat(fit, cfg.augment_copies + 1),
                           np.tile(np.arange(cfg.augment_copies + 1), len(fit))], axis=1)
-        order = pairs[np.random.default_rng(es).permutation(len(pairs))] if cfg.augment_copies else \
-            np.stack([np.random.default_rng(es).permutation(fit), np.zeros(len(fit), int)], axis=1)
+        order = pairs[np.random.default_rng(es).permutation(len(pairs))]  # without copies: the order of permutation(fit)
         aug = _augmenter(es % (2 ** 31)) if cfg.augment else None
         net.train()
         total, count = 0.0, 0

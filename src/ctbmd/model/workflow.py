@@ -189,14 +189,10 @@ def write_input_examples(samples: Samples, dims: str, path: Path, n: int = 6) ->
     axes = fig.subplots(len(panels), cols, squeeze=False)
     for r, row in enumerate(panels):
         for j, (name, sl) in enumerate(row):
-            a = sl.numpy()
-            if name.startswith("axial"):
-                shown, origin = a.T, "upper"  # rows P (anterior up), columns L
-            elif name.startswith("coronal"):
-                shown, origin = a.T, "lower"  # rows S (superior up), columns L
-            else:
-                shown, origin = a.T, "lower"  # rows S (superior up), columns P (anterior left)
-            axes[r, j].imshow(shown, cmap="gray", vmin=-1, vmax=1, origin=origin)
+            # transposed: axial rows P (anterior up, origin upper); coronal and sagittal rows S (superior up),
+            # columns L or P (anterior left)
+            origin = "upper" if name.startswith("axial") else "lower"
+            axes[r, j].imshow(sl.numpy().T, cmap="gray", vmin=-1, vmax=1, origin=origin)
             axes[r, j].set_xticks([])
             axes[r, j].set_yticks([])
             if r == 0:

@@ -21,15 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ctbmd.io import labels_on_input_grid, write_atomic, write_image_atomic
-from ctbmd.result import DISCLAIMER, Result
+from ctbmd.report.dicom import DICOM_FILES
+from ctbmd.result import DISCLAIMER, Result, model_value_key, model_value_text
 from ctbmd.types import VERSE_LABELS, LabellingRecord
 
 log = logging.getLogger(__name__)
 
 #: The files :func:`write_files` writes into an output folder (for a DICOM input also :data:`DICOM_FILES`).
 OUTPUT_FILES = ("result.json", "levels.csv", "vertebrae.nii.gz", "roi.nii.gz", "report.png", "report.html")
-#: The DICOM objects written for a DICOM input (:mod:`ctbmd.report.dicom`).
-DICOM_FILES = ("vertebrae_seg.dcm", "bmd_sr.dcm", "report_sc.dcm")
 
 #: What :func:`render_png` imports: a standalone Figure and the Agg canvas that writes PNG (no pyplot,
 #: which imports about twice as much and may pick a GUI backend).
@@ -43,8 +42,7 @@ CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular
 def levels_csv(result: dict) -> str:
     """``levels.csv`` text: one row per level, :data:`CSV_FIELDS` columns."""
     buf = _io.StringIO()
-    fields = CSV_FIELDS + [k for k in (result["levels"][0] if result["levels"] else {})
-                           if k.endswith("_dl") or k == "bmd_dl_mg_cm3"]
+    fields = CSV_FIELDS + ([model_value_key(result["model"]["target"])] if "model" in result else [])
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for lv in result["levels"]:
@@ -57,13 +55,13 @@ def levels_csv(result: dict) -> str:
     return buf.getvalue()
 
 
-def render_png(res: Result, result: dict, path: Path, title: str | None = None) -> None:
+def render_png(res: Result, result: dict, path: Path, title: str) -> None:
     """The report picture: sagittal and coronal views and, for the builtin labeller, the labelled column.
 
     The sagittal and coronal views (through the measured vertebrae) outline every
     named vertebra, fill the trabecular ROIs of the measured ones and give their
-    BMD and flags. ``title`` names the scan in the heading (default: the input's
-    file or folder name). The third panel is the straightened column seen from behind
+    BMD and flags. ``title`` names the scan in the heading
+    (:func:`ctbmd.report.html.scan_title`). The third panel is the straightened column seen from behind
     (:func:`_column_panel`): every vertebra with its name, the ribs found on each
     side and the sacrum, so the count can be checked at a glance.
     """
@@ -124,7 +122,6 @@ def render_png(res: Result, result: dict, path: Path, title: str | None = None) 
         bmd += f", 95% {p['bmd_ci95_mg_cm3'][0]:.0f}-{p['bmd_ci95_mg_cm3'][1]:.0f}"
     if p.get("category_certain") is False:
         cat += " (uncertain)"
-    title = Path(res.ct.info.path).name if title is None else title
     fig.suptitle(f"{title}: {cat.upper()} ({bmd}, {'+'.join(p['levels_used']) or '-'}, ACR-QCT)\n"
                  f"contrast: {result['input']['contrast_phase']}   {_calibration_line(result['calibration'])}   "
                  f"{DISCLAIMER}" + _model_line(result),
@@ -193,13 +190,7 @@ def _model_line(result: dict) -> str:
     if not m:
         return ""
     p = result["patient"]
-    from ctbmd.result import model_value_key
-
-    key = model_value_key(m["target"])
-    value = p.get(key)
-    shown = "n/a" if value is None else {"bmd_dl_mg_cm3": f"{value:.0f} mg/cm³", "t_score_dl": f"T {value:.1f}",
-                                         "p_low_bmd_dl": f"P(low BMD) {value:.2f}"}.get(
-        key, f"{m['target']} {value:.3g}")
+    shown = model_value_text(m["target"], p.get(model_value_key(m["target"])))
     origin = "trained on phantoms" if m["phantom_trained"] else "research model"
     return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"
 

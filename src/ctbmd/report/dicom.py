@@ -37,7 +37,7 @@ and the profile's table as tabulated by dicom-anonymizer (removal of the rest).
 from __future__ import annotations
 
 import io as _io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from ctbmd import __version__
 from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3
 from ctbmd.types import LEVEL_ORDER, VERSE_LABELS, VERSE_NAMES
 
-#: The files :func:`write_dicom` writes.
+#: The files :func:`ctbmd.report.write_files` writes for a DICOM input: the SEG, SR and SC, in that order.
 DICOM_FILES = ("vertebrae_seg.dcm", "bmd_sr.dcm", "report_sc.dcm")
 #: Private coding scheme for concepts DICOM/SNOMED CT do not code (PS3.3 8.1: designators starting "99").
 CODING_SCHEME = "99CTBMD"
@@ -77,16 +77,19 @@ class DicomObjects:
     ----------
     seg : highdicom.seg.Segmentation
     sr : highdicom.sr.Comprehensive3DSR
-    sc : highdicom.sc.SCImage
-        (The source CT header while only the SEG and SR are built.)
+    sc : highdicom.sc.SCImage or None
+        None until :func:`with_secondary_capture` adds it.
     segments : dict of str to int
         Segment label (``"L1"``, ``"L1 trabecular ROI"``) -> segment number in ``seg``.
+    source : pydicom.Dataset
+        The first source CT header (patient, study and frame of reference of the SC).
     """
 
     seg: object
     sr: object
-    sc: object
+    sc: object | None
     segments: dict
+    source: object
 
 
 def private_code(value: str, meaning: str):
@@ -113,8 +116,6 @@ def vertebra_code(level: str):
     VERSE_LABELS[level]  # KeyError for unknown names
     if level in ("T13", "L6"):
         return private_code(level, f"{level} (transitional vertebra)")
-    if level == "C1":
-        return codes.SCT.C1Vertebra
     name = f"BoneStructureOf{level}" if level.startswith("T") else f"{level}Vertebra"
     return getattr(codes.SCT, name)
 
@@ -175,6 +176,11 @@ def build_seg(headers: list, vert_zyx: np.ndarray, roi_zyx: np.ndarray, measured
     seg : highdicom.seg.Segmentation
     segments : dict of str to int
         Segment label -> segment number.
+
+    Raises
+    ------
+    ValueError, AttributeError
+        highdicom refuses the source headers (missing geometry or UIDs).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -186,7 +192,7 @@ def build_seg(headers: list, vert_zyx: np.ndarray, roi_zyx: np.ndarray, measured
         family=(codes.cid7162.ArtificialIntelligence if labeller == "totalsegmentator"
                 else codes.cid7162.MorphologicalOperations),
         version=__version__)
-    descriptions, masks, segments = [], [], {}
+    descriptions, masks = [], []
     for name in names:
         colour = measured.index(name) if name in measured else 7  # grey for unmeasured, as in report.png
         descriptions.append(hd.seg.SegmentDescription(
@@ -202,8 +208,7 @@ def build_seg(headers: list, vert_zyx: np.ndarray, roi_zyx: np.ndarray, measured
             algorithm_type="AUTOMATIC", algorithm_identification=algorithm, tracking_id=f"{name} trabecular ROI",
             tracking_uid=hd.UID(), anatomic_regions=[vertebra_code(name)], display_color=_colour(measured.index(name))))
         masks.append((roi_zyx, VERSE_LABELS[name]))
-    for d in descriptions:
-        segments[d.SegmentLabel] = int(d.SegmentNumber)
+    segments = {d.SegmentLabel: int(d.SegmentNumber) for d in descriptions}
     # one contiguous block per segment, handed over as a (slices, rows, columns, segments) view: each frame
     # highdicom takes (pixels[k, ..., i]) is then contiguous, which makes its per-frame copies 10x faster
     stack = np.empty((len(masks),) + vert_zyx.shape, dtype=bool)
@@ -229,6 +234,11 @@ def build_sr(result: dict, headers: list, seg, segments: dict):
     ``result.json``) with its 95% limits and the calibration method, and one
     qualitative evaluation per QC flag. The patient value and ACR-QCT category
     form a TID 1501 group. Values that are null in ``result.json`` are left out.
+
+    Raises
+    ------
+    ValueError
+        highdicom cannot encode a value or a reference (its own checks).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -477,21 +487,32 @@ def build_seg_and_sr(result: dict, files: tuple[str, ...], vert_zyx: np.ndarray,
     measured = tuple(lv["level"] for lv in result["levels"])
     seg, segments = build_seg(headers, vert_zyx, roi_zyx, measured, labeller)
     sr = build_sr(result, headers, seg, segments)
-    return DicomObjects(seg, sr, headers[0], segments)
+    return DicomObjects(seg, sr, None, segments, headers[0])
 
 
 def with_secondary_capture(objects: DicomObjects, png: bytes, deidentified: bool = False) -> DicomObjects:
     """Add the Secondary Capture of ``png`` (``report.png`` bytes) and, with ``deidentified``, de-identify all three.
 
-    ``objects`` comes from :func:`build_seg_and_sr` (its ``sc`` field holds the
-    source header until then).
+    Parameters
+    ----------
+    objects : DicomObjects
+        From :func:`build_seg_and_sr` (``sc`` None).
+    png : bytes
+        The report picture (PNG, any mode; stored as 8-bit RGB).
+    deidentified : bool
+        Apply :func:`deidentify` to the SEG, SR and SC together.
+
+    Returns
+    -------
+    DicomObjects
+        With ``sc`` set (and new, de-identified datasets with ``deidentified``).
     """
     from PIL import Image
 
     with Image.open(_io.BytesIO(png)) as im:
         rgb = np.asarray(im.convert("RGB"))
-    sc = build_sc(objects.sc, rgb, identifying_text=not deidentified)
+    sc = build_sc(objects.source, rgb, identifying_text=not deidentified)
+    seg, sr = objects.seg, objects.sr
     if deidentified:
-        seg, sr, sc = deidentify([objects.seg, objects.sr, sc])
-        return DicomObjects(seg, sr, sc, objects.segments)
-    return DicomObjects(objects.seg, objects.sr, sc, objects.segments)
+        seg, sr, sc = deidentify([seg, sr, sc])
+    return replace(objects, seg=seg, sr=sr, sc=sc)

@@ -12,6 +12,8 @@ import base64
 import io as _io
 from pathlib import Path
 
+from ctbmd.result import model_value_key, model_value_text
+
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px 32px;color:#1b1b1b;background:#f4f5f7}
 .ruo{background:#7a1f1f;color:#fff;padding:8px 12px;font-weight:600;margin:0 -16px}
@@ -65,16 +67,8 @@ def render_report_html(result: dict, png: bytes, title: str) -> str:
         (method, energy, slope, reference tissues) and the labelling evidence.
     """
     p = result["patient"]
-    model, model_value = result.get("model"), None
-    if model:
-        from ctbmd.result import model_value_key
-
-        key = model_value_key(model["target"])
-        value = p.get(key)
-        model_value = "n/a" if value is None else {"bmd_dl_mg_cm3": f"{value:.0f} mg/cm³",
-                                                   "t_score_dl": f"T-score {value:.1f}",
-                                                   "p_low_bmd_dl": f"P(low BMD) {value:.2f}"}.get(
-            key, f"{model['target']} {value:.3g}")
+    model = result.get("model")
+    model_value = None if not model else model_value_text(model["target"], p.get(model_value_key(model["target"])))
     from markupsafe import Markup
 
     return _environment().get_template("report.html.j2").render(
