@@ -4,6 +4,7 @@ train -> reload -> `ctbmd run --model` on the real example, and bad input."""
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -253,6 +254,12 @@ def test_a_tbs_target_trains_reports_r_and_is_applied_without_a_category(tiny_mo
     assert result["patient"]["tbs_dl"] is not None and result["patient"]["category_dl"] is None
     assert result["patient"]["category"] is not None  # the calibrated ACR category is untouched
     assert "tbs_dl" in (tmp_path / "run" / "levels.csv").read_text().splitlines()[0]
+    from ctbmd.batch.tables import scan_rows  # ctbmd batch --model: the cohort table carries any target's value
+
+    rows = scan_rows("q1", result)
+    patient = next(r for r in rows if r["row"] == "patient")
+    assert (patient["model_target"], patient["model_value"]) == ("tbs", result["patient"]["tbs_dl"])
+    assert patient["bmd_dl_mg_cm3"] is None and all(r["model_value"] is not None for r in rows if r["level"] == "L2")
 
 
 def test_offline_copies_are_fixed_per_crop_and_copy_and_train(tiny_model, tmp_path):
@@ -263,6 +270,9 @@ def test_offline_copies_are_fixed_per_crop_and_copy_and_train(tiny_model, tmp_pa
     assert a.shape == im.shape and np.array_equal(a, b)  # the same copy in every epoch
     assert not np.array_equal(a, c) and not np.array_equal(a, im)
     assert not np.array_equal(augmented_copy(im, 1, 3, 1), a)  # the seed enters
+    flat = augmented_copy(im, 0, 3, 1, "2d")  # axial mode: only the plane the network reads is transformed
+    assert np.array_equal(flat, augmented_copy(im, 0, 3, 1, "2d")) and not np.array_equal(flat[..., 8], im[..., 8])
+    assert np.array_equal(np.delete(flat, 8, axis=-1), np.delete(im, 8, axis=-1))
     rc, so, se = _train_tiny(tiny_model, tmp_path, "--augment-copies", "2")
     assert rc == 0, se
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
@@ -285,10 +295,84 @@ def test_a_protocol_sets_its_layout_and_takes_overrides(tiny_model, tmp_path):
     assert cfg["protocol"]["published"]["r_internal"] == 0.852 and cfg["protocol"]["fixed"] == {"dims": "2d"}
     assert _apply_to_q1(tiny_model, tmp_path)["patient"]["bmd_dl_mg_cm3"]
     for args, message in ((["--protocol", "jcat2023", "--dims", "3d"], "protocol jcat2023 cannot take --dims 3d"),
-                          (["--protocol", "huang2025"], "protocol huang2025 needs the muscle input")):
+                          (["--protocol", "huang2025", "--dims", "sagittal"], "protocol huang2025 cannot take --dims")):
         rc, so, se = run_cli("train", *common, "--out", tmp_path / "bad", *args)
         assert rc == 3 and message in se and len(se.strip().splitlines()) == 1, se
         assert not (tmp_path / "bad").exists()
+
+
+def test_muscle_crop_of_the_real_example_holds_the_paraspinal_muscle():
+    """The --muscle input on the real abdomen CT: muscle-density tissue behind and beside each body, no bone,
+    no table, nothing in front of the body (the bowel and aorta)."""
+    from ctbmd.model.crops import MUSCLE_HU_RANGE, MUSCLE_HU_WINDOW, MUSCLE_POSTERIOR_MM, MUSCLE_SPACING_MM, extract_crops
+    from ctbmd.pipeline import analyse
+
+    res = analyse(EXAMPLE / "ct.nii.gz")
+    crops, _ = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase,
+                             vertebra_labels=res.seg.labels)
+    lo, hi = MUSCLE_HU_WINDOW
+    p_mm = (np.arange(64) - 31.5) * MUSCLE_SPACING_MM + MUSCLE_POSTERIOR_MM
+    for c in crops:
+        assert c.muscle.shape == (2, 64, 64) and c.muscle.dtype == np.float32
+        mask = c.muscle[1] > 0.5
+        hu = (c.muscle[0] + 1.0) / 2.0 * (hi - lo) + lo
+        assert 0.15 < mask.mean() < 0.5, (c.level, mask.mean())
+        assert MUSCLE_HU_RANGE[0] <= hu[mask].min() and hu[mask].max() <= MUSCLE_HU_RANGE[1]
+        assert 0 < np.median(hu[mask]) < 60, (c.level, np.median(hu[mask]))  # skeletal muscle, not fat or bone
+        assert not mask[:, p_mm < -25].any()  # nothing in front of the compartment
+        behind = mask[:, p_mm > 40]  # behind the arch: the erector spinae on both sides of the midline
+        assert behind[:32].mean() > 0.2 and behind[32:].mean() > 0.2, c.level
+        assert not mask[28:36, 20:24].any(), c.level  # the vertebral body's centre is bone, not muscle
+        assert not mask[30:34, 30:33].any(), c.level  # nor is the canal behind it (p 25-30 mm)
+
+
+def test_huang_protocol_trains_on_body_and_muscle_and_applies(tiny_model, tmp_path):
+    """Huang 2025: axial body + muscle crop, osteoporosis (QCT < 80 mg/cm³) against the rest; the PNG shows
+    the muscle crop; `ctbmd run --model` reads it too."""
+    from PIL import Image
+
+    rc, so, se = _train_tiny(tiny_model, tmp_path, "--protocol", "huang2025")
+    assert rc == 0, se
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert (cfg["dims"], cfg["muscle"], cfg["task"], cfg["binary_threshold"]) == ("2d", True, "binary", 80.0)
+    assert cfg["preprocessing"]["muscle_crop"]["size"] == 64 and cfg["arch"] == "densenet_small"
+    weights = __import__("torch").load(tmp_path / "model" / "member_0.pt", weights_only=True)
+    assert any(k.startswith("muscle_backbone.") for k in weights)
+    m = json.loads((tmp_path / "model" / "evaluation" / "metrics.json").read_text())["out-of-fold"]
+    assert m["threshold"] == 80.0 and m["patient"]["n_low"] == 2  # QCT-equivalent means: q0 40, q1 76 | q2 134, q3 179
+    png = Image.open(tmp_path / "model" / "input_examples.png")
+    assert png.size[0] > 3 * 150  # axial slice, muscle HU, muscle mask
+    p = _apply_to_q1(tiny_model, tmp_path)["patient"]
+    assert 0.0 <= p["p_low_bmd_dl"] <= 1.0
+    # a --muscle model whose crop settings differ from this version's is refused, not misread
+    cfg["preprocessing"]["muscle_crop"]["spacing_mm"] = 3.0
+    (tmp_path / "model" / "config.json").write_text(json.dumps(cfg))
+    rc, so, se = run_cli("run", tiny_model / "q1" / "ct.nii.gz", "--out", tmp_path / "run2", "--labels",
+                         tiny_model / "q1" / "labels.nii.gz", "--label-map", "verse", "--model", tmp_path / "model")
+    assert rc == 3 and "muscle crop" in se and not (tmp_path / "run2").exists(), se
+
+
+def test_manifest_kvp_reaches_the_calibration_of_a_nifti(tiny_model, tmp_path):
+    """A NIfTI has no kVp: the manifest's kvp column gives it, and the 80 kV phantom's calibrated baseline
+    then lands near the truth (without it, 120 kV is assumed)."""
+    from ctbmd.model.cohort import read_manifest, scan_crops
+    from ctbmd.model.crops import CropSpec
+
+    q2 = tiny_model / "q2"  # 80 kV, arterial
+    truth = {lv["level"]: lv["qct_equivalent_mg_cm3"] for lv in json.loads((q2 / "truth.json").read_text())["levels"]}
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"patient_id,ct,labels,label_map,kvp,level,bmd_mg_cm3\nq2,{q2 / 'ct.nii.gz'},"
+                        f"{q2 / 'labels.nii.gz'},verse,80,L2,{truth['L2']}\n")
+    scan = read_manifest(manifest).scans[0]
+    assert scan.kvp == 80.0
+
+    def error(s):
+        crops, _ = scan_crops(s, CropSpec(), None)
+        return np.mean([abs(c.bmd_calibrated_mg_cm3 - truth[c.level]) for c in crops if c.level in ("L1", "L2", "L3")])
+
+    with_kvp, without = error(scan), error(replace(scan, kvp=None))  # measured 15.7 and 79.2 mg/cm³
+    # what is left with the kVp is mostly the arterial iodine in the marrow, which the calibration does not remove
+    assert with_kvp < 25.0 and with_kvp < without / 3, (with_kvp, without)
 
 
 def test_binary_agreement_of_known_predictions():
@@ -322,8 +406,13 @@ def test_binary_task_reports_peng_figures_and_applies_a_probability(tiny_model, 
     assert all(0.0 <= float(r["p_low_bmd"]) <= 1.0 for r in oof)
     rc, so, se = _train_tiny(tiny_model, tmp_path, "--task", "binary", "--classify", out="m2")
     assert rc == 2 and "cannot take --classify" in se
-    p = _apply_to_q1(tiny_model, tmp_path)["patient"]
+    result = _apply_to_q1(tiny_model, tmp_path)
+    p = result["patient"]
     assert 0.0 <= p["p_low_bmd_dl"] <= 1.0 and p["category_dl"] in ("low BMD", "normal")
+    from ctbmd.batch.tables import scan_rows
+
+    patient = next(r for r in scan_rows("q1", result) if r["row"] == "patient")
+    assert (patient["model_target"], patient["model_value"]) == ("p_low_bmd", p["p_low_bmd_dl"])
     assert "P(low BMD)" in (tmp_path / "run" / "report.html").read_text()
 
 
@@ -375,6 +464,7 @@ def test_train_refuses_to_overwrite_and_too_few_patients(tiny_model, tmp_path):
     ("patient_id,ct,tbs\na,{ct},high\n", "tbs 'high' is not a number"),
     ("patient_id,ct,level,bmd_mg_cm3,split\na,{ct},L1,100,cv\nb,{ct2},L1,90,external_3\n",
      "external site 'external' has no patients, but 'external_3' has"),
+    ("patient_id,ct,kvp,level,bmd_mg_cm3\na,{ct},300,L1,100\n", "kvp '300' is not a tube voltage"),
 ])
 def test_bad_manifest_is_one_line_exit_3(tmp_path, content, message):
     m = tmp_path / "manifest.csv"

@@ -457,7 +457,10 @@ def train(
     target: Optional[str] = typer.Option(None, "--target", help="Manifest column to train on: bmd_mg_cm3 or "
                                          "t_score (default: as the manifest gives), or another numeric per-patient "
                                          "column such as tbs."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
+    muscle: bool = typer.Option(False, "--muscle", help="Also read an axial 160 mm crop of the paraspinal and psoas "
+                                "muscle at each vertebra's level, with a second backbone (Huang 2025)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="On-the-fly MONAI augmentation (rotation, "
+                                 "shift, scale, noise, HU jitter); a protocol may turn it off (yasaka2020)."),
     augment_copies: int = typer.Option(0, "--augment-copies", help="Offline expansion (Yasaka 2020: 60): fixed "
                                        "augmented copies per training crop (rotation, parallel shift, noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, augmentation and order."),
@@ -481,9 +484,9 @@ def train(
         from ctbmd.model.workflow import train_cohort
 
         values = dict(arch=arch, dims=dims, folds=folds, test_fraction=test_fraction, epochs=epochs,
-                      patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=not no_augment,
+                      patience=patience, batch_size=batch_size, lr=lr, classify=classify, augment=augment,
                       seed=seed, device=device, target=target, task=task, threshold=threshold,
-                      augment_copies=augment_copies)
+                      augment_copies=augment_copies, muscle=muscle)
         if protocol is None:
             cfg = TrainConfig(**values)
         else:
@@ -492,10 +495,9 @@ def train(
 
             if protocol not in PROTOCOLS:
                 raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)} (got {protocol!r})")
-            source = {"augment": "no_augment"}
             # typer ships its own click: compare the source by name
             given = {k: v for k, v in values.items()
-                     if getattr(ctx.get_parameter_source(source.get(k, k)), "name", "") == "COMMANDLINE"}
+                     if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
             try:
                 cfg = TrainConfig(**{**resolve(protocol, given), "protocol": protocol,
                                      **{k: v for k, v in values.items() if k in ("seed", "device") and k not in given}})

@@ -17,10 +17,14 @@ from pathlib import Path
 
 from ctbmd.batch.jobs import ScanOutcome
 from ctbmd.io import write_atomic
+from ctbmd.result import model_value_key
 
 #: cohort.csv columns, in order, with their Parquet type. ``row`` is ``level`` or ``patient``;
 #: ``level`` is empty on the patient row, whose ``levels_used`` says which levels its mean used.
 #: BMD in K2HPO4-equivalent mg/cm³; centroid in LPS mm; ``category`` (ACR-QCT) on the patient row only.
+#: With ``--model``: ``model_target`` names what the model gives (``bmd_mg_cm3``, ``t_score``, ``p_low_bmd``
+#: for a binary model, or another trained column such as ``tbs``) and ``model_value`` holds it, whatever the
+#: target; ``bmd_dl_mg_cm3`` and ``t_score_dl`` repeat it for those two targets.
 COHORT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("scan_id", "string"), ("source", "string"), ("series_uid", "string"), ("patient_id", "string"),
     ("row", "string"), ("level", "string"),
@@ -32,8 +36,8 @@ COHORT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("levels_used", "string"), ("category", "string"), ("category_certain", "bool"),
     ("contrast_phase", "string"), ("calibration_ok", "bool"), ("calibration_method", "string"),
     ("kvp", "float64"), ("effective_energy_kev", "float64"),
-    ("bmd_dl_mg_cm3", "float64"), ("t_score_dl", "float64"), ("category_dl", "string"),
-    ("warnings", "string"),
+    ("bmd_dl_mg_cm3", "float64"), ("t_score_dl", "float64"), ("model_target", "string"), ("model_value", "float64"),
+    ("category_dl", "string"), ("warnings", "string"),
 )
 FAILED_COLUMNS = ("scan_id", "source", "series_uid", "exit_code", "reason")
 
@@ -53,7 +57,9 @@ def scan_rows(scan_id: str, result: dict) -> list[dict]:
         Keys :data:`COHORT_COLUMNS`; missing values are None.
     """
     inp, cal, p = result["input"], result["calibration"], result["patient"]
-    common = {"scan_id": scan_id, "source": inp.get("path"), "series_uid": inp.get("series_uid"),
+    target = result["model"]["target"] if result.get("model") else None
+    key = model_value_key(target) if target else None
+    common = {"model_target": target,"scan_id": scan_id, "source": inp.get("path"), "series_uid": inp.get("series_uid"),
               "patient_id": inp.get("patient_id"), "contrast_phase": inp.get("contrast_phase"),
               "calibration_ok": cal.get("ok"), "calibration_method": cal.get("method"), "kvp": cal.get("kvp"),
               "effective_energy_kev": cal.get("effective_energy_kev")}
@@ -69,7 +75,8 @@ def scan_rows(scan_id: str, result: dict) -> list[dict]:
                      "bmd_caha_mg_cm3": lv.get("bmd_caha_mg_cm3"), "roi_volume_mm3": lv.get("roi_volume_mm3"),
                      "centroid_l_mm": centroid[0], "centroid_p_mm": centroid[1], "centroid_s_mm": centroid[2],
                      "flags": ";".join(lv.get("flags") or []), "used_for_patient": lv.get("used_for_patient"),
-                     "bmd_dl_mg_cm3": lv.get("bmd_dl_mg_cm3"), "t_score_dl": lv.get("t_score_dl")})
+                     "bmd_dl_mg_cm3": lv.get("bmd_dl_mg_cm3"), "t_score_dl": lv.get("t_score_dl"),
+                     "model_value": lv.get(key) if key else None})
     ci = p.get("bmd_ci95_mg_cm3") or [None, None]
     rows.append({**common, "row": "patient", "level": "",
                  "trabecular_hu_mean": p.get("trabecular_hu_mean"), "trabecular_hu_median": p.get("trabecular_hu_median"),
@@ -77,7 +84,7 @@ def scan_rows(scan_id: str, result: dict) -> list[dict]:
                  "bmd_caha_mg_cm3": p.get("bmd_caha_mg_cm3"), "levels_used": "+".join(p.get("levels_used") or []),
                  "category": p.get("category"), "category_certain": p.get("category_certain"),
                  "bmd_dl_mg_cm3": p.get("bmd_dl_mg_cm3"), "t_score_dl": p.get("t_score_dl"),
-                 "category_dl": p.get("category_dl"), "warnings": "; ".join(result.get("warnings") or [])})
+                 "model_value": p.get(key) if key else None, "category_dl": p.get("category_dl"), "warnings": "; ".join(result.get("warnings") or [])})
     names = [c for c, _ in COHORT_COLUMNS]
     return [{c: r.get(c) for c in names} for r in rows]
 

@@ -10,6 +10,9 @@ A CSV with one CT per patient:
   ``ctbmd run --labels``); without it the builtin segmenter labels the levels;
   ``label_map`` (optional) names its numbering as ``--label-map`` does
   (``auto`` when empty; phantoms of ``ctbmd simulate`` are ``verse``);
+* ``kvp`` (optional): the tube voltage (kV, 70-150) of a CT whose header has
+  none (NIfTI), as ``ctbmd run --kvp`` takes it; without it the phantomless
+  calibration assumes 120 kV with a wide energy prior;
 * ``split`` (optional): empty, ``cv`` or ``train`` for cross-validation; ``test``
   marks patients held out of cross-validation (predicted by the ensemble);
   ``external``, ``external_2``, ``external_3``, ... mark external sites (other
@@ -44,7 +47,7 @@ import numpy as np
 
 from ctbmd import evaluate as ev
 from ctbmd.errors import CtbmdError, InvalidInputError
-from ctbmd.model.crops import FEATURES, CropSpec, VertebraCrop, extract_crops, input_hash, load_crops, save_crops
+from ctbmd.model.crops import FEATURES, MUSCLE_SIZE, CropSpec, VertebraCrop, extract_crops, input_hash, load_crops, save_crops
 from ctbmd.segment.labelmaps import LABEL_MAPS
 
 #: The targets with a reference of their own in ``ctbmd evaluate`` (QCT per level, DXA T-score per patient).
@@ -89,7 +92,9 @@ class CohortScan:
     label_map : str
         Its numbering (:data:`ctbmd.segment.labelmaps.LABEL_MAPS`).
     split : str
-        ``"test"`` for held-out patients, else ``"cv"``.
+        ``"cv"``, ``"test"`` for held-out patients, or an external site's name.
+    kvp : float or None
+        Tube voltage (kV) for a CT whose header has none.
     """
 
     patient_id: str
@@ -97,6 +102,7 @@ class CohortScan:
     labels: Path | None
     label_map: str
     split: str
+    kvp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,8 @@ def read_manifest(path: str | Path, target: str | None = None) -> Cohort:
         Unreadable or empty CSV, a missing ``patient_id``/``ct`` column, a CT
         or label path that does not exist, two CTs for one patient, a ``split``
         other than ``cv``/``train``/empty, ``test`` or an external site name, external
-        sites numbered with a gap (``external_3`` without ``external_2``), an unknown ``label_map``, no usable target (a DXA
+        sites numbered with a gap (``external_3`` without ``external_2``), an unknown ``label_map``, a ``kvp``
+        outside 70-150, no usable target (a DXA
         manifest needs ``t_score`` for training), or any reference problem
         :func:`ctbmd.evaluate.read_reference` reports. One line, naming the
         file and row.
@@ -188,10 +195,18 @@ def read_manifest(path: str | Path, target: str | None = None) -> Cohort:
         if label_map not in LABEL_MAPS:
             raise InvalidInputError(f"row {i}: label_map {r['label_map']!r} is not one of {', '.join(LABEL_MAPS)}",
                                     path)
-        scan = CohortScan(r["patient_id"], ct, labels, label_map, split)
+        kvp = None
+        if (r.get("kvp") or "").strip():
+            try:
+                kvp = float(r["kvp"])
+            except ValueError:
+                kvp = float("nan")
+            if not 70.0 <= kvp <= 150.0:
+                raise InvalidInputError(f"row {i}: kvp {r['kvp']!r} is not a tube voltage of 70-150 kV", path)
+        scan = CohortScan(r["patient_id"], ct, labels, label_map, split, kvp)
         old = scans.setdefault(r["patient_id"], scan)
         if old != scan:
-            raise InvalidInputError(f"row {i}: patient {r['patient_id']!r} has a different ct/labels/split than on "
+            raise InvalidInputError(f"row {i}: patient {r['patient_id']!r} has a different ct/labels/split/kvp than on "
                                     "an earlier row (one CT per patient)", path)
     sites = sorted({external_number(s.split) for s in scans.values() if is_external(s.split)})
     if sites and sites != list(range(1, len(sites) + 1)):
@@ -248,12 +263,14 @@ def scan_crops(scan: CohortScan, spec: CropSpec, cache_dir: Path | None) -> tupl
     from ctbmd.pipeline import analyse
 
     segmenter = "labels" if scan.labels else "builtin"
-    key = input_hash([scan.ct] + ([scan.labels] if scan.labels else []), spec, extra=f"{segmenter}:{scan.label_map}")
+    key = input_hash([scan.ct] + ([scan.labels] if scan.labels else []), spec,
+                     extra=f"{segmenter}:{scan.label_map}" + ("" if scan.kvp is None else f":kvp{scan.kvp:g}"))
     cached = cache_dir / f"{key}.npz" if cache_dir else None
     if cached is not None and cached.is_file():
         return load_crops(cached)
-    res = analyse(scan.ct, segmenter=segmenter, labels=scan.labels, label_map=scan.label_map)
-    crops, skipped = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase, spec)
+    res = analyse(scan.ct, segmenter=segmenter, labels=scan.labels, label_map=scan.label_map, kvp=scan.kvp)
+    crops, skipped = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase, spec,
+                                   vertebra_labels=res.seg.labels)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         save_crops(cached, crops, skipped, spec)
@@ -276,6 +293,9 @@ class Samples:
         float32 ``(n,)``, mg/cm³ or T-score.
     patient, level, split : numpy.ndarray
         str ``(n,)``.
+    muscle : numpy.ndarray or None
+        float32 ``(n, 2, 64, 64)`` muscle crops, axes (vertebra, channel, L, P)
+        (:mod:`ctbmd.model.crops`); None when a crop lacks one.
     failed : list of (patient_id, reason)
         Scans that gave no crops.
     skipped : list of (patient_id, level, reason)
@@ -289,6 +309,7 @@ class Samples:
     patient: np.ndarray
     level: np.ndarray
     split: np.ndarray
+    muscle: np.ndarray | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -327,10 +348,14 @@ def build_samples(cohort: Cohort, spec: CropSpec = CropSpec(), cache_dir: Path |
         if progress:
             progress(n, len(cohort.scans), scan.patient_id)
     size = spec.size
+    with_muscle = all(r[0].muscle is not None for r in rows)
     return Samples(
         images=np.stack([r[0].image for r in rows]) if rows else np.zeros((0, 3, size, size, size), np.float32),
         features=np.stack([r[0].features for r in rows]) if rows else np.zeros((0, len(FEATURES)), np.float32),
         baseline=np.array([r[0].bmd_calibrated_mg_cm3 for r in rows], np.float32),
         target=np.array([r[1] for r in rows], np.float32),
         patient=np.array([r[2] for r in rows], dtype=object), level=np.array([r[0].level for r in rows], dtype=object),
-        split=np.array([r[3] for r in rows], dtype=object), failed=failed, skipped=skipped)
+        split=np.array([r[3] for r in rows], dtype=object),
+        muscle=(np.stack([r[0].muscle for r in rows]) if rows else np.zeros((0, 2, MUSCLE_SIZE, MUSCLE_SIZE), np.float32))
+        if with_muscle else None,
+        failed=failed, skipped=skipped)

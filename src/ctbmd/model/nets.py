@@ -20,6 +20,12 @@ JCAT 2023 study read it, seed 002); ``sagittal3`` the 3 central sagittal slices
 of each channel stacked as 9 channels ``(9, s, s)``. The crop is centred on the
 trabecular ROI, so its central sagittal slice is the body's midline.
 
+With ``muscle=True`` (``ctbmd train --muscle``, the Huang 2025 protocol) a second
+backbone of the same ``arch``, always 2-D, reads the axial muscle crop
+``(2, 64, 64)`` (:mod:`ctbmd.model.crops`), and its 32-value embedding joins
+the body's before the head: two images of one level, as Huang et al. fed the
+vertebral body and the skeletal muscle.
+
 The head concatenates the backbone's 32-value embedding with the standardised
 scan features (:data:`ctbmd.model.crops.FEATURES`) and maps them through a
 64-unit hidden layer to one regression output (plus 3 class logits with
@@ -35,6 +41,8 @@ from torch import nn
 ARCHS = ("densenet121", "densenet_small", "resnet18", "resnet50")
 DIMS = ("3d", "2d", "2.5d", "sagittal", "sagittal3")
 EMBEDDING = 32
+#: Channels of the muscle crop (HU, muscle mask).
+MUSCLE_CHANNELS = 2
 SLICES_25D = 5
 SLICES_SAGITTAL3 = 3
 #: Channels per crop channel that each 2-D mode stacks.
@@ -90,6 +98,8 @@ class BmdNet(nn.Module):
         Length of the feature vector.
     n_classes : int
         0 for regression only, 3 for an extra ACR/WHO class head.
+    muscle : bool
+        Add the 2-D muscle backbone (2 input channels).
 
     Raises
     ------
@@ -97,19 +107,33 @@ class BmdNet(nn.Module):
         For an unknown ``arch`` or ``dims``.
     """
 
-    def __init__(self, arch: str, dims: str, in_channels: int, n_features: int, n_classes: int = 0):
+    def __init__(self, arch: str, dims: str, in_channels: int, n_features: int, n_classes: int = 0,
+                 muscle: bool = False):
         super().__init__()
         if dims not in DIMS:
             raise ValueError(f"unknown dims {dims!r}; choose one of {', '.join(DIMS)}")
         self.dims = dims
         self.backbone = _backbone(arch, dims, in_channels)
-        self.head = nn.Sequential(nn.Linear(EMBEDDING + n_features, 64), nn.ReLU(), nn.Dropout(0.1),
+        self.muscle_backbone = _backbone(arch, "2d", MUSCLE_CHANNELS) if muscle else None
+        width = EMBEDDING * (2 if muscle else 1) + n_features
+        self.head = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Dropout(0.1),
                                   nn.Linear(64, 1 + n_classes))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``images`` ``(n, c, L, P, S)``, ``features`` ``(n, f)`` -> ``(n, 1 + n_classes)``;
-        column 0 is the normalised regression output, the rest class logits."""
-        z = self.backbone(to_input(images, self.dims))
-        return self.head(torch.cat([z, features], dim=1))
+    def forward(self, images: torch.Tensor, features: torch.Tensor, muscle: torch.Tensor | None = None) -> torch.Tensor:
+        """``images`` ``(n, c, L, P, S)``, ``features`` ``(n, f)``, ``muscle`` ``(n, 2, 64, 64)`` (axes
+        vertebra, channel, L, P; needed when the net has a muscle backbone) -> ``(n, 1 + n_classes)``;
+        column 0 is the normalised regression output, the rest class logits.
+
+        Raises
+        ------
+        ValueError
+            A muscle net called without ``muscle``.
+        """
+        z = [self.backbone(to_input(images, self.dims))]
+        if self.muscle_backbone is not None:
+            if muscle is None:
+                raise ValueError("this network reads a muscle crop: pass muscle=(n, 2, 64, 64)")
+            z.append(self.muscle_backbone(muscle))
+        return self.head(torch.cat(z + [features], dim=1))

@@ -53,6 +53,10 @@ class Protocol:
         TrainConfig fields the paper chose and a user may override.
     needs : tuple of str
         Inputs the protocol needs that this version may lack (``"muscle"``).
+    thresholds : dict
+        For a binary task without ``--threshold``: the paper's cut-off by target
+        (``t_score``, ``bmd_mg_cm3``), used instead of
+        :data:`ctbmd.model.train.BINARY_THRESHOLDS`.
     published : dict
         The paper's figures, by name (``"r2"``, ``"auc_internal"``, ...).
     notes : str
@@ -64,6 +68,7 @@ class Protocol:
     fixed: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
     needs: tuple[str, ...] = ()
+    thresholds: dict = field(default_factory=dict)
     published: dict = field(default_factory=dict)
     notes: str = ""
 
@@ -89,20 +94,25 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              notes="Mid-sagittal slices through each vertebral body; --target tbs trains the TBS model."),
     Protocol("yasaka2020", "Yasaka et al., Eur Radiol 2020, doi:10.1007/s00330-020-06677-0 (seed 003)",
              fixed={"dims": "2d"},
-             defaults={"arch": "densenet_small", "task": "regression", "augment_copies": 60, "folds": 5},
+             defaults={"arch": "densenet_small", "task": "regression", "augment_copies": 60, "augment": False,
+                       "folds": 5},
              published={"r_internal": 0.852, "r_external": 0.840, "auc_internal": 0.965, "auc_external": 0.970},
-             notes="Axial slices; Yasaka's own small CNN is stood in for by densenet_small; 60 offline copies."),
+             notes="Axial slices; Yasaka's own small CNN is stood in for by densenet_small; 60 offline copies and, "
+                   "as in the paper, no on-the-fly augmentation (--augment-copies and --augment override)."),
     Protocol("huang2025", "Huang et al. 2025 (seed 004)",
-             fixed={"dims": "2d"},
-             defaults={"arch": "densenet121", "task": "binary", "threshold": -2.45, "folds": 5},
+             fixed={"dims": "2d", "muscle": True},
+             defaults={"arch": "densenet121", "task": "binary", "folds": 5},
              needs=("muscle",),
+             thresholds={"t_score": -2.45, "bmd_mg_cm3": 80.0},
              published={"auc": (0.827, 0.865), "f1_mean_external": 0.865},
-             notes="Osteoporosis (T-score -2.5 or lower, coded as below -2.45 since T-scores have one decimal) "
-                   "against the rest, from the vertebral body and skeletal muscle; three external test sets."),
+             notes="Osteoporosis against the rest: a T-score of -2.5 or lower (coded as below -2.45, since "
+                   "T-scores have one decimal; WHO), or for a QCT target below 80 mg/cm³ (ACR-QCT), from the "
+                   "axial vertebral body and the muscle crop (--muscle); the manifest's external sites are the "
+                   "three external test sets."),
 )}
 
 #: Inputs this version can give a network (a protocol needing another one is refused).
-AVAILABLE_INPUTS: tuple[str, ...] = ()
+AVAILABLE_INPUTS: tuple[str, ...] = ("muscle",)
 
 
 def resolve(name: str, given: dict) -> dict:

@@ -4,8 +4,9 @@ Model folder (``ctbmd train --out MODEL_DIR``)
 ----------------------------------------------
 ``config.json``
     ``format`` (:data:`MODEL_FORMAT`), the target, network (``arch``,
-    ``dims``), the preprocessing the model expects (crop size and spacing, HU
-    window, density scale, feature names), one entry per ensemble member
+    ``dims``, ``muscle``), the preprocessing the model expects (crop size and
+    spacing, HU window, density scale, feature names, and the muscle crop's
+    geometry for a ``--muscle`` model), one entry per ensemble member
     (weights file and its :class:`~ctbmd.model.train.Normaliser`), and
     ``training``: what the model was trained on (``data``, ``phantom_trained``,
     ``clinically_validated`` = false unless the user states otherwise), the
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ctbmd.errors import InvalidInputError, UsageError
-from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec, VertebraCrop
+from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec, VertebraCrop, muscle_crop_record
 from ctbmd.result import Result
 from ctbmd.types import LevelPrediction, ModelOutput  # the model's results, in the types layer
 
@@ -100,9 +101,14 @@ class BmdModel:
                                     f"{(3,) + (self.spec.size,) * 3}", self.path)
         features = np.stack([c.features for c in crops])
         baseline = np.array([c.bmd_calibrated_mg_cm3 for c in crops], np.float32)
+        muscle = None
+        if self.config.get("muscle"):
+            if any(c.muscle is None for c in crops):
+                raise InvalidInputError("the model reads the muscle crop (--muscle), which these crops lack", self.path)
+            muscle = np.stack([c.muscle for c in crops])
         values, probs = [], []
         for net, norm in self.members:
-            v, p = predict_arrays(net, norm, images, features, baseline, torch.device("cpu"))
+            v, p = predict_arrays(net, norm, images, features, baseline, torch.device("cpu"), muscle=muscle)
             values.append(v)
             probs.append(p)
         values = np.stack(values)
@@ -148,7 +154,11 @@ def load_model(path: str | Path) -> BmdModel:
             or tuple(pre["features"]) != FEATURES):
         raise InvalidInputError("the model expects other preprocessing (HU window, density scale or features) "
                                 "than this ctbmd version makes", cfg_path)
-    tc = TrainConfig(arch=config["arch"], dims=config["dims"], classify=config["classify"])
+    if config.get("muscle") and pre.get("muscle_crop") != muscle_crop_record():
+        raise InvalidInputError("the model expects another muscle crop (size, spacing, window or mask) than this "
+                                "ctbmd version makes", cfg_path)
+    tc = TrainConfig(arch=config["arch"], dims=config["dims"], classify=config["classify"],
+                     muscle=bool(config.get("muscle", False)))
     members = []
     for m in config["members"]:
         wpath = path / m["weights"]
@@ -193,7 +203,7 @@ def add_model(result: Result, model: BmdModel) -> Result:
     from ctbmd.model.crops import extract_crops
 
     crops, skipped = extract_crops(result.ct, result.roi_labels, result.levels, result.calibration,
-                                   result.phase, model.spec)
+                                   result.phase, model.spec, vertebra_labels=result.seg.labels)
     preds = model.predict(crops)
     described = model.describe()  # a binary model's value is the probability of low BMD ("p_low_bmd")
     dl = ModelOutput(model=described, target=described["target"], levels={p.level: p for p in preds},

@@ -32,6 +32,7 @@ import csv
 import io as _io
 import json
 import shutil
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -44,7 +45,7 @@ from ctbmd import __version__
 from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.io import write_atomic
 from ctbmd.model.cohort import Cohort, Samples, build_samples, external_number, is_external, read_manifest
-from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec
+from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec, muscle_crop_record
 from ctbmd.model.nets import ARCHS, DIMS
 from ctbmd.model.store import MODEL_FORMAT
 from ctbmd.model.train import (TASKS, Normaliser, TrainConfig, binary_threshold, build_net, patient_folds,
@@ -150,14 +151,15 @@ def _evaluate_patient_target(out: Path, samples: Samples, rows: np.ndarray, pred
     return _write_summary(out, summary)
 
 
-def write_input_examples(samples: Samples, dims: str, path: Path, n: int = 6) -> None:
+def write_input_examples(samples: Samples, dims: str, path: Path, n: int = 6, muscle: bool = False) -> None:
     """A PNG of the HU channel the network receives in mode ``dims``, for up to ``n`` vertebrae of different patients.
 
     Each row is one vertebra (patient and level named); each column one slice
     of the input (1 for ``2d``/``sagittal``, 3 for ``sagittal3``, 5 for
     ``2.5d``, the central axial, coronal and sagittal planes for ``3d``).
     Axial slices are shown anterior up, sagittal slices with anterior left and
-    superior up.
+    superior up. With ``muscle`` two more columns show the axial muscle crop
+    (soft-tissue window) and its muscle mask over it.
     """
     import torch
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 - registers the PNG writer
@@ -184,21 +186,32 @@ def write_input_examples(samples: Samples, dims: str, path: Path, n: int = 6) ->
         k = STACKED[dims]
         plane = "sagittal" if dims.startswith("sagittal") else "axial"
         panels = [[(f"{plane} {j + 1}/{k}", x[r, j]) for j in range(k)] for r in range(len(picked))]
+    if muscle and samples.muscle is not None:
+        for r, i in enumerate(picked):
+            panels[r] += [("muscle HU", torch.from_numpy(samples.muscle[i, 0])),
+                          ("muscle mask", torch.from_numpy(samples.muscle[i]))]
     cols = len(panels[0])
-    fig = Figure(figsize=(1.8 * cols + 0.4, 1.9 * len(panels)))
+    width = max(1.8 * cols + 0.4, 3.6)
+    fig = Figure(figsize=(width, 1.9 * len(panels) + 0.4))
     axes = fig.subplots(len(panels), cols, squeeze=False)
     for r, row in enumerate(panels):
         for j, (name, sl) in enumerate(row):
             # transposed: axial rows P (anterior up, origin upper); coronal and sagittal rows S (superior up),
             # columns L or P (anterior left)
-            origin = "upper" if name.startswith("axial") else "lower"
-            axes[r, j].imshow(sl.numpy().T, cmap="gray", vmin=-1, vmax=1, origin=origin)
+            origin = "upper" if name.startswith(("axial", "muscle")) else "lower"
+            if name == "muscle mask":  # the soft-tissue image with the mask in red
+                axes[r, j].imshow(sl[0].numpy().T, cmap="gray", vmin=-1, vmax=1, origin=origin)
+                axes[r, j].imshow(np.ma.masked_equal(sl[1].numpy().T, 0), cmap="autumn", alpha=0.5, origin=origin)
+            else:
+                axes[r, j].imshow(sl.numpy().T, cmap="gray", vmin=-1, vmax=1, origin=origin)
             axes[r, j].set_xticks([])
             axes[r, j].set_yticks([])
             if r == 0:
                 axes[r, j].set_title(name, fontsize=8)
         axes[r, 0].set_ylabel(f"{samples.patient[picked[r]]} {samples.level[picked[r]]}", fontsize=8)
-    fig.suptitle(f"network input, --dims {dims} (HU channel, window -250..1250 HU)", fontsize=9)
+    title = (f"network input, --dims {dims}{' --muscle' if muscle else ''} (HU channel, window -250..1250 HU"
+             + ("; muscle crop 160 mm wide, window -200..300 HU, muscle mask in red" if muscle else "") + ")")
+    fig.suptitle(textwrap.fill(title, width=int(width * 12)), fontsize=9)  # about 12 characters per inch
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=90))
 
@@ -231,7 +244,7 @@ def _protocol_record(name: str) -> dict:
     from ctbmd.model.protocols import PROTOCOLS
 
     p = PROTOCOLS[name]
-    return {"name": p.name, "study": p.study, "fixed": p.fixed, "defaults": p.defaults,
+    return {"name": p.name, "study": p.study, "fixed": p.fixed, "defaults": p.defaults, "thresholds": p.thresholds,
             "published": {k: list(v) if isinstance(v, tuple) else v for k, v in p.published.items()},
             "notes": p.notes}
 
@@ -320,8 +333,15 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         folds, test = patient_folds(samples, cfg.folds, cfg.seed, cohort.target, cfg.test_fraction)
     except ValueError as exc:
         raise UsageError(str(exc), cohort.path) from None
+    if cfg.muscle and samples.muscle is None:
+        raise InvalidInputError("--muscle: some cached crops have no muscle crop; rerun with --no-cache",
+                                cohort.path)
+
+    def muscle_of(ix: np.ndarray) -> np.ndarray | None:
+        return samples.muscle[ix] if cfg.muscle else None
+
     out.mkdir(parents=True, exist_ok=True)
-    write_input_examples(samples, cfg.dims, out / "input_examples.png")
+    write_input_examples(samples, cfg.dims, out / "input_examples.png", muscle=cfg.muscle)
     import torch
 
     members, history = [], []
@@ -345,7 +365,7 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         net.to(device)
         oof[fold.validation], _ = predict_arrays(net, norm, samples.images[fold.validation],
                                                  samples.features[fold.validation], samples.baseline[fold.validation],
-                                                 device)
+                                                 device, muscle=muscle_of(fold.validation))
         fold_of[fold.validation] = k
         members.append((net, norm))
         history += [{"member": k, **h} for h in hist]
@@ -354,7 +374,8 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     held = np.concatenate([test, external]).astype(int)
     if len(held):
         oof[held] = np.mean([predict_arrays(n, nm, samples.images[held], samples.features[held],
-                                            samples.baseline[held], device)[0] for n, nm in members], axis=0)
+                                            samples.baseline[held], device, muscle=muscle_of(held))[0]
+                             for n, nm in members], axis=0)
     train_s = time.time() - t1
     rows = np.concatenate([np.concatenate([f.validation for f in folds]), test, external]).astype(int)
     sets = np.array(["out-of-fold"] * (len(rows) - len(held)) + ["test"] * len(test)
@@ -384,12 +405,13 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         "target_units": {"bmd_mg_cm3": "mg/cm³ K2HPO4-equivalent (as the reference)", "t_score": "DXA T-score"}.get(
             tname, f"as the manifest's {tname!r} column"),
         "protocol": None if cfg.protocol is None else _protocol_record(cfg.protocol),
-        "arch": cfg.arch, "dims": cfg.dims, "classify": cfg.classify, "task": cfg.task,
+        "arch": cfg.arch, "dims": cfg.dims, "muscle": cfg.muscle, "classify": cfg.classify, "task": cfg.task,
         "binary_threshold": threshold,
         "preprocessing": {"crop_size": spec.size, "crop_spacing_mm": spec.spacing_mm, "hu_window": list(HU_WINDOW),
                           "mg_cm3_scale": MG_CM3_SCALE, "features": list(FEATURES),
                           "crop_frame": "LPS-aligned isotropic cube centred on the trabecular ROI",
-                          "segmentation": "manifest labels, else the builtin segmenter"},
+                          "segmentation": "manifest labels, else the builtin segmenter",
+                          "muscle_crop": muscle_crop_record() if cfg.muscle else None},
         "members": [{"weights": f"member_{k}.pt", "normaliser": asdict(nm)} for k, (_, nm) in enumerate(members)],
         "training": {
             "data": "simulated phantoms (ctbmd simulate)" if phantom else f"user cohort ({cohort.path.name})",
