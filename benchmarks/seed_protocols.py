@@ -41,7 +41,9 @@ Steps:
    Huang) or QCT (Li, Peng) on real patients; here every target is the
    phantoms' QCT-equivalent BMD, so the comparison is of the method, not of the
    cohorts. A last row gives phantomless calibration alone on the same
-   vertebrae (the sets of ``peng2024``), which every network starts from.
+   vertebrae (the sets of ``peng2024``), which every network starts from, and
+   a second table the vertebra MAE of each regressor and of calibration alone
+   per site and contrast phase.
 
 Writes ``summary.json``, ``table.md`` and one model folder per run (each with
 ``input_examples.png``) under ``--out``; prints the table and the time of each step.
@@ -193,6 +195,24 @@ def evaluate_run(model_dir: Path, threshold: float, calibration: bool = False) -
     return out
 
 
+def per_site(model_dir: Path, manifest: Path) -> dict:
+    """Vertebra MAE (mg/cm³) of a regressor and of calibration alone, per site and contrast phase (the
+    manifest's ``site`` and ``phase``): where the network gains on calibration and where it loses."""
+    with open(manifest) as fh:
+        group = {r["patient_id"]: f"{r['site']}/{r['phase']}" for r in csv.DictReader(fh)}
+    with open(model_dir / "oof_predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    out: dict = {}
+    for r in rows:
+        ref = float(r["reference_bmd_mg_cm3"])
+        g = out.setdefault(group[r["patient_id"]], {"n": 0, "model": [], "calibration": []})
+        g["n"] += 1
+        g["model"].append(abs(float(r["bmd_mg_cm3"]) - ref))
+        g["calibration"].append(abs(float(r["bmd_calibrated_mg_cm3"]) - ref))
+    return {k: {"n": v["n"], "mae_model": float(np.mean(v["model"])), "mae_calibration": float(np.mean(v["calibration"]))}
+            for k, v in sorted(out.items())}
+
+
 def _cell(v, digits=3) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
@@ -302,11 +322,12 @@ def main(argv=None) -> int:
         value_key = "p_low_bmd" if cfg.task == "binary" else "bmd_mg_cm3"
         applied_levels = sorted(applied.dl.levels) if applied.dl is not None else []
         figures = evaluate_run(model_dir, threshold)
+        sites = None if cfg.task == "binary" else per_site(model_dir, manifest)
         results[name] = {"protocol": protocol, "threshold_mg_cm3": threshold,
                          "settings": {k: v for k, v in config["training"]["config"].items()
                                       if k in ("arch", "dims", "muscle", "task", "augment", "augment_copies", "folds",
                                                "test_fraction", "epochs", "patience")},
-                         "seconds": round(t_train, 1), "figures": figures,
+                         "seconds": round(t_train, 1), "figures": figures, "per_site": sites,
                          "applied": {"patient": probe["patient_id"], "value": value_key, "levels": applied_levels,
                                      "values": {lv: round(p.value, 3) for lv, p in
                                                 (applied.dl.levels.items() if applied.dl else [])}},
@@ -323,6 +344,16 @@ def main(argv=None) -> int:
     total = time.time() - t0
     text = table(results)
     print("\n" + text)
+    groups = sorted({g for v in results.values() if v.get("per_site") for g in v["per_site"]})
+    if groups:
+        print("Vertebra MAE (mg/cm³) per site and phase, network / calibration alone:")
+        w = max(len(g) for g in groups) + 2
+        print(f"{'run':22s}" + "".join(g.rjust(w) for g in groups))
+        for k, v in results.items():
+            if v.get("per_site"):
+                sites = v["per_site"]
+                print(f"{k:22s}" + "".join((f"{sites[g]['mae_model']:.1f} / {sites[g]['mae_calibration']:.1f}"
+                                            if g in sites else "–").rjust(w) for g in groups))
     print("Per vertebra against the QCT-equivalent truth; ctbmd's figure, the paper's in brackets. "
           "Binary question: below 120 mg/cm³ (li2024, peng2024, jcat2023), below 80 mg/cm³ (yasaka2020, huang2025).")
     arch = "each protocol's own" if a.full else "densenet_small"

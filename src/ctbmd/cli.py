@@ -453,7 +453,8 @@ def train(
                              "120 mg/cm³, or T-score -1.0; see --threshold) | categories (regression with the "
                              "3-class head, as --classify)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="With --task binary: a reference below "
-                                              "this is low BMD (default 120 mg/cm³ for QCT, -1.0 for a T-score)."),
+                                              "this is low BMD (default 120 mg/cm³ for QCT, -1.0 for a T-score; --protocol huang2025: "
+                                              "osteoporosis, 80 mg/cm³ or -2.45)."),
     target: Optional[str] = typer.Option(None, "--target", help="Manifest column to train on: bmd_mg_cm3 or "
                                          "t_score (default: as the manifest gives), or another numeric per-patient "
                                          "column such as tbs."),

@@ -212,8 +212,11 @@ def _add_model_values(result: dict, dl: ModelOutput) -> None:
     vals = [dl.levels[lv].value for lv in used if lv in dl.levels]
     value = float(np.mean(vals)) if vals else None
     p[key] = None if value is None else round(value, digits)
+    low = "low BMD"
+    if dl.model.get("binary_threshold") is not None:  # what "low" meant in training (Huang 2025: osteoporosis)
+        low += f" ({dl.model.get('trained_on_target')} below {dl.model['binary_threshold']:g})"
     systems = {"bmd_dl_mg_cm3": ("ACR-QCT", acr_category), "t_score_dl": ("WHO (T-score)", who_category),
-               "p_low_bmd_dl": ("low BMD if p >= 0.5", lambda v: "low BMD" if v >= 0.5 else "normal")}
+               "p_low_bmd_dl": (f"{low} if p >= 0.5", lambda v: "low BMD" if v >= 0.5 else "normal")}
     system, categorise = systems.get(key, (None, None))
     p["category_dl"] = None if value is None or categorise is None else categorise(value)
     p["category_dl_system"] = system

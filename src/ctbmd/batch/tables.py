@@ -59,7 +59,7 @@ def scan_rows(scan_id: str, result: dict) -> list[dict]:
     inp, cal, p = result["input"], result["calibration"], result["patient"]
     target = result["model"]["target"] if result.get("model") else None
     key = model_value_key(target) if target else None
-    common = {"model_target": target,"scan_id": scan_id, "source": inp.get("path"), "series_uid": inp.get("series_uid"),
+    common = {"model_target": target, "scan_id": scan_id, "source": inp.get("path"), "series_uid": inp.get("series_uid"),
               "patient_id": inp.get("patient_id"), "contrast_phase": inp.get("contrast_phase"),
               "calibration_ok": cal.get("ok"), "calibration_method": cal.get("method"), "kvp": cal.get("kvp"),
               "effective_energy_kev": cal.get("effective_energy_kev")}

@@ -12,7 +12,8 @@ A CSV with one CT per patient:
   (``auto`` when empty; phantoms of ``ctbmd simulate`` are ``verse``);
 * ``kvp`` (optional): the tube voltage (kV, 70-150) of a CT whose header has
   none (NIfTI), as ``ctbmd run --kvp`` takes it; without it the phantomless
-  calibration assumes 120 kV with a wide energy prior;
+  calibration assumes 120 kV with a wide energy prior. Like ``--kvp`` it takes
+  the place of a DICOM header's value, so leave it empty for DICOM series;
 * ``split`` (optional): empty, ``cv`` or ``train`` for cross-validation; ``test``
   marks patients held out of cross-validation (predicted by the ensemble);
   ``external``, ``external_2``, ``external_3``, ... mark external sites (other

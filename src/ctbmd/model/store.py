@@ -68,7 +68,8 @@ class BmdModel:
         return {"path": str(self.path), "format": self.config["format"],
                 "target": "p_low_bmd" if binary else self.target, "trained_on_target": self.target,
                 "task": self.config.get("task", "regression"), "binary_threshold": self.config.get("binary_threshold"),
-                "arch": self.config["arch"], "dims": self.config["dims"], "members": len(self.members),
+                "arch": self.config["arch"], "dims": self.config["dims"], "muscle": bool(self.config.get("muscle")),
+                "members": len(self.members),
                 "trained_on": t["data"], "phantom_trained": t["phantom_trained"],
                 "clinically_validated": t["clinically_validated"], "n_patients": t["n_patients"],
                 "n_vertebrae": t["n_vertebrae"], "description": t.get("description", ""),
@@ -87,7 +88,8 @@ class BmdModel:
         Raises
         ------
         InvalidInputError
-            If the crops do not have the shape the model expects.
+            If the crops do not have the shape the model expects, or the model
+            reads the muscle crop (``--muscle``) and a crop has none.
         """
         import torch
 
@@ -130,7 +132,8 @@ def load_model(path: str | Path) -> BmdModel:
     InvalidInputError
         ``config.json`` is unreadable or of another format, a weights file is
         missing or does not fit the network, or the model's preprocessing
-        differs from this ctbmd version's (HU window, density scale, features).
+        differs from this ctbmd version's (HU window, density scale, features,
+        or for a ``--muscle`` model the muscle crop's settings).
     """
     import torch
 

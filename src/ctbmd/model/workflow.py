@@ -49,7 +49,7 @@ from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec, muscl
 from ctbmd.model.nets import ARCHS, DIMS
 from ctbmd.model.store import MODEL_FORMAT
 from ctbmd.model.train import (TASKS, Normaliser, TrainConfig, binary_threshold, build_net, patient_folds,
-                               predict_arrays, resolve_device, train_member)
+                               predict_arrays, resolve_device, resume_mismatch, train_member)
 
 EVAL_BOOTSTRAP = 200
 
@@ -280,7 +280,9 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
     Raises
     ------
     UsageError
-        ``out`` already holds a model, or an unfinished run without ``resume``;
+        ``out`` already holds a model, or an unfinished run without ``resume``, or
+        one resumed with other settings than it was started with (only
+        ``epochs``, ``patience`` and ``device`` may change);
         bad settings; too few patients for the folds.
     InvalidInputError
         Manifest problems, or no usable vertebra with a target.
@@ -352,16 +354,24 @@ def train_cohort(manifest: str | Path, out: str | Path, cfg: TrainConfig = Train
         wfile, mfile = out / f"member_{k}.pt", out / f"member_{k}.json"
         if resume and wfile.is_file() and mfile.is_file():
             meta = json.loads(mfile.read_text())
+            changed = resume_mismatch(meta.get("config"), cfg)
+            if changed:
+                raise UsageError(f"fold {k} of the interrupted run was trained with other settings "
+                                 f"({', '.join(changed)}); resume it with the same options, or start again in "
+                                 "another --out", out)
             norm = Normaliser(**meta["normaliser"])
             net = build_net(cfg, len(FEATURES))
             net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
             hist = meta["history"]
         else:
-            net, norm, hist = train_member(samples, fold.fit, fold.stop, cfg, cohort.target, member=k,
-                                           checkpoint=out / "checkpoints" / f"member_{k}.pt",
-                                           progress=lambda info: tick("epoch", {**info, "folds": len(folds)}))
+            try:
+                net, norm, hist = train_member(samples, fold.fit, fold.stop, cfg, cohort.target, member=k,
+                                               checkpoint=out / "checkpoints" / f"member_{k}.pt",
+                                               progress=lambda info: tick("epoch", {**info, "folds": len(folds)}))
+            except ValueError as exc:  # a checkpoint of other settings
+                raise UsageError(str(exc), out) from None
             write_atomic(wfile, lambda p: torch.save(net.state_dict(), p))
-            _write_text(mfile, json.dumps({"normaliser": asdict(norm), "history": hist}))
+            _write_text(mfile, json.dumps({"normaliser": asdict(norm), "history": hist, "config": asdict(cfg)}))
         net.to(device)
         oof[fold.validation], _ = predict_arrays(net, norm, samples.images[fold.validation],
                                                  samples.features[fold.validation], samples.baseline[fold.validation],
