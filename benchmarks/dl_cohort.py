@@ -17,8 +17,8 @@ Steps:
    worker (filling the crop cache).
 2. **Manifest**: ``patient_id``, ``ct``, ``labels`` (the phantom's label map,
    as a hospital would give TotalSegmentator labels), ``label_map`` verse,
-   ``level`` T11-L5 and ``bmd_mg_cm3`` = the QCT-equivalent truth, plus the
-   ``phase``.
+   ``kvp`` (a NIfTI carries none), ``level`` T11-L5 and ``bmd_mg_cm3`` = the
+   QCT-equivalent truth, plus the ``phase``.
 3. **Training**: :func:`ctbmd.model.workflow.train_cohort` (the code behind
    ``ctbmd train``), ``--arch`` densenet_small by default (DenseNet-121 needs
    about 10x the CPU time), 5 folds by patient, seed 0.
@@ -51,7 +51,8 @@ LEVELS = ("T11", "T12", "L1", "L2", "L3", "L4", "L5")
 
 
 def make_one(args: tuple[int, dict, str]) -> dict:
-    """Simulate phantom ``i`` into ``work/phantoms/pNNN`` and cache its crops; return its manifest rows."""
+    """Simulate phantom ``i`` into ``work/phantoms/pNNN`` and cache its crops (with its kVp, which a NIfTI lacks
+    and the manifest's ``kvp`` column gives); return its manifest rows."""
     from ctbmd.errors import CtbmdError
     from ctbmd.model.cohort import CohortScan, scan_crops
     from ctbmd.model.crops import CropSpec
@@ -66,14 +67,43 @@ def make_one(args: tuple[int, dict, str]) -> dict:
     sim_s = time.time() - t
     error = None
     try:
-        scan_crops(CohortScan(pid, folder / "ct.nii.gz", folder / "labels.nii.gz", "verse", "cv"), CropSpec(),
-                   Path(work) / "cache")
+        scan_crops(CohortScan(pid, folder / "ct.nii.gz", folder / "labels.nii.gz", "verse", "cv",
+                              float(spec_d["kvp"])), CropSpec(), Path(work) / "cache")
     except CtbmdError as exc:
         error = exc.one_line()
     rows = [{"patient_id": pid, "ct": f"phantoms/{pid}/ct.nii.gz", "labels": f"phantoms/{pid}/labels.nii.gz",
-             "label_map": "verse", "level": lv["level"], "bmd_mg_cm3": f"{lv['qct_equivalent_mg_cm3']:.3f}",
-             "phase": spec_d["phase"]} for lv in ph.truth["levels"] if lv["level"] in LEVELS]
+             "label_map": "verse", "kvp": spec_d["kvp"], "level": lv["level"],
+             "bmd_mg_cm3": f"{lv['qct_equivalent_mg_cm3']:.3f}", "phase": spec_d["phase"]}
+            for lv in ph.truth["levels"] if lv["level"] in LEVELS]
     return {"i": i, "rows": rows, "sim_s": sim_s, "crop_s": time.time() - t - sim_s, "error": error}
+
+
+def simulate_cohort(specs: list[dict], work: Path, workers: int,
+                    extra: list[dict] | None = None) -> tuple[list[dict], list[tuple[int, str]], Path]:
+    """Simulate every patient of ``specs`` (:func:`make_one`, ``workers`` processes) and write
+    ``work/manifest.csv``; ``extra[i]`` adds fields (such as the site and split) to patient ``i``'s rows.
+
+    Returns the manifest rows, the failures as (patient index, reason), and the manifest's path.
+    """
+    rows, errors = [], []
+    with ProcessPoolExecutor(workers) as pool:
+        for rec in pool.map(make_one, [(i, s, str(work)) for i, s in enumerate(specs)]):
+            more = extra[rec["i"]] if extra else {}
+            for r in rec["rows"]:
+                r.update(more)
+            rows += rec["rows"]
+            if rec["error"]:
+                errors.append((rec["i"], rec["error"]))
+            spec = specs[rec["i"]]
+            print(f"[{rec['i'] + 1:3d}/{len(specs)}] " + "".join(f"{v} " for v in more.values())
+                  + f"{spec['kvp']:3d} kV {spec['phase']:13s} simulate {rec['sim_s']:4.1f}s crops {rec['crop_s']:4.1f}s"
+                  + (f"  FAILED {rec['error']}" if rec["error"] else ""), flush=True)
+    manifest = work / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows, errors, manifest
 
 
 def figures(oof: list[dict], value: str) -> dict:
@@ -128,19 +158,7 @@ def main(argv=None) -> int:
     work = a.out.resolve()
     (work / "phantoms").mkdir(parents=True, exist_ok=True)
     specs = draw_cohort(a.n, a.seed)
-    rows, errors = [], []
-    with ProcessPoolExecutor(a.workers) as pool:
-        for rec in pool.map(make_one, [(i, s, str(work)) for i, s in enumerate(specs)]):
-            rows += rec["rows"]
-            if rec["error"]:
-                errors.append((rec["i"], rec["error"]))
-            print(f"[{rec['i'] + 1:3d}/{a.n}] simulate {rec['sim_s']:4.1f}s crops {rec['crop_s']:4.1f}s"
-                  + (f"  FAILED {rec['error']}" if rec["error"] else ""), flush=True)
-    manifest = work / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows, errors, manifest = simulate_cohort(specs, work, a.workers)
     t1 = time.time()
     model_dir = work / "model"
     if model_dir.exists():

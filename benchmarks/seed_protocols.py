@@ -56,13 +56,12 @@ import csv
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dl_cohort import LEVELS  # noqa: E402
+from dl_cohort import simulate_cohort  # noqa: E402
 
 #: The scanners: tube voltage (kV), effective-energy offset (keV), noise SD range (HU), PSF FWHM range (mm,
 #: kernel sharpness: smaller is sharper), slice thickness choices (mm), and the contrast phase of each
@@ -122,34 +121,6 @@ def draw_sites(per_site: int, external: int, seed: int) -> list[tuple[str, dict]
                 rotation_deg=round(float(rng.uniform(-8, 8)), 1), tissue_spread=float(rng.choice([0.0, 0.005])),
                 tissue_model="realistic", seed=int(seed * 1000 + len(out)))))
     return out
-
-
-def make_patient(args: tuple[int, dict, str]) -> dict:
-    """Simulate patient ``i`` into ``work/phantoms/pNNN`` and cache its crops (with its kVp, which a NIfTI
-    lacks and the manifest's ``kvp`` column gives); return its manifest rows."""
-    from ctbmd.errors import CtbmdError
-    from ctbmd.model.cohort import CohortScan, scan_crops
-    from ctbmd.model.crops import CropSpec
-    from ctbmd.simulate import PhantomSpec, simulate_phantom, write_phantom
-
-    i, spec_d, work = args
-    pid = f"p{i:03d}"
-    folder = Path(work) / "phantoms" / pid
-    t = time.time()
-    ph = simulate_phantom(PhantomSpec(**spec_d))
-    write_phantom(ph, folder)
-    sim_s = time.time() - t
-    error = None
-    try:
-        scan_crops(CohortScan(pid, folder / "ct.nii.gz", folder / "labels.nii.gz", "verse", "cv",
-                              float(spec_d["kvp"])), CropSpec(), Path(work) / "cache")
-    except CtbmdError as exc:
-        error = exc.one_line()
-    rows = [{"patient_id": pid, "ct": f"phantoms/{pid}/ct.nii.gz", "labels": f"phantoms/{pid}/labels.nii.gz",
-             "label_map": "verse", "kvp": spec_d["kvp"], "level": lv["level"],
-             "bmd_mg_cm3": f"{lv['qct_equivalent_mg_cm3']:.3f}", "phase": spec_d["phase"]}
-            for lv in ph.truth["levels"] if lv["level"] in LEVELS]
-    return {"i": i, "rows": rows, "sim_s": sim_s, "crop_s": time.time() - t - sim_s, "error": error}
 
 
 def _figures(ref: np.ndarray, value: np.ndarray, threshold: float, binary: bool) -> dict:
@@ -263,24 +234,8 @@ def main(argv=None) -> int:
     work = a.out.resolve()
     (work / "phantoms").mkdir(parents=True, exist_ok=True)
     drawn = draw_sites(a.per_site, a.external, a.seed)
-    rows, errors, site_of = [], [], {}
-    with ProcessPoolExecutor(a.workers) as pool:
-        for (site, spec), rec in zip(drawn, pool.map(make_patient, [(i, s, str(work)) for i, (_, s) in enumerate(drawn)])):
-            split = "external" if site == "external" else "cv"
-            for r in rec["rows"]:
-                r.update(site=site, split=split)
-                site_of[r["patient_id"]] = site
-            rows += rec["rows"]
-            if rec["error"]:
-                errors.append((rec["i"], rec["error"]))
-            print(f"[{rec['i'] + 1:3d}/{len(drawn)}] site {site:8s} {spec['kvp']:3d} kV {spec['phase']:13s} "
-                  f"simulate {rec['sim_s']:4.1f}s crops {rec['crop_s']:4.1f}s"
-                  + (f"  FAILED {rec['error']}" if rec["error"] else ""), flush=True)
-    manifest = work / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    extra = [{"site": site, "split": "external" if site == "external" else "cv"} for site, _ in drawn]
+    rows, errors, manifest = simulate_cohort([spec for _, spec in drawn], work, a.workers, extra)
     t_cohort = time.time() - t0
     print(f"cohort: {len(drawn)} patients ({len(drawn) - a.external} internal at 4 sites, {a.external} external), "
           f"{len(rows)} vertebrae, {len(errors)} failed; {t_cohort:.0f} s", flush=True)
