@@ -361,7 +361,8 @@ def test_huang_protocol_trains_on_body_and_muscle_and_applies(tiny_model, tmp_pa
     png = Image.open(tmp_path / "model" / "input_examples.png")
     assert png.size[0] > 3 * 150  # axial slice, muscle HU, muscle mask
     p = _apply_to_q1(tiny_model, tmp_path)["patient"]
-    assert 0.0 <= p["p_low_bmd_dl"] <= 1.0
+    assert 0.0 <= p["p_low_bmd_dl"] <= 1.0 and "below 80" in p["category_dl_system"]
+    assert "P(low BMD: bmd_mg_cm3 &lt; 80)" in (tmp_path / "run" / "report.html").read_text()  # osteoporosis, named
     # a --muscle model whose crop settings differ from this version's is refused, not misread
     cfg["preprocessing"]["muscle_crop"]["spacing_mm"] = 3.0
     (tmp_path / "model" / "config.json").write_text(json.dumps(cfg))
@@ -443,7 +444,7 @@ def test_binary_task_reports_peng_figures_and_applies_a_probability(tiny_model, 
 
     patient = next(r for r in scan_rows("q1", result) if r["row"] == "patient")
     assert (patient["model_target"], patient["model_value"]) == ("p_low_bmd", p["p_low_bmd_dl"])
-    assert "P(low BMD)" in (tmp_path / "run" / "report.html").read_text()
+    assert "P(low BMD: bmd_mg_cm3 &lt; 120)" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_model_reloads_without_caches_and_runs_on_the_real_example(tiny_model, tmp_path):

@@ -183,16 +183,21 @@ def model_value_key(target: str) -> str:
     return "bmd_dl_mg_cm3" if target == "bmd_mg_cm3" else f"{target}_dl"
 
 
-def model_value_text(target: str, value: float | None) -> str:
+def model_value_text(target: str, value: float | None, model: dict | None = None) -> str:
     """A model's value for people: ``87 mg/cm³``, ``T-score -1.2``, ``P(low BMD) 0.73`` or ``tbs 1.21``.
 
     ``target`` is the model's output target (``result["model"]["target"]``);
-    ``value`` its value, or None (``n/a``).
+    ``value`` its value, or None (``n/a``). With the ``model`` block of a
+    binary model, the probability names what "low" meant in training, as in
+    ``P(low BMD: bmd_mg_cm3 < 80) 0.73`` (Huang 2025's osteoporosis).
     """
     if value is None:
         return "n/a"
+    low = "low BMD"
+    if model and model.get("binary_threshold") is not None:
+        low += f": {model.get('trained_on_target')} < {model['binary_threshold']:g}"
     return {"bmd_mg_cm3": f"{value:.0f} mg/cm³", "t_score": f"T-score {value:.1f}",
-            "p_low_bmd": f"P(low BMD) {value:.2f}"}.get(target, f"{target} {value:.3g}")
+            "p_low_bmd": f"P({low}) {value:.2f}"}.get(target, f"{target} {value:.3g}")
 
 
 def _add_model_values(result: dict, dl: ModelOutput) -> None:

@@ -190,7 +190,7 @@ def _model_line(result: dict) -> str:
     if not m:
         return ""
     p = result["patient"]
-    shown = model_value_text(m["target"], p.get(model_value_key(m["target"])))
+    shown = model_value_text(m["target"], p.get(model_value_key(m["target"])), m)
     origin = "trained on phantoms" if m["phantom_trained"] else "research model"
     return f"\nmodel ({m['arch']}, {origin}): {shown}, {p.get('category_dl') or '-'}"
 

@@ -68,7 +68,8 @@ def render_report_html(result: dict, png: bytes, title: str) -> str:
     """
     p = result["patient"]
     model = result.get("model")
-    model_value = None if not model else model_value_text(model["target"], p.get(model_value_key(model["target"])))
+    model_value = None if not model else model_value_text(model["target"], p.get(model_value_key(model["target"])),
+                                                          model)
     from markupsafe import Markup
 
     return _environment().get_template("report.html.j2").render(
