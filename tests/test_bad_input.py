@@ -3,6 +3,7 @@
 import shutil
 
 import numpy as np
+import pytest
 import pydicom
 import SimpleITK as sitk
 
@@ -100,3 +101,82 @@ def test_totalsegmentator_backend_unavailable_is_clear(tmp_path, monkeypatch):
     rc, _, se = run_cli("run", EXAMPLE / "ct.nii.gz", "--out", out, "--segmenter", "totalsegmentator")
     assert_clean_failure(rc, se, out, EXIT_USAGE)
     assert "ctbmd[totalseg]" in se or "TOTALSEG_WEIGHTS_PATH" in se
+
+
+def _raw(ds, tag, vr, text):
+    """Write ``text`` into ``ds`` as the raw value of ``tag``, past pydicom's own value checks (as a broken
+    scanner or anonymiser writes it)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    v = text.encode()
+    v += b" " * (len(v) % 2)
+    ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(v), v, 0, False, True)
+
+
+def _mutated_series(tmp_path, change, one_slice, source=DATA / "ts_example_dicom" / "dicom"):
+    """A copy of a DICOM series (by default the bundled 20 slices with an empty SeriesInstanceUID) with
+    ``change(ds)`` applied to its middle slice or to every slice; returns (folder, changed file)."""
+    folder = tmp_path / "series"
+    shutil.copytree(source, folder)
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name != "LICENSE")
+    for f in files[len(files) // 2: len(files) // 2 + 1] if one_slice else files:
+        ds = pydicom.dcmread(f)
+        change(ds)
+        ds.save_as(f)
+    return folder, files[len(files) // 2]
+
+
+#: Issue 17's broken headers: 7 that ended in an internal error (exit 5) and 4 that gave a wrong answer with
+#: exit 0 (a default pixel size of 1 mm, a 50 mm slice step, a slope of 1e9 read as metal).
+BROKEN_HEADERS = [
+    ("orientation not numeric", lambda ds: _raw(ds, 0x00200037, "DS", "1\\0\\0\\0\\x\\0"), True,
+     "ImageOrientationPatient '1\\0\\0\\0\\x\\0' is not 6 finite numbers"),
+    ("position with 2 values", lambda ds: _raw(ds, 0x00200032, "DS", "1\\2"), True,
+     "ImagePositionPatient '1\\2' is not 3 finite numbers"),
+    ("Columns missing", lambda ds: ds.__delitem__(0x00280011), False, "Columns missing is not a positive"),
+    ("RescaleIntercept empty", lambda ds: _raw(ds, 0x00281052, "DS", ""), False, "RescaleIntercept empty is not"),
+    ("RGB", lambda ds: setattr(ds, "PhotometricInterpretation", "RGB"), False,
+     "PhotometricInterpretation 'RGB' is not MONOCHROME1 or MONOCHROME2"),
+    ("PixelSpacing inf", lambda ds: _raw(ds, 0x00280030, "DS", "inf\\inf"), False, "PixelSpacing 'inf\\inf' is not"),
+    ("PixelSpacing missing", lambda ds: ds.__delitem__(0x00280030), False, "PixelSpacing missing is not"),
+    ("PixelSpacing empty", lambda ds: _raw(ds, 0x00280030, "DS", ""), False, "PixelSpacing empty is not"),
+    ("position inf", lambda ds: _raw(ds, 0x00200032, "DS", "inf\\inf\\inf"), True,
+     "ImagePositionPatient 'inf\\inf\\inf' is not 3 finite numbers"),
+    ("slope 1e9 in one slice", lambda ds: _raw(ds, 0x00281053, "DS", "1e9"), True, "RescaleSlope '1e9' is not"),
+]
+
+
+@pytest.mark.parametrize("name, change, one_slice, message", BROKEN_HEADERS, ids=[b[0] for b in BROKEN_HEADERS])
+def test_a_broken_dicom_header_is_named_never_defaulted(tmp_path, name, change, one_slice, message):
+    from ctbmd.errors import InvalidInputError
+    from ctbmd.io import read_ct
+
+    folder, changed = _mutated_series(tmp_path, change, one_slice)
+    with pytest.raises(InvalidInputError) as err:
+        read_ct(folder)
+    line = err.value.one_line()
+    assert message in line, line
+    if one_slice:
+        assert changed.name in line, line  # the broken slice is the one named
+
+
+def test_missing_pixel_spacing_stops_ctbmd_run_with_one_line(tmp_path):
+    folder, _ = _mutated_series(tmp_path, lambda ds: ds.__delitem__(0x00280030), one_slice=False)
+    out = tmp_path / "out"
+    rc, _, se = run_cli("run", folder, "--out", out)
+    assert_clean_failure(rc, se, out, EXIT_INVALID_INPUT, "PixelSpacing missing", "no default")
+
+
+@pytest.mark.parametrize("kvp", ["nan", "1e9"])
+def test_an_impossible_kvp_is_not_used_and_said(tmp_path, kvp):
+    """KVP nan or 1e9 ended in an internal error after the whole run; now the kVp counts as unknown, as for
+    a NIfTI, and the warning says why."""
+    from ctbmd.api import analyse
+
+    folder, _ = _mutated_series(tmp_path, lambda ds: _raw(ds, 0x00180060, "DS", kvp), one_slice=False,
+                                source=DATA / "lidc_idri_0001_chest" / "dicom")
+    res = analyse(folder)
+    assert res.ct.info.kvp is None
+    assert any(f"KVP '{kvp}'" in w and "not a tube voltage" in w for w in res.warnings), res.warnings
+    assert res.calibration.kvp_source != "header"

@@ -279,6 +279,7 @@ def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = N
     groups: dict[str, list] = {}
     meta: dict[str, tuple] = {}
     tags = None if keep_headers else list(_INDEX_TAGS)
+    unreadable: list[tuple[str, str, object]] = []
     for f in (map(Path, files) if files is not None else _iter_files(folder)):
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags)
@@ -290,22 +291,26 @@ def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = N
         sop_class = str(ds.get("SOPClassUID", ""))
         if "LOCALIZER" in image_type or sop_class.startswith(_SECONDARY_CAPTURE_PREFIX):
             continue
-        try:
-            iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        except (TypeError, ValueError):
-            continue
-        if iop.shape != (6,):
-            continue
-        normal = np.cross(iop[:3], iop[3:])
+        iop = _numbers(ds, "ImageOrientationPatient", 6)
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         # without a UID, slices of one series share a study, a folder, a series number, orientation and size
-        key = uid or "no-uid/" + "/".join(
-            [str(ds.get("StudyInstanceUID", "")), os.path.dirname(str(f)), str(ds.get("SeriesNumber", "")),
-             str(np.round(iop, 3).tolist()), f"{ds.Rows}x{ds.get('Columns', '')}"])
+        base = "no-uid/" + "/".join([str(ds.get("StudyInstanceUID", "")), os.path.dirname(str(f)),
+                                     str(ds.get("SeriesNumber", "")), f"{ds.Rows}x{ds.get('Columns', '')}"])
+        if iop is None:  # kept: read_dicom_series names the file and the attribute if its series is chosen
+            if not uid:
+                unreadable.append((base, str(f), ds if keep_headers else None))
+                continue
+            iop = np.full(6, np.nan)
+        normal = np.cross(iop[:3], iop[3:])
+        key = uid or f"{base}/{np.round(iop, 3).tolist()}"
         groups.setdefault(key, []).append((str(f), ds if keep_headers else None))
         if key not in meta:
-            meta[key] = (str(ds.get("Modality", "")), image_type, abs(normal[2]) > np.cos(np.radians(30)),
+            meta[key] = (str(ds.get("Modality", "")), image_type, bool(abs(normal[2]) > np.cos(np.radians(30))),
                          str(ds.get("SeriesDescription", "")), str(ds.get("StudyInstanceUID", "") or ""))
+    for base, f, ds in unreadable:  # a slice without a usable orientation joins the one series it matches
+        matches = [k for k in groups if k.startswith(base + "/")]
+        if len(matches) == 1:
+            groups[matches[0]].append((f, ds))
     if not groups:
         raise InvalidInputError("no DICOM image files found in folder", folder)
     return [DicomSeries(k, tuple(f for f, _ in v), tuple(d for _, d in v) if keep_headers else (), *meta[k])
@@ -344,6 +349,121 @@ def _sorted_slices(series: DicomSeries) -> tuple[list[str], list]:
     pos = np.asarray([[float(v) for v in h.ImagePositionPatient] for h in series.headers])
     order = np.argsort(pos @ normal)
     return [series.files[i] for i in order], [series.headers[i] for i in order]
+
+
+#: Plausible ranges of the header values :func:`check_dicom_header` checks: pixel spacing (mm), rescale slope
+#: (HU per stored value; CT uses 1, sometimes 0.5-2), rescale intercept (HU) and tube voltage (kV).
+PIXEL_SPACING_RANGE_MM = (0.05, 10.0)
+RESCALE_SLOPE_RANGE = (1e-3, 100.0)
+RESCALE_INTERCEPT_RANGE = (-10000.0, 10000.0)
+KVP_RANGE = (40.0, 200.0)
+
+
+def _numbers(ds, name: str, count: int) -> np.ndarray | None:
+    """The ``count`` values of attribute ``name`` as finite floats, or None (missing, empty, not numeric,
+    another count, NaN or inf)."""
+    raw = ds.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        values = [float(v) for v in (raw if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw])]
+    except (TypeError, ValueError):
+        return None
+    arr = np.asarray(values, float)
+    return arr if arr.shape == (count,) and np.all(np.isfinite(arr)) else None
+
+
+def _raw_text(ds, name: str) -> str:
+    """The attribute's value as written in the file, for an error message (``missing`` when absent)."""
+    if name not in ds:
+        return "missing"
+    elem = ds[name] if not hasattr(ds, "get_item") else ds.get_item(name)
+    value = getattr(elem, "value", elem)
+    if value is None or value == "" or value == b"":
+        return "empty"
+    if isinstance(value, bytes):
+        value = value.decode("latin-1", "replace").strip()
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(map(str, value))
+    return f"'{value}'"
+
+
+def check_dicom_header(ds, path: str | Path) -> None:
+    """Check the geometry and rescale attributes of one CT slice before they are used.
+
+    Checked (DICOM PS3.3 C.7.6.2 Image Plane, C.7.6.3 Image Pixel, C.8.2.1 CT
+    Image): ImageOrientationPatient (6 finite numbers, two unit vectors at right
+    angles, within 0.05), ImagePositionPatient (3 finite numbers), PixelSpacing
+    (2 finite numbers in :data:`PIXEL_SPACING_RANGE_MM`), Rows and Columns
+    (present, positive), PhotometricInterpretation (MONOCHROME1 or MONOCHROME2)
+    and, when present, RescaleSlope and RescaleIntercept (finite, in
+    :data:`RESCALE_SLOPE_RANGE` and :data:`RESCALE_INTERCEPT_RANGE`). A missing or
+    impossible value is never replaced by a default.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The slice's header.
+    path : str or Path
+        The slice file, named in the error.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the file, the attribute and the value found.
+    """
+    def bad(name: str, why: str):
+        raise InvalidInputError(f"{name} {_raw_text(ds, name)} {why}", path)
+
+    iop = _numbers(ds, "ImageOrientationPatient", 6)
+    if iop is None:
+        bad("ImageOrientationPatient", "is not 6 finite numbers")
+    row, col = iop[:3], iop[3:]
+    if abs(np.linalg.norm(row) - 1) > 0.05 or abs(np.linalg.norm(col) - 1) > 0.05 or abs(row @ col) > 0.05:
+        bad("ImageOrientationPatient", "is not two unit vectors at right angles")
+    if _numbers(ds, "ImagePositionPatient", 3) is None:
+        bad("ImagePositionPatient", "is not 3 finite numbers")
+    spacing = _numbers(ds, "PixelSpacing", 2)
+    lo, hi = PIXEL_SPACING_RANGE_MM
+    if spacing is None or np.any(spacing < lo) or np.any(spacing > hi):
+        bad("PixelSpacing", f"is not 2 pixel sizes of {lo:g}-{hi:g} mm (no default is assumed)")
+    for name in ("Rows", "Columns"):
+        try:
+            ok = int(ds.get(name) or 0) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad(name, "is not a positive number of pixels")
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() not in ("MONOCHROME1", "MONOCHROME2"):
+        bad("PhotometricInterpretation", "is not MONOCHROME1 or MONOCHROME2 (a CT image is greyscale)")
+    for name, (lo, hi) in (("RescaleSlope", RESCALE_SLOPE_RANGE), ("RescaleIntercept", RESCALE_INTERCEPT_RANGE)):
+        if name in ds:
+            value = _numbers(ds, name, 1)
+            if value is None or not lo <= value[0] <= hi:
+                bad(name, f"is not a number of {lo:g} to {hi:g}")
+
+
+def header_kvp(ds, path: str | Path) -> tuple[float | None, str | None]:
+    """The tube voltage of a header, or None with the reason when it is missing or impossible.
+
+    A KVP outside :data:`KVP_RANGE` (NaN, 1e9, text) is not used: the
+    calibration then treats the kVp as unknown, as for a NIfTI, and the note
+    says so (``--kvp`` gives the right value).
+
+    Returns
+    -------
+    kvp : float or None
+        kV.
+    note : str or None
+        Why a KVP that is present was not used.
+    """
+    if ds.get("KVP") in (None, ""):
+        return None, None
+    value = _numbers(ds, "KVP", 1)
+    lo, hi = KVP_RANGE
+    if value is None or not lo <= value[0] <= hi:
+        return None, f"KVP {_raw_text(ds, 'KVP')} in {Path(path).name} is not a tube voltage of {lo:g}-{hi:g} kV; not used"
+    return float(value[0]), None
 
 
 def check_slice_geometry(positions: np.ndarray, iop: np.ndarray, source: str | Path) -> list[str]:
@@ -423,6 +543,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
         log.info(notes[-1])
     if chosen.modality != "CT":
         raise InvalidInputError(f"not a CT: series Modality is {chosen.modality or 'missing'}", folder)
+    for f, h in zip(chosen.files, chosen.headers):
+        check_dicom_header(h, f)
     files, headers = _sorted_slices(chosen)
     first = headers[0]
     iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
@@ -453,10 +575,13 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
             return "\\".join(str(x) for x in v)
         return v
 
+    kvp, kvp_note = header_kvp(first, files[0])
+    if kvp_note:
+        notes.append(kvp_note)
     info = ScanInfo(
         path=str(folder), format="dicom", input_grid=_grid_of(image),
         series_uid=str(first.get("SeriesInstanceUID", "") or chosen.key),
-        kvp=float(attr("KVP")) if attr("KVP") is not None else None,
+        kvp=kvp,
         contrast_agent=str(attr("ContrastBolusAgent")) if attr("ContrastBolusAgent") is not None else None,
         convolution_kernel=str(attr("ConvolutionKernel")) if attr("ConvolutionKernel") is not None else None,
         manufacturer=str(attr("Manufacturer")) if attr("Manufacturer") is not None else None,
