@@ -180,3 +180,52 @@ def test_an_impossible_kvp_is_not_used_and_said(tmp_path, kvp):
     assert res.ct.info.kvp is None
     assert any(f"KVP '{kvp}'" in w and "not a tube voltage" in w for w in res.warnings), res.warnings
     assert res.calibration.kvp_source != "header"
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only"])
+def test_an_unwritable_out_fails_before_the_analysis(tmp_path, case):
+    """Issue 17: --out that cannot be written gave exit 5 after the whole analysis; now exit 2 at once."""
+    import os
+    import time
+
+    if case == "a file":
+        out = tmp_path / "taken"
+        out.write_text("x")
+    elif case == "under a file":
+        (tmp_path / "taken").write_text("x")
+        out = tmp_path / "taken" / "out"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        out = locked / "out"
+    t = time.time()
+    rc, _, se = run_cli("run", EXAMPLE / "ct.nii.gz", "--out", out)
+    assert rc == EXIT_USAGE and "Traceback" not in se and len(se.strip().splitlines()) == 1, se
+    assert time.time() - t < 5.0  # no analysis ran (it takes about 10 s)
+    assert ("is a file" if case == "a file" else "which is a file" if case == "under a file" else "no permission") in se
+
+
+def test_check_output_dir_refuses_a_folder_it_cannot_write(tmp_path, monkeypatch):
+    """The read-only case without root: os.access says no."""
+    import os
+
+    from ctbmd.errors import UsageError
+    from ctbmd.io import check_output_dir
+
+    assert check_output_dir(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(UsageError, match="no permission"):
+        check_output_dir(tmp_path / "out")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Issue 17: files were 0600 whatever the umask (mkstemp); under umask 022 they are 0644."""
+    import os
+
+    from ctbmd import io as ctio
+
+    path = ctio.write_atomic(tmp_path / "a.txt", lambda p: p.write_text("x"))
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~ctio._UMASK)

@@ -121,13 +121,18 @@ def run(source: str | Path | CTVolume, out_dir: str | Path, *, deidentify: bool 
 
     Raises
     ------
+    UsageError
+        ``out_dir`` is a file, lies under a file, or cannot be written; raised
+        before the analysis (:func:`ctbmd.io.check_output_dir`).
     CtbmdError
         As :func:`analyse`.
     OSError
-        ``out_dir`` cannot be written.
+        ``out_dir`` fails while the files are written (a full disk).
     """
+    from ctbmd.io import check_output_dir
     from ctbmd.report import write_outputs
 
+    check_output_dir(out_dir)  # before the analysis: an unwritable --out fails in a second, not after it
     preload()  # later modules (plotting, KD-tree) imported in the background while the scan is read
     res = analyse(source, **options)
     progress = options.get("progress")

@@ -27,7 +27,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from ctbmd.errors import InvalidInputError
+from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.types import CTVolume, Grid, ScanInfo
 
 log = logging.getLogger(__name__)
@@ -780,8 +780,49 @@ def labels_on_input_grid(labels: np.ndarray, ct: CTVolume) -> sitk.Image:
 # --------------------------------------------------------------------------- atomic output
 
 
+#: The process's umask, read once at import (reading it means setting it, which is not safe once threads run).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any analysis, that ``path`` can become an output folder.
+
+    It may exist as a writable folder, or not exist under a writable folder
+    (it is then created later). Checked with ``os.access``, so it also holds
+    for a read-only mount.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    UsageError
+        ``path`` is a file, lies under a file, or it or its nearest existing
+        parent cannot be written (exit 2), with the reason.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError("is a file, not a folder" if probe == path else f"lies under {probe}, which is a file",
+                         path)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError("cannot be written (no permission)" if probe == path
+                         else f"cannot be created: {probe} cannot be written (no permission)", path)
+    return path
+
+
 def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Write a file via a temporary sibling and ``os.replace`` so no half-written file remains.
+
+    The file's mode follows the process's umask (0644 under umask 022), as a
+    plain ``open`` would give it.
 
     Parameters
     ----------
@@ -803,6 +844,7 @@ def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets what the umask allows
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
