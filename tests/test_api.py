@@ -72,3 +72,14 @@ def test_the_core_pipeline_imports_neither_torch_nor_monai_nor_the_model_package
     code = "import sys, ctbmd; print('ctbmd.pipeline' in sys.modules, ctbmd.analyse.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "ctbmd.api"]
+
+
+def test_version_flag_and_command_print_the_version():
+    """Issue 17: `ctbmd --version` (and `ctbmd version`) print the package version and exit 0."""
+    from conftest import run_cli
+
+    from ctbmd import __version__
+
+    for args in (["--version"], ["version"]):
+        rc, so, se = run_cli(*args)
+        assert rc == 0 and so.strip() == __version__, (args, so, se)

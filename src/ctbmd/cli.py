@@ -46,8 +46,15 @@ def _one_line_errors(debug: bool = False):
         raise typer.Exit(EXIT_INTERNAL) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main() -> None:
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the ctbmd version and exit.")) -> None:
     """ctbmd: vertebral BMD from routine CT."""
 
 
