@@ -168,10 +168,11 @@ def test_missing_pixel_spacing_stops_ctbmd_run_with_one_line(tmp_path):
     assert_clean_failure(rc, se, out, EXIT_INVALID_INPUT, "PixelSpacing missing", "no default")
 
 
-@pytest.mark.parametrize("kvp", ["nan", "1e9"])
+@pytest.mark.parametrize("kvp", ["nan", "1e9", "50"])
 def test_an_impossible_kvp_is_not_used_and_said(tmp_path, kvp):
-    """KVP nan or 1e9 ended in an internal error after the whole run; now the kVp counts as unknown, as for
-    a NIfTI, and the warning says why."""
+    """KVP nan or 1e9 ended in an internal error after the whole run, and 50 kV (outside the energy table's
+    70-150 kV) was silently read as 70 kV; now the kVp counts as unknown, as for a NIfTI, and a warning says
+    why."""
     from ctbmd.api import analyse
 
     folder, _ = _mutated_series(tmp_path, lambda ds: _raw(ds, 0x00180060, "DS", kvp), one_slice=False,

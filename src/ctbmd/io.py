@@ -352,11 +352,13 @@ def _sorted_slices(series: DicomSeries) -> tuple[list[str], list]:
 
 
 #: Plausible ranges of the header values :func:`check_dicom_header` checks: pixel spacing (mm), rescale slope
-#: (HU per stored value; CT uses 1, sometimes 0.5-2), rescale intercept (HU) and tube voltage (kV).
+#: (HU per stored value; CT uses 1, sometimes 0.5-2), rescale intercept (HU); and the tube voltages (kV) the
+#: effective-energy table of :mod:`ctbmd.calibrate.energy` covers, outside which a header's KVP is not used and
+#: ``--kvp`` is refused.
 PIXEL_SPACING_RANGE_MM = (0.05, 10.0)
 RESCALE_SLOPE_RANGE = (1e-3, 100.0)
 RESCALE_INTERCEPT_RANGE = (-10000.0, 10000.0)
-KVP_RANGE = (40.0, 200.0)
+KVP_RANGE = (70.0, 150.0)
 
 
 def _numbers(ds, name: str, count: int) -> np.ndarray | None:

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ctbmd.io import KVP_RANGE  # noqa: F401 - tube voltages the table covers (kV); --kvp outside is refused
+
 TABLE = Path(__file__).with_name("effective_energy_kev.csv")
-#: Tube voltages the table covers (kV); ``--kvp`` outside this range is refused.
-KVP_RANGE = (70.0, 150.0)
 #: SD (keV) of the scanner effects the spectrum model leaves out (see module docstring).
 SCANNER_SD_KEV = 1.5
 #: kVp assumed when the header has none, and the prior SD then (keV): half the 100-140 kVp span at 30 cm.
