@@ -379,8 +379,7 @@ def _raw_text(ds, name: str) -> str:
     """The attribute's value as written in the file, for an error message (``missing`` when absent)."""
     if name not in ds:
         return "missing"
-    elem = ds[name] if not hasattr(ds, "get_item") else ds.get_item(name)
-    value = getattr(elem, "value", elem)
+    value = ds.get_item(name).value  # the raw element: the bytes as written, even where pydicom cannot parse them
     if value is None or value == "" or value == b"":
         return "empty"
     if isinstance(value, bytes):

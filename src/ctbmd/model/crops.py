@@ -75,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from ctbmd.io import array_to_image
 from ctbmd.types import VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LevelMeasurement
@@ -197,8 +198,6 @@ def _muscle_crop(hu_img: sitk.Image, bone_img: sitk.Image | None, centre_lps: np
     ch0 = np.clip((hu - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
     axis_mm = (np.arange(n) - (n - 1) / 2.0) * sp
     l_mm, p_mm = axis_mm[:, None], axis_mm[None, :] + MUSCLE_POSTERIOR_MM  # relative to the body's centre (mm)
-    from scipy import ndimage as ndi
-
     # the patient is the largest part; the table lies apart, beyond air, or touches the back over a thin
     # shell that an opening of 2 pixels (5 mm) cuts
     parts, count = ndi.label(ndi.binary_opening(hu > -400.0, iterations=MUSCLE_SKIN_PIXELS))
