@@ -230,3 +230,89 @@ def test_written_files_follow_the_umask(tmp_path):
 
     path = ctio.write_atomic(tmp_path / "a.txt", lambda p: p.write_text("x"))
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~ctio._UMASK)
+
+
+def _flipped_header(src, dst, axis):
+    """Write ``src`` with the header flipped along voxel ``axis`` (the data kept): the patient reads upside
+    down (axis along S) or mirrored (along L); the volume covers the same space."""
+    import nibabel as nib
+
+    im = nib.load(str(src))
+    a = im.affine.copy()
+    a[:3, 3] += a[:3, axis] * (im.shape[axis] - 1)
+    a[:3, axis] *= -1
+    out = nib.Nifti1Image(np.asanyarray(im.dataobj), a, im.header)
+    out.set_qform(a, 1)
+    out.set_sform(a, 1)
+    nib.save(out, str(dst))
+    return dst
+
+
+def test_a_header_flipped_head_to_foot_is_refused_with_the_reason(tmp_path):
+    """Issue 17: a NIfTI flipped superior/inferior in its header gave levels in reverse order and
+    "osteoporosis"; now the lungs at the inferior edge under an abdomen say why, exit 3, before naming."""
+    out = tmp_path / "out"
+    rc, _, se = run_cli("run", _flipped_header(EXAMPLE / "ct.nii.gz", tmp_path / "si.nii.gz", 2), "--out", out)
+    assert_clean_failure(rc, se, out, EXIT_INVALID_INPUT, "superior/inferior axis looks flipped",
+                         "lungs reach the inferior edge")
+
+
+def test_the_chest_ct_flipped_head_to_foot_is_refused_and_upright_passes():
+    """LIDC-IDRI-0001 (C6 to L3, lungs from apex to base): upright it passes; upside down (its 55 mm of upper
+    abdomen now above the lung apices) it is refused. The example (lung bases at the top) passes upright."""
+    from dataclasses import replace
+
+    from ctbmd.errors import InvalidInputError
+    from ctbmd.io import read_ct
+    from ctbmd.segment.orientation import check_superior_inferior
+
+    ct, _ = read_ct(DATA / "lidc_idri_0001_chest" / "dicom")
+    check_superior_inferior(ct)
+    with pytest.raises(InvalidInputError, match="superior/inferior axis looks flipped"):
+        check_superior_inferior(replace(ct, hu=np.ascontiguousarray(ct.hu[:, :, ::-1])))
+    check_superior_inferior(read_ct(EXAMPLE / "ct.nii.gz")[0])
+
+
+def test_a_header_flipped_left_right_changes_no_level_and_no_bmd(tmp_path):
+    """Issue 17: a left/right flip in the header named L4 "T11". The method is mirror-symmetric: the levels,
+    HU and BMD must be those of the upright file."""
+    from ctbmd.api import analyse
+
+    upright = analyse(EXAMPLE / "ct.nii.gz")
+    mirrored = analyse(_flipped_header(EXAMPLE / "ct.nii.gz", tmp_path / "lr.nii.gz", 0))
+    assert [m.level for m in mirrored.levels] == [m.level for m in upright.levels] == \
+        ["T12", "L1", "L2", "L3", "L4", "L5"]
+    for a, b in zip(upright.levels, mirrored.levels):
+        assert abs(a.hu_median - b.hu_median) <= 1.0, (a.level, a.hu_median, b.hu_median)
+    assert mirrored.patient.category == upright.patient.category
+
+
+def test_qform_and_sform_that_disagree_are_refused(tmp_path):
+    """Readers pick different transforms (ITK and nibabel the sform, others the qform): a header whose two
+    disagree on the left/right axis has no one orientation."""
+    import nibabel as nib
+
+    im = nib.load(str(EXAMPLE / "ct.nii.gz"))
+    mirrored = im.affine.copy()
+    mirrored[:3, 0] *= -1
+    bad = nib.Nifti1Image(np.asanyarray(im.dataobj), im.affine, im.header)
+    bad.set_sform(im.affine, 1)
+    bad.set_qform(mirrored, 1)
+    nib.save(bad, str(tmp_path / "qs.nii.gz"))
+    out = tmp_path / "out"
+    rc, _, se = run_cli("run", tmp_path / "qs.nii.gz", "--out", out)
+    assert_clean_failure(rc, se, out, EXIT_INVALID_INPUT, "qform (LAS) and sform (RAS)")
+
+
+def test_nan_in_the_air_outside_the_body_is_refused(tmp_path):
+    """Issue 17: NaN in the air outside the body shifted the levels by one without a word. The read counts
+    the NaN voxels and refuses the file (exit 3)."""
+    import nibabel as nib
+
+    im = nib.load(str(EXAMPLE / "ct.nii.gz"))
+    hu = np.asanyarray(im.dataobj).astype(np.float32)
+    hu[:10, :10, :] = np.nan  # a corner of air, far from the patient
+    nib.save(nib.Nifti1Image(hu, im.affine), str(tmp_path / "nan.nii.gz"))
+    out = tmp_path / "out"
+    rc, _, se = run_cli("run", tmp_path / "nan.nii.gz", "--out", out)
+    assert_clean_failure(rc, se, out, EXIT_INVALID_INPUT, f"{10 * 10 * hu.shape[2]} of {hu.size} voxels are NaN")

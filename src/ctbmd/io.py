@@ -158,17 +158,36 @@ def _gzip_size_matches(path: Path) -> bool:
     return isize == need % (1 << 32)
 
 
-def _check_finite_nifti(path: Path) -> None:
-    """Refuse a floating-point NIfTI holding NaN or infinite voxels.
+def _check_nifti(path: Path) -> None:
+    """Refuse a NIfTI whose two orientations disagree, or a float NIfTI holding NaN or infinite voxels.
 
-    ITK's NIfTI reader turns NaN into 0 without a word (0 HU, soft tissue), so
-    the check reads the file with nibabel first. Integer NIfTI (most CT) cannot
-    hold NaN and is not read twice.
+    A NIfTI header carries two voxel-to-world transforms, the qform and the
+    sform. When both are set (code > 0) and point the axes different ways
+    (other axis codes, e.g. RAS against LAS), readers disagree on which to use
+    (ITK and nibabel take the sform, others the qform): the patient's left or
+    feet depend on the program. ITK's NIfTI reader turns NaN into 0 without a
+    word (0 HU, soft tissue), so the file is read with nibabel first. Integer
+    NIfTI (most CT) cannot hold NaN and its voxels are not read twice.
+
+    Raises
+    ------
+    InvalidInputError
+        The qform and sform disagree; or NaN or infinite voxels.
     """
     try:
         image = nib.load(str(path))
+        header = image.header
+        qform, qcode = header.get_qform(coded=True)
+        sform, scode = header.get_sform(coded=True)
+        q_axes = nib.aff2axcodes(qform) if qform is not None and int(qcode) > 0 else None
+        s_axes = nib.aff2axcodes(sform) if sform is not None and int(scode) > 0 else None
     except Exception:  # noqa: BLE001 - ITK reports unreadable files with its own message
         return
+    if q_axes is not None and s_axes is not None and q_axes != s_axes:
+        raise InvalidInputError(
+            f"the NIfTI header's qform ({''.join(str(a) for a in q_axes)}) and sform "
+            f"({''.join(str(a) for a in s_axes)}) orient the axes differently: programs disagree on which is "
+            "the patient's left, front or head; rewrite the file with one orientation", path)
     if image.get_data_dtype().kind != "f":
         return
     data = np.asanyarray(image.dataobj)
@@ -181,7 +200,7 @@ def _check_finite_nifti(path: Path) -> None:
 def _read_volume_file(path: Path) -> sitk.Image:
     _check_complete(path)  # before ITK allocates what a corrupt header declares
     if volume_format(path) == "nifti":
-        _check_finite_nifti(path)
+        _check_nifti(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -29,6 +29,7 @@ from ctbmd.result import Result
 from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
 from ctbmd.segment.builtin import REPORTED_LEVELS
+from ctbmd.segment.orientation import check_superior_inferior
 from ctbmd.types import CTVolume
 
 #: The stages a run reports through ``progress``: :func:`analyse` ticks the first five, the model
@@ -102,7 +103,8 @@ def analyse(source: str | Path | CTVolume, segmenter: str = "builtin", labels: s
     ------
     CtbmdError
         Any subclass, with the exit code the CLI uses: bad options
-        (:class:`~ctbmd.errors.UsageError`), an unreadable or invalid scan
+        (:class:`~ctbmd.errors.UsageError`), an unreadable or invalid scan,
+        or one whose anatomy contradicts its header's superior/inferior axis
         (:class:`~ctbmd.errors.InvalidInputError`), no spine or levels that
         cannot be named (:class:`~ctbmd.errors.NoSpineError`).
     """
@@ -134,6 +136,7 @@ def analyse(source: str | Path | CTVolume, segmenter: str = "builtin", labels: s
 
         check_profile(profile, _with_kvp(ct, kvp_used).info)  # a kVp or kernel mismatch fails here, before segmenting
     tick("segment")
+    check_superior_inferior(ct)  # a header flipped head to foot is refused before any level is named
     seg = segment(ct, segmenter, labels, label_map, levels)
     warnings += list(seg.warnings)
     tick("roi")
