@@ -18,6 +18,7 @@ subclasses, each with the exit code the CLI gives it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ctbmd.segment import parse_levels
 from ctbmd.segment.builtin import REPORTED_LEVELS
 from ctbmd.types import CTVolume
 
+log = logging.getLogger(__name__)
 
 def analyse(source: str | Path | CTVolume, *, segmenter: str = "builtin", labels: str | Path | None = None,
             label_map: str = "auto", series_uid: str | None = None,
@@ -96,8 +98,9 @@ def run(source: str | Path | CTVolume, out_dir: str | Path, *, deidentify: bool 
     The files (``result.json``, ``levels.csv``, ``vertebrae.nii.gz``,
     ``roi.nii.gz``, ``report.png``, ``report.html`` and, for a DICOM series,
     ``vertebrae_seg.dcm``, ``bmd_sr.dcm``, ``report_sc.dcm``) appear together
-    once all are written (:func:`ctbmd.report.write_outputs`): a failure leaves
-    ``out_dir`` as it was.
+    once all are written (:func:`ctbmd.report.write_outputs`): an earlier result
+    in ``out_dir`` is replaced whole, and a failure or a kill leaves it as it
+    was. What an interrupted run left beside ``out_dir`` is cleaned up first.
 
     Parameters
     ----------
@@ -122,23 +125,29 @@ def run(source: str | Path | CTVolume, out_dir: str | Path, *, deidentify: bool 
     Raises
     ------
     UsageError
-        ``out_dir`` is a file, lies under a file, or cannot be written; raised
-        before the analysis (:func:`ctbmd.io.check_output_dir`).
+        ``out_dir`` is a file, lies under a file, cannot be written, or holds
+        files that are not an earlier result; raised before the analysis
+        (:func:`ctbmd.io.check_output_dir`). Another run is writing
+        ``out_dir`` (:func:`ctbmd.io.output_lock`).
     CtbmdError
         As :func:`analyse`.
     OSError
         ``out_dir`` fails while the files are written (a full disk).
     """
-    from ctbmd.io import check_output_dir
-    from ctbmd.report import write_outputs
+    from ctbmd.io import check_output_dir, clean_stale, output_lock
+    from ctbmd.report import DICOM_FILES, OUTPUT_FILES, write_outputs
 
-    check_output_dir(out_dir)  # before the analysis: an unwritable --out fails in a second, not after it
-    preload()  # later modules (plotting, KD-tree) imported in the background while the scan is read
-    res = analyse(source, **options)
-    progress = options.get("progress")
-    if progress:
-        progress("report")
-    write_outputs(res, out_dir, deidentify)
+    # before the analysis: an unwritable --out, or one holding other files, fails in a second, not after it
+    check_output_dir(out_dir, OUTPUT_FILES + DICOM_FILES)
+    with output_lock(out_dir):
+        for line in clean_stale(out_dir):
+            log.warning("%s", line)
+        preload()  # later modules (plotting, KD-tree) imported in the background while the scan is read
+        res = analyse(source, **options)
+        progress = options.get("progress")
+        if progress:
+            progress("report")
+        write_outputs(res, out_dir, deidentify)
     return res
 
 

@@ -97,9 +97,10 @@ def run(
         options = dict(segmenter=segmenter, labels=labels, label_map=label_map, series_uid=series_uid,
                        levels=parse_levels(levels), kvp=kvp, rods=rods, scanner_profile=scanner_profile,
                        model=_cli_model(model))
+        earlier = (out / "result.json").is_file()
         with _stage_progress(quiet) as tick:
             result = run_scan(input, out, progress=tick, deidentify=deidentify, **options).to_dict()
-    _print_summary(result, out)
+    _print_summary(result, out, replaced=earlier)
 
 
 @contextmanager
@@ -120,8 +121,11 @@ def _stage_progress(quiet: bool):
         yield tick
 
 
-def _print_summary(result: dict, out: Path) -> None:
-    """The levels, the patient category and the model's values, one line each, on stdout."""
+def _print_summary(result: dict, out: Path, replaced: bool = False) -> None:
+    """The levels, the patient category and the model's values, one line each, on stdout.
+
+    ``replaced``: ``out`` held an earlier result, which this run replaced whole.
+    """
     p = result["patient"]
     levels = ", ".join(f"{lv['level']} {lv['trabecular_hu_mean']:.0f} HU" + (
         f"/{lv['bmd_mg_cm3']:.0f} mg/cm³" if lv["bmd_mg_cm3"] is not None else "")
@@ -143,7 +147,7 @@ def _print_summary(result: dict, out: Path) -> None:
         origin = "trained on simulated phantoms" if result["model"]["phantom_trained"] else result["model"]["trained_on"]
         typer.echo(f"model ({origin}): {values}; patient {p[key] if p[key] is not None else 'n/a'}{unit}, "
                    f"{p['category_dl'] or 'not classified'}")
-    typer.echo(f"outputs: {out}")
+    typer.echo(f"outputs: {out}" + (" (an earlier result there was replaced whole)" if replaced else ""))
 
 
 @app.command()

@@ -12,9 +12,14 @@ See :mod:`ctbmd.types` for the conventions.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import fcntl
 import gzip
 import logging
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -805,12 +810,27 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def check_output_dir(path: str | Path) -> Path:
+#: Infixes of the hidden siblings of an output folder ``OUT``: ``.OUT.ctbmd-staging-XXXX`` (the new
+#: folder being written), ``.OUT.ctbmd-old-XXXX`` (the earlier result, while it is swapped out) and
+#: ``.OUT.ctbmd-lock`` (held while a run writes into ``OUT``).
+STAGING_INFIX, OLD_INFIX, LOCK_INFIX = ".ctbmd-staging-", ".ctbmd-old-", ".ctbmd-lock"
+
+
+def check_output_dir(path: str | Path, result_files: Sequence[str] = ()) -> Path:
     """Check, before any analysis, that ``path`` can become an output folder.
 
-    It may exist as a writable folder, or not exist under a writable folder
-    (it is then created later). Checked with ``os.access``, so it also holds
-    for a read-only mount.
+    It may exist as a writable folder that is empty or holds only an earlier
+    result (files named in ``result_files``, which a run replaces whole), or
+    not exist under a writable folder (it is then created later). Checked with
+    ``os.access``, so it also holds for a read-only mount.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output folder.
+    result_files : sequence of str
+        Names of the files a run writes; with none given, the content of an
+        existing folder is not checked.
 
     Returns
     -------
@@ -821,7 +841,8 @@ def check_output_dir(path: str | Path) -> Path:
     ------
     UsageError
         ``path`` is a file, lies under a file, or it or its nearest existing
-        parent cannot be written (exit 2), with the reason.
+        parent cannot be written; or it holds files that are not an earlier
+        result, which replacing it would delete (exit 2), with the reason.
     """
     path = Path(path)
     probe = path
@@ -835,7 +856,134 @@ def check_output_dir(path: str | Path) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError("cannot be written (no permission)" if probe == path
                          else f"cannot be created: {probe} cannot be written (no permission)", path)
+    if probe == path and result_files:
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot be replaced: its parent {path.parent} cannot be written (no permission)", path)
+        foreign = sorted(f.name for f in path.iterdir() if f.name not in result_files)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UsageError(f"holds files that are not a ctbmd result ({shown}); a run replaces its output "
+                             "folder whole, so give a new or empty folder", path)
     return path
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path):
+    """Hold an exclusive lock on output folder ``path`` while a run writes it.
+
+    The lock is ``fcntl.flock`` on the hidden sibling ``.<name>.ctbmd-lock``,
+    released when the block ends or the process dies (also by SIGKILL). The
+    lock file itself stays (removing it would race with a waiting run).
+
+    Raises
+    ------
+    UsageError
+        Another run holds the lock (exit 2).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}{LOCK_INFIX}"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError("another ctbmd run is writing into this folder; wait for it or give another "
+                             "--out", path) from None
+        yield path
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def staging_dir(path: str | Path) -> Path:
+    """Make the hidden staging folder for output folder ``path``, beside it (same file system).
+
+    Its mode follows the umask (0755 under umask 022), since it becomes ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}{STAGING_INFIX}", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_UMASK)
+    return staging
+
+
+def clean_stale(path: str | Path) -> list[str]:
+    """Remove what an interrupted run left beside output folder ``path``; call it holding :func:`output_lock`.
+
+    Staging folders (``.<name>.ctbmd-staging-*``) are deleted. A swapped-out
+    earlier result (``.<name>.ctbmd-old-*``) is deleted when ``path`` exists,
+    and put back as ``path`` when it does not (a run killed between the two
+    renames of :func:`replace_dir`'s fallback).
+
+    Returns
+    -------
+    list of str
+        One line per thing removed or restored.
+    """
+    path = Path(path)
+    done = []
+    if not path.parent.is_dir():
+        return done
+    for leftover in sorted(path.parent.glob(f".{path.name}{OLD_INFIX}*")):
+        if not path.exists():
+            os.rename(leftover, path)
+            done.append(f"restored the earlier result {path} from {leftover.name} (an interrupted run)")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            done.append(f"removed {leftover.name} (an interrupted run)")
+    for leftover in sorted(path.parent.glob(f".{path.name}{STAGING_INFIX}*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+        done.append(f"removed {leftover.name} (an interrupted run)")
+    return done
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one ``renameat2(RENAME_EXCHANGE)`` call (Linux 3.15+); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(staging: str | Path, path: str | Path) -> None:
+    """Put the complete folder ``staging`` in place of ``path``, whole, so ``path`` never mixes two runs.
+
+    A missing ``path`` is created by one rename. An existing one is swapped
+    with ``staging`` by one ``renameat2(RENAME_EXCHANGE)`` and the earlier
+    content, now in ``staging``'s place, is deleted: a process killed at any
+    point leaves either the earlier folder or the new one at ``path``. Where
+    the exchange is not supported (not Linux, some network file systems) the
+    earlier folder is first renamed to ``.<name>.ctbmd-old-*``; a kill between
+    the two renames leaves ``path`` missing and the earlier result whole there,
+    which :func:`clean_stale` puts back on the next run.
+
+    Raises
+    ------
+    OSError
+        A rename fails (the earlier folder is then left in place).
+    """
+    staging, path = Path(staging), Path(path)
+    if not path.exists():
+        os.rename(staging, path)
+        return
+    if _exchange(staging, path):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = path.parent / f".{path.name}{OLD_INFIX}{os.getpid()}"
+    os.rename(path, old)
+    os.rename(staging, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:

@@ -14,13 +14,12 @@ import io as _io
 import json
 import logging
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from ctbmd.io import labels_on_input_grid, write_atomic, write_image_atomic
+from ctbmd.io import labels_on_input_grid, replace_dir, staging_dir, write_atomic, write_image_atomic
 from ctbmd.report.dicom import DICOM_FILES
 from ctbmd.result import DISCLAIMER, Result, model_value_key, model_value_text
 from ctbmd.types import VERSE_LABELS, LabellingRecord
@@ -296,14 +295,16 @@ def write_files(res: Result, out_dir: str | Path, deidentify: bool = False) -> d
 
 
 def write_outputs(res: Result, out_dir: str | Path, deidentify: bool = False) -> dict:
-    """Write the outputs of ``res`` into ``out_dir`` only once all of them are written; return the result dict.
+    """Write the outputs of ``res`` as the folder ``out_dir``, whole; return the result dict.
 
-    The files are written into a hidden staging folder next to ``out_dir``
-    (``.<name>-XXXX``) and moved in when every one has succeeded, so an error
-    (a full disk, a drawing failure) leaves ``out_dir`` as it was and no staging
-    folder behind. Output files of an earlier run that this run did not make
-    (the DICOM objects, when they could not be made this time) are removed, so
-    the folder never mixes two runs. ``deidentify`` as for :func:`write_files`.
+    The files are written into a hidden staging folder beside ``out_dir``
+    (``.<name>.ctbmd-staging-XXXX``, :func:`ctbmd.io.staging_dir`), which then
+    takes the place of ``out_dir`` (:func:`ctbmd.io.replace_dir`): an earlier
+    result there is replaced whole, never file by file, and an error or a kill
+    at any point (a full disk, a drawing failure, SIGKILL) leaves either the
+    earlier folder or the new one, never a mix. ``deidentify`` as for
+    :func:`write_files`. Hold :func:`ctbmd.io.output_lock` around the call
+    when other runs may write the same folder (``ctbmd run`` does).
 
     Raises
     ------
@@ -311,16 +312,10 @@ def write_outputs(res: Result, out_dir: str | Path, deidentify: bool = False) ->
         ``out_dir`` or its parent cannot be created or written.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = staging_dir(out)
     try:
         result = write_files(res, staging, deidentify)
-        out.mkdir(parents=True, exist_ok=True)
-        written = {f.name for f in staging.iterdir()}
-        for f in staging.iterdir():
-            f.replace(out / f.name)
-        for name in set(OUTPUT_FILES + DICOM_FILES) - written:  # an earlier run's file this run did not make
-            (out / name).unlink(missing_ok=True)
+        replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
