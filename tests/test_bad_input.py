@@ -134,7 +134,7 @@ BROKEN_HEADERS = [
      "ImageOrientationPatient '1\\0\\0\\0\\x\\0' is not 6 finite numbers"),
     ("position with 2 values", lambda ds: _raw(ds, 0x00200032, "DS", "1\\2"), True,
      "ImagePositionPatient '1\\2' is not 3 finite numbers"),
-    ("Columns missing", lambda ds: ds.__delitem__(0x00280011), False, "Columns missing is not a positive"),
+    ("Columns missing", lambda ds: ds.__delitem__(0x00280011), False, "Columns missing is not a number of pixels"),
     ("RescaleIntercept empty", lambda ds: _raw(ds, 0x00281052, "DS", ""), False, "RescaleIntercept empty is not"),
     ("RGB", lambda ds: setattr(ds, "PhotometricInterpretation", "RGB"), False,
      "PhotometricInterpretation 'RGB' is not MONOCHROME1 or MONOCHROME2"),

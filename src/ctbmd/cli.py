@@ -15,24 +15,124 @@ import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
+from typer.core import TyperCommand, TyperGroup
 
 from ctbmd import __version__
 from ctbmd.errors import EXIT_INTERNAL, CtbmdError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# The closed sets of option values, as typer choices: --help lists them, and a value outside one is a usage
+# error (exit 2) that names them. They repeat the library's tuples named beside them, which cannot be
+# imported here without numpy, SimpleITK or torch (a slow --help); tests/test_cli_help.py checks that they agree.
+Segmenter = Literal["builtin", "labels", "totalsegmentator"]  # ctbmd.segment.SEGMENTERS
+BatchSegmenter = Literal["builtin", "totalsegmentator"]  # label maps come from a batch manifest's labels column
+LabelMap = Literal["auto", "total", "verse", "vertebrae_pp", "vertebrae_pp_refined"]  # segment.labelmaps.LABEL_MAPS
+Phase = Literal["native", "arterial", "portal_venous"]  # ctbmd.simulate.PHASES
+PhantomKvp = Literal[80, 100, 120, 140]  # ctbmd.simulate.KVP_CHOICES
+TissueModel = Literal["realistic", "icru44"]  # ctbmd.simulate.TISSUE_MODELS
+Fov = Literal["abdomen", "chest"]  # ctbmd.simulate.FOVS
+RibPairs = Literal[11, 12, 13]  # ctbmd.simulate.RIB_PAIRS
+Transition = Literal["none", "lumbarised_s1", "sacralised_l5"]  # ctbmd.simulate.TRANSITIONS
+Sacrum = Literal["segmented", "simple"]  # ctbmd.simulate.SACRUM_STYLES
+Arch = Literal["densenet121", "densenet_small", "resnet18", "resnet50"]  # ctbmd.model.nets.ARCHS
+Dims = Literal["3d", "2d", "2.5d", "sagittal", "sagittal3"]  # ctbmd.model.nets.DIMS
+Task = Literal["regression", "binary", "categories"]  # ctbmd.model.train.TASKS
+Device = Literal["auto", "cpu", "cuda"]  # ctbmd.model.train.resolve_device
+Protocol = Literal["li2024", "peng2024", "jcat2023", "yasaka2020", "huang2025"]  # ctbmd.model.protocols.PROTOCOLS
+
+
+def _tidy_help(command) -> None:
+    """Make typer's help of ``command`` read cleanly: no value placeholder on flags (typer shows
+    ``--quiet <bool>``), a choice as ``[native | arterial | portal_venous]`` (spaced, so that a narrow terminal
+    wraps it between two choices, not inside one), and square brackets in help texts kept
+    (``pip install 'ctbmd[dl]'``; Rich markup would take ``[dl]`` for a style and drop it)."""
+    from rich.markup import escape
+
+    rich = getattr(command, "rich_markup_mode", None) == "rich"
+    if rich and command.help:
+        command.help = escape(command.help)
+    for param in command.params:
+        if rich and getattr(param, "help", None):
+            param.help = escape(param.help)
+        if param.metavar is not None or param.param_type_name != "option":
+            continue
+        desc = getattr(param, "type_descriptor", None)
+        if param.is_flag:
+            param.metavar = ""
+        elif desc is not None and desc.is_choice and desc.choices:
+            param.metavar = "[" + " | ".join(str(c) for c in desc.choices) + "]"  # Literal values: str or int
+
+
+def _plain_help_option(option):
+    """The ``--help`` option without typer's ``<bool>``."""
+    if option is not None and option.metavar is None:
+        option.metavar = ""
+    return option
+
+
+class _Group(TyperGroup):
+    """The ``ctbmd`` group, its help tidied as :func:`_tidy_help` says."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        _tidy_help(self)
+
+    def get_help_option(self, ctx):
+        return _plain_help_option(super().get_help_option(ctx))
+
+
+class _Command(TyperCommand):
+    """A command whose help reads like click's: ``Usage: ctbmd run [OPTIONS] INPUT`` (typer writes
+    ``{input}``), ``[INPUTS]...`` for an optional list, and the rest as :func:`_tidy_help` says."""
+
+    def __init__(self, name, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        _tidy_help(self)
+
+    def get_help_option(self, ctx):
+        return _plain_help_option(super().get_help_option(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or param.name.upper()
+                pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
                   help="ctbmd: vertebral BMD from routine CT (research use only, not a medical device).")
 err = Console(stderr=True)
+
+
+def _configure_logging(debug: bool) -> None:
+    """ctbmd's warnings on stderr; other libraries' messages and Python warnings (pydicom, nibabel,
+    matplotlib, highdicom) only with ``--debug``, which also shows ctbmd's debug log (what the readers
+    printed, :func:`ctbmd.io.quiet_libraries`)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    if debug:
+        logging.getLogger("ctbmd").setLevel(logging.DEBUG)
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(getattr(f, "__name__", "") == "_ctbmd_only" for f in handler.filters):
+            def _ctbmd_only(record: logging.LogRecord) -> bool:
+                return record.name.startswith("ctbmd") or record.levelno >= logging.ERROR
+
+            handler.addFilter(_ctbmd_only)
 
 
 @contextmanager
 def _one_line_errors(debug: bool = False):
     """Turn a :class:`CtbmdError` into ``ctbmd: error: <path>: <reason>`` and its exit code, and any
-    other exception into one ``internal error`` line and exit code 5 (re-raised with ``debug``)."""
+    other exception into one ``internal error`` line and exit code 5 (re-raised with ``debug``).
+    Logging is set up first (:func:`_configure_logging`)."""
+    _configure_logging(debug)
     try:
         yield
     except CtbmdError as exc:
@@ -58,13 +158,16 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
     """ctbmd: vertebral BMD from routine CT."""
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
-    input: Path = typer.Argument(..., help="CT: .nii/.nii.gz/.nrrd/.mha file or DICOM folder."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="CT: .nii/.nii.gz/.nrrd/.mha file or DICOM folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    segmenter: str = typer.Option("builtin", "--segmenter", help="builtin | labels | totalsegmentator"),
+    segmenter: Segmenter = typer.Option("builtin", "--segmenter", help="Vertebra labeller: the builtin one, the "
+                                        "label map of --labels, or TotalSegmentator (pip install "
+                                        "'ctbmd[totalseg]')."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Existing vertebra label map; implies --segmenter labels."),
-    label_map: str = typer.Option("auto", "--label-map", help="auto | total | verse | vertebrae_pp | vertebrae_pp_refined"),
+    label_map: LabelMap = typer.Option("auto", "--label-map", help="Numbering of the --labels map (auto: "
+                                       "recognised from its values)."),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder from `ctbmd train`: adds "
                                                                 "bmd_dl_mg_cm3 (or t_score_dl, tbs_dl, "
@@ -81,7 +184,7 @@ def run(
     deidentify: bool = typer.Option(False, "--deidentify", help="De-identify the DICOM SEG/SR/SC (DICOM PS3.15 "
                                     "Basic Profile) and leave path, patient ID and series UID out of the other files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors, and the debug log (what the readers printed)."),
 ) -> None:
     """Measure per-vertebra trabecular BMD and classify the patient (ACR-QCT)."""
     from ctbmd.api import run as run_scan
@@ -89,7 +192,6 @@ def run(
 
     if labels is not None and segmenter == "builtin":
         segmenter = "labels"
-    logging.basicConfig(level=logging.WARNING)
     with _one_line_errors(debug):
         if segmenter == "labels" and labels is None:
             from ctbmd.errors import UsageError
@@ -150,7 +252,7 @@ def _print_summary(result: dict, out: Path, replaced: bool = False) -> None:
     typer.echo(f"outputs: {out}" + (" (an earlier result there was replaced whole)" if replaced else ""))
 
 
-@app.command()
+@app.command(cls=_Command)
 def pacs(
     url: str = typer.Option(..., "--url", help="Orthanc REST API, e.g. http://127.0.0.1:8042."),
     series: str = typer.Option(..., "--series", help="SeriesInstanceUID of the CT series to analyse."),
@@ -163,7 +265,7 @@ def pacs(
     kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV) when the header has none."),
     deidentify: bool = typer.Option(False, "--deidentify", help="De-identify the outputs (not with --push)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors, and the debug log (what the readers printed)."),
 ) -> None:
     """Pull a CT series from an Orthanc PACS, analyse it, and with --push store SEG, SR and SC back.
 
@@ -174,7 +276,6 @@ def pacs(
     from ctbmd.pacs import PASSWORD_ENV, pull_analyse_push
     from ctbmd.segment import parse_levels
 
-    logging.basicConfig(level=logging.WARNING)
     with _one_line_errors(debug):
         with _stage_progress(quiet) as tick:
             res, pushed = pull_analyse_push(url, series, out, push=push, user=user,
@@ -185,9 +286,10 @@ def pacs(
         typer.echo(f"pushed to {url}: {len(pushed)} objects (SEG, SR, SC) into the source study")
 
 
-@app.command()
+@app.command(cls=_Command)
 def batch(
-    inputs: Optional[list[Path]] = typer.Argument(None, help="Folders (searched recursively for DICOM series and "
+    inputs: Optional[list[Path]] = typer.Argument(None, metavar="INPUTS", help="Folders (searched recursively "
+                                                  "for DICOM series and "
                                                              ".nii/.nii.gz/.nrrd/.mha files) or files."),
     out: Path = typer.Option(..., "--out", "-o", help="Batch folder: scans/<scan_id>/, cohort.csv, cohort.parquet, "
                                                       "failed.csv, batch.log. Re-run the same command to resume."),
@@ -198,9 +300,9 @@ def batch(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on a Dask cluster at this address "
                                                                       "(tcp://host:8786); inputs and --out on a "
                                                                       "shared path."),
-    segmenter: str = typer.Option("builtin", "--segmenter", help="builtin | totalsegmentator (a manifest's labels "
-                                                                 "column gives per-scan label maps)."),
-    label_map: str = typer.Option("auto", "--label-map", help="Numbering of the manifest's label maps."),
+    segmenter: BatchSegmenter = typer.Option("builtin", "--segmenter", help="Vertebra labeller (a manifest's "
+                                             "labels column gives per-scan label maps instead)."),
+    label_map: LabelMap = typer.Option("auto", "--label-map", help="Numbering of the manifest's label maps."),
     levels: str = typer.Option("T11-L5", "--levels", help="Levels to measure, as for `ctbmd run`."),
     kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV) for scans whose header has none."),
     rods: Optional[str] = typer.Option(None, "--rods", help="Rod phantom spec, as for `ctbmd run`."),
@@ -208,7 +310,7 @@ def batch(
                                                                                    "`ctbmd run`."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder from `ctbmd train`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors, and the debug log (what the readers printed)."),
 ) -> None:
     """Analyse a cohort: every scan in folders or a manifest, in parallel, resumable; one table."""
     from ctbmd.errors import EXIT_BATCH_FAILURES, UsageError, require_optional
@@ -225,9 +327,6 @@ def batch(
         if inputs and manifest is not None:
             raise UsageError("give input folders or files, or --manifest CSV, not both: a scan found in both "
                              "would be named twice")
-        if segmenter == "labels":
-            raise UsageError("a batch takes label maps from the manifest's labels column, one per scan; "
-                             "--segmenter is builtin or totalsegmentator")
         if scheduler is not None and workers is not None:
             raise UsageError("--workers starts a local cluster; with --scheduler the cluster's workers run the scans")
         check_kvp(kvp)
@@ -291,9 +390,10 @@ def _batch_progress(quiet: bool):
         yield on_event
 
 
-@app.command("calibrate-scanner")
+@app.command("calibrate-scanner", cls=_Command)
 def calibrate_scanner(
-    phantom_scan: Path = typer.Argument(..., help="CT of the rod phantom (file or DICOM folder), at the kVp and "
+    phantom_scan: Path = typer.Argument(..., metavar="PHANTOM_SCAN", help="CT of the rod phantom (file or DICOM "
+                                        "folder), at the kVp and "
                                                   "kernel the profile is for."),
     rods: str = typer.Option(..., "--rods", help="K2HPO4 mg/cm3 per rod, left to right (e.g. 0,50,100,150,200), "
                                                  "or K:water pairs from the certificate, or a JSON file."),
@@ -301,7 +401,7 @@ def calibrate_scanner(
     kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage (kV, 70-150) when the header has none."),
     model: Optional[str] = typer.Option(None, "--model", help="Scanner model, recorded in the profile."),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors, and the debug log (what the readers printed)."),
 ) -> None:
     """Make a scanner profile from a rod-phantom scan (asynchronous QCT calibration) for `run --scanner-profile`."""
     from ctbmd.calibrate.rods import make_profile, parse_rod_spec, save_profile
@@ -330,38 +430,38 @@ def _cli_model(path: Path | None):
     return load_model(path)
 
 
-@app.command()
+@app.command(cls=_Command)
 def simulate(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (ct.nii.gz or ct/, labels.nii.gz, truth.json)."),
     bmd: str = typer.Option("", "--bmd", help="Per-level K2HPO4 mg/cm³, e.g. L1=95,L2=100; others follow their mean."),
-    kvp: int = typer.Option(120, "--kvp", help="80 | 100 | 120 | 140"),
+    kvp: PhantomKvp = typer.Option(120, "--kvp", help="Tube voltage (kV)."),
     noise: float = typer.Option(10.0, "--noise", help="Noise SD (HU)."),
     slice_mm: float = typer.Option(2.0, "--slice", help="Slice thickness = spacing (mm)."),
     pixel_mm: float = typer.Option(1.0, "--pixel", help="In-plane pixel size (mm)."),
     psf_mm: float = typer.Option(1.0, "--psf", help="In-plane PSF FWHM (mm)."),
     marrow_fat: float = typer.Option(0.4, "--marrow-fat", help="Marrow fat volume fraction (0-0.95)."),
     body_width: Optional[float] = typer.Option(None, "--body-width", help="Torso width (mm); seeded 280-400 if not given."),
-    phase: str = typer.Option("native", "--phase", help="native | arterial | portal_venous"),
+    phase: Phase = typer.Option("native", "--phase", help="Contrast phase."),
     rotation: float = typer.Option(0.0, "--rotation", help="Patient rotation about z (degrees)."),
     no_t12_ribs: bool = typer.Option(False, "--no-t12-ribs", help="Drop the ribs of T12 (= --rib-pairs 11)."),
     l6: bool = typer.Option(False, "--l6", help="A sixth lumbar vertebra (= --transition lumbarised_s1)."),
     metal_level: Optional[str] = typer.Option(None, "--metal-level", help="Level with titanium pedicle screws."),
     tissue_spread: float = typer.Option(0.005, "--tissue-spread", help="With --tissue-model icru44: SD of "
                                                                          "fat/muscle density (fraction)."),
-    tissue_model: str = typer.Option("realistic", "--tissue-model", help="realistic (fat, muscle, blood drawn "
-                                                                         "from published ranges) | icru44."),
+    tissue_model: TissueModel = typer.Option("realistic", "--tissue-model", help="realistic: fat, muscle and "
+                                             "blood drawn from published ranges; icru44: ICRU 44 tissues."),
     energy_offset: Optional[float] = typer.Option(None, "--energy-offset", help="Scanner offset (keV) from the "
                                                                                 "spectrum model; drawn if not given."),
     rods: Optional[str] = typer.Option(None, "--rods", help="Add a calibration phantom under the patient: rod "
                                                             "spec as for `ctbmd run --rods`, or 'default'."),
-    fov: str = typer.Option("abdomen", "--fov", help="abdomen (T10-L5, sacrum) | chest (C6-L2: rib cage, "
-                                                      "shoulders, lungs, heart, aortic arch)."),
-    rib_pairs: int = typer.Option(12, "--rib-pairs", help="11 (none on T12) | 12 | 13 (a T13, VerSe 28, "
-                                                          "with short floating ribs)."),
-    transition: str = typer.Option("none", "--transition", help="none | lumbarised_s1 (an L6) | sacralised_l5 "
-                                                                "(L5 fused with the sacrum); abdomen only."),
-    sacrum: Optional[str] = typer.Option(None, "--sacrum", help="segmented (default: fused S1-S5, disc remnants, "
-                                                                "canal, alae, SI joints) | simple (a block)."),
+    fov: Fov = typer.Option("abdomen", "--fov", help="abdomen: T10-L5 and the sacrum; chest: C6-L2 with the rib "
+                                                      "cage, shoulders, lungs, heart and aortic arch."),
+    rib_pairs: RibPairs = typer.Option(12, "--rib-pairs", help="11: none on T12; 13: a T13 (VerSe 28) with short "
+                                                               "floating ribs."),
+    transition: Transition = typer.Option("none", "--transition", help="lumbarised_s1: an L6; sacralised_l5: L5 "
+                                                                       "fused with the sacrum. Abdomen only."),
+    sacrum: Optional[Sacrum] = typer.Option(None, "--sacrum", help="segmented (default): fused S1-S5, disc "
+                                            "remnants, canal, alae, SI joints; simple: a block."),
     stent: bool = typer.Option(False, "--stent", help="Aortic stent graft: distal arch and descending aorta "
                                                       "(chest) or infrarenal aorta (abdomen)."),
     t12_rib_length: Optional[float] = typer.Option(None, "--t12-rib-length", help="Hypoplastic T12 ribs: "
@@ -401,7 +501,7 @@ def simulate(
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Folder of `ctbmd run` outputs (result.json each) or a CSV."),
     ref: Path = typer.Option(..., "--ref", help="Reference CSV: patient_id + level + bmd_mg_cm3 (QCT), "
@@ -415,7 +515,7 @@ def evaluate(
                                                                  "(bmd_mg_cm3, or bmd_dl_mg_cm3 of a model)."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CIs (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors, and the debug log (what the readers printed)."),
 ) -> None:
     """Compare predictions with QCT or DXA references: agreement, diagnosis, ROC, with bootstrap CIs."""
     from ctbmd import evaluate as ev
@@ -432,26 +532,38 @@ def evaluate(
         result["reference"] = {"path": str(ref), "kind": reference.kind}
         written = ev.write_evaluation(paired, result, out)
     allm = result["splits"][ev.ALL_SPLITS]
+
+    def figure(key: str, fmt: str) -> str:  # "0.912", or "not computed (needs at least 3 patients, got 1)"
+        text = ev.figure_text(allm, key, fmt)
+        return (f"not computed ({text.removeprefix('not computed: ')})" if text.startswith("not computed")
+                else "n/a" if text == "–" else text)
+
     if reference.kind == "qct":
-        m = allm["patient"]
-        typer.echo(f"patients: n {m['n']:.0f}, r² {m['r2']:.3f}, MAE {m['mae']:.2f} mg/cm³, bias {m['bias']:+.2f}, "
-                   f"LoA {m['loa_low']:+.1f}..{m['loa_high']:+.1f}")
-    d = allm["diagnosis"]
-    typer.echo(f"diagnosis: accuracy {d['accuracy']:.3f}, AUC osteoporosis {d['auc_osteoporosis']:.3f}")
+        loa = (f"{figure('patient.loa_low', '{:+.1f}')}..{figure('patient.loa_high', '{:+.1f}')}"
+               if "patient.loa_low" not in allm["not_computed"] else figure("patient.loa_low", ""))
+        typer.echo(f"patients: n {allm['patient']['n']:.0f}, r² {figure('patient.r2', '{:.3f}')}, "
+                   f"MAE {figure('patient.mae', '{:.2f}')} mg/cm³, bias {figure('patient.bias', '{:+.2f}')}, "
+                   f"LoA {loa}")
+    typer.echo(f"diagnosis: accuracy {figure('diagnosis.accuracy', '{:.3f}')}, "
+               f"AUC osteoporosis {figure('diagnosis.auc_osteoporosis', '{:.3f}')}")
+    if "ci" in allm["not_computed"]:
+        typer.echo(f"95% CIs: not computed ({allm['not_computed']['ci']})")
     if result["unmatched_reference"]:
         typer.echo(f"reference patients without a prediction: {len(result['unmatched_reference'])}")
     typer.echo("wrote " + ", ".join(p.name for p in written) + f" to {out}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     ctx: typer.Context,
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="Cohort CSV: patient_id, ct, [labels], [split], and "
-                                                                "level + bmd_mg_cm3 (QCT) or t_score (DXA)."),
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Cohort CSV: patient_id, ct, optionally labels "
+                                                                "and split, and level + bmd_mg_cm3 (QCT) or "
+                                                                "t_score (DXA)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    arch: str = typer.Option("densenet121", "--arch", help="densenet121 | densenet_small | resnet18 | resnet50"),
-    dims: str = typer.Option("3d", "--dims", help="3d (whole crop) | 2d (mid-axial slice) | 2.5d (5 axial slices) | "
-                                                "sagittal (mid-sagittal slice) | sagittal3 (3 sagittal slices)"),
+    arch: Arch = typer.Option("densenet121", "--arch", help="Backbone (MONAI DenseNet or ResNet)."),
+    dims: Dims = typer.Option("3d", "--dims", help="Input: 3d the whole crop, 2d its mid-axial slice, 2.5d 5 axial "
+                                                   "slices, sagittal the mid-sagittal slice, sagittal3 3 sagittal "
+                                                   "slices."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds, split by patient."),
     test_fraction: float = typer.Option(0.0, "--test-fraction", help="Patients held out as a test split "
                                                                      "(when the manifest marks none)."),
@@ -460,9 +572,9 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     classify: bool = typer.Option(False, "--classify", help="Add a 3-class (ACR or WHO) head."),
-    task: str = typer.Option("regression", "--task", help="regression | binary (normal against low BMD: below "
-                             "120 mg/cm³, or T-score -1.0; see --threshold) | categories (regression with the "
-                             "3-class head, as --classify)."),
+    task: Task = typer.Option("regression", "--task", help="binary: normal against low BMD (below 120 mg/cm³, "
+                              "or T-score -1.0; see --threshold); categories: regression with the 3-class head, "
+                              "as --classify."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="With --task binary: a reference below "
                                               "this is low BMD (default 120 mg/cm³ for QCT, -1.0 for a T-score; --protocol huang2025: "
                                               "osteoporosis, 80 mg/cm³ or -2.45)."),
@@ -476,15 +588,15 @@ def train(
     augment_copies: int = typer.Option(0, "--augment-copies", help="Offline expansion (Yasaka 2020: 60): fixed "
                                        "augmented copies per training crop (rotation, parallel shift, noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, augmentation and order."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="A seed study's protocol: li2024 | peng2024 | "
-                                           "jcat2023 | yasaka2020 | huang2025 (architecture, input, task, "
-                                           "augmentation, splits); options given beside it override its defaults."),
+    device: Device = typer.Option("auto", "--device", help="Where to train (auto: CUDA when available)."),
+    protocol: Optional[Protocol] = typer.Option(None, "--protocol", help="A seed study's protocol (architecture, "
+                                                "input, task, augmentation, splits); options given beside it "
+                                                "override its defaults."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Crop cache folder (default ~/.cache/ctbmd/crops)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached crops."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     description: str = typer.Option("", "--description", help="Where the cohort came from (stored in the model)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors, and the debug log (what the readers printed)."),
 ) -> None:
     """Train a DL BMD model with patient-grouped k-fold cross-validation; write it with its out-of-fold report."""
     with _one_line_errors(debug):
@@ -502,11 +614,9 @@ def train(
         if protocol is None:
             cfg = TrainConfig(**values)
         else:
-            from ctbmd.errors import InvalidInputError, UsageError
-            from ctbmd.model.protocols import PROTOCOLS, resolve
+            from ctbmd.errors import InvalidInputError
+            from ctbmd.model.protocols import resolve
 
-            if protocol not in PROTOCOLS:
-                raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)} (got {protocol!r})")
             # typer ships its own click: compare the source by name
             given = {k: v for k, v in values.items()
                      if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
@@ -561,7 +671,7 @@ def train(
     typer.echo(f"model: {out}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def version() -> None:
     """Print the ctbmd version."""
     typer.echo(__version__)

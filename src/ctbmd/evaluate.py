@@ -70,6 +70,14 @@ MIN_PLAUSIBLE_MEDIAN_MG_CM3 = 5.0
 #: Largest plausible trabecular BMD (mg/cm³); larger values are not mg/cm³ (HU? mg/mL x 10?).
 MAX_PLAUSIBLE_MG_CM3 = 1000.0
 ALL_SPLITS = "all"
+#: The fewest pairs (patients, or vertebrae for the per-level agreement) an agreement figure needs: Pearson
+#: r, its p and r² 3 (two points always lie on a line), the SD of the differences, the Bland-Altman limits
+#: and r² against the identity line 2. The regression line of ``scatter.png`` needs 3 as well.
+MIN_PAIRS = {"r": 3, "p": 3, "r2": 3, "r2_identity": 2, "sd": 2, "loa_low": 2, "loa_high": 2,
+             "mae": 1, "rmse": 1, "bias": 1}
+#: The fewest patients a bootstrap CI needs: with one or two, the resamples repeat the same few patients
+#: and the "interval" is a point or the two patients' values.
+MIN_BOOTSTRAP_PATIENTS = 3
 
 
 @dataclass(frozen=True)
@@ -494,7 +502,8 @@ def agreement(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     ``r2_identity`` = :func:`sklearn.metrics.r2_score` (prediction against the
     identity line); MAE and RMSE from scikit-learn; bias = mean(pred - ref);
     sd = SD(pred - ref, ddof=1); limits of agreement bias +- 1.96 sd (Bland &
-    Altman 1986). NaN where n is too small (r needs 3, SD 2).
+    Altman 1986). NaN where n is too small (:data:`MIN_PAIRS`: r needs 3, SD 2)
+    or the values do not vary (r).
     """
     pred, ref = np.asarray(pred, float), np.asarray(ref, float)
     n = len(pred)
@@ -505,11 +514,11 @@ def agreement(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     diff = pred - ref
     out.update(mae=float(skm.mean_absolute_error(ref, pred)), rmse=float(skm.root_mean_squared_error(ref, pred)),
                bias=float(np.mean(diff)))
-    if n >= 2:
+    if n >= MIN_PAIRS["sd"]:
         out["sd"] = float(np.std(diff, ddof=1))
         out["loa_low"], out["loa_high"] = out["bias"] - 1.96 * out["sd"], out["bias"] + 1.96 * out["sd"]
         out["r2_identity"] = float(skm.r2_score(ref, pred))
-    if n >= 3 and np.ptp(pred) > 0 and np.ptp(ref) > 0:
+    if n >= MIN_PAIRS["r"] and np.ptp(pred) > 0 and np.ptp(ref) > 0:
         res = stats.pearsonr(pred, ref)
         out.update(r=float(res.statistic), p=float(res.pvalue), r2=float(res.statistic) ** 2)
     return out
@@ -602,8 +611,12 @@ def _metrics(p: Paired, patients: np.ndarray, rows: list[np.ndarray]) -> dict:
 
 
 def _bootstrap(p: Paired, patients: np.ndarray, rows: list[np.ndarray], n_boot: int,
-               rng: np.random.Generator) -> dict[str, list]:
-    """Percentile 95% CI per flat metric key, resampling patients (with their levels) with replacement."""
+               rng: np.random.Generator) -> dict[str, list | None]:
+    """Percentile 95% CI per flat metric key, resampling patients (with their levels) with replacement.
+
+    A key whose resamples give fewer than 10 finite values (r of resamples with two distinct patients, an
+    AUC of resamples with one class) has no CI: None.
+    """
     import warnings
 
     samples: dict[str, list[float]] = {}
@@ -618,9 +631,49 @@ def _bootstrap(p: Paired, patients: np.ndarray, rows: list[np.ndarray], n_boot: 
     for k, v in samples.items():
         arr = np.asarray(v, float)
         arr = arr[np.isfinite(arr)]
-        ci[k] = ([float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if len(arr) >= 10
-                 else [math.nan, math.nan])
+        ci[k] = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if len(arr) >= 10 else None
     return ci
+
+
+def _not_computed(m: dict, n_patients: int, n_boot: int) -> dict[str, str]:
+    """Why figures of one split's metrics ``m`` are missing: ``{flat key: reason}``, e.g.
+    ``{"patient.r": "needs at least 3 patients, got 1", "ci": "needs at least 3 patients, got 1"}``."""
+    out = {}
+    for unit, one, many in (("level", "vertebra", "vertebrae"), ("patient", "patient", "patients")):
+        if unit in m:
+            n = int(m[unit]["n"])
+            out.update({f"{unit}.{k}": f"needs at least {need} {one if need == 1 else many}, got {n}"
+                        for k, need in MIN_PAIRS.items() if n < need})
+    d = m["diagnosis"]
+    for key, classes in (("auc_osteoporosis", "osteoporosis and no osteoporosis"),
+                         ("auc_low_bmd", "low and normal BMD")):
+        if not math.isfinite(d[key]):
+            out[f"diagnosis.{key}"] = (f"needs at least 2 patients, got {n_patients}" if n_patients < 2 else
+                                       f"needs reference patients with {classes}")
+    if n_boot > 0 and n_patients < MIN_BOOTSTRAP_PATIENTS:
+        out["ci"] = f"needs at least {MIN_BOOTSTRAP_PATIENTS} patients, got {n_patients}"
+    return out
+
+
+def figure_text(m: dict, key: str, fmt: str, ci: bool = False) -> str:
+    """One figure of a split's metrics ``m`` (:func:`evaluate`), formatted, or why it is missing.
+
+    ``key`` is dotted (``patient.r2``, ``diagnosis.auc_osteoporosis``); ``fmt`` a format such as ``"{:.3f}"``.
+    With ``ci``, the bootstrap 95% CI follows in brackets where there is one. A figure that could not be
+    computed reads ``not computed: needs at least 3 patients, got 1`` (the reason from ``m["not_computed"]``),
+    or ``–`` where it is undefined for another reason (a ratio with no patient in its denominator).
+    """
+    value = m
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        reason = m.get("not_computed", {}).get(key)
+        return f"not computed: {reason}" if reason else "–"
+    text = fmt.format(value)
+    interval = m.get("ci", {}).get(key) if ci else None
+    if interval and all(c is not None and math.isfinite(c) for c in interval):
+        text += f" [{fmt.format(interval[0])}, {fmt.format(interval[1])}]"
+    return text
 
 
 def evaluate(p: Paired, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -638,8 +691,13 @@ def evaluate(p: Paired, n_boot: int = 1000, seed: int = 0) -> dict:
     -------
     dict
         ``{"kind", "n_boot", "seed", "splits": {name: {"level", "patient",
-        "diagnosis", "ci": {flat_key: [low, high]}}}}``; the split ``all``
-        holds every patient.
+        "diagnosis", "ci": {flat_key: [low, high] or None}, "not_computed":
+        {flat_key: reason}}}}``; the split ``all`` holds every patient. A
+        figure that needs more pairs than the split has (:data:`MIN_PAIRS`) is
+        NaN, with the reason in ``not_computed`` (``"needs at least 3
+        patients, got 1"``); so are the CIs (``ci`` empty and
+        ``not_computed["ci"]``) of a split with fewer than
+        :data:`MIN_BOOTSTRAP_PATIENTS` patients.
     """
     names = [ALL_SPLITS] + sorted({s for s in p.patient_split if s != ALL_SPLITS})
     out = {"kind": p.kind, "n_boot": n_boot, "seed": seed, "ci_method": "percentile bootstrap over patients",
@@ -649,7 +707,9 @@ def evaluate(p: Paired, n_boot: int = 1000, seed: int = 0) -> dict:
     for name in names:
         members = np.arange(len(p.patient_id)) if name == ALL_SPLITS else np.nonzero(p.patient_split == name)[0]
         m = _metrics(p, members, rows)
-        m["ci"] = _bootstrap(p, members, rows, n_boot, rng) if n_boot > 0 else {}
+        enough = n_boot > 0 and len(members) >= MIN_BOOTSTRAP_PATIENTS
+        m["ci"] = _bootstrap(p, members, rows, n_boot, rng) if enough else {}
+        m["not_computed"] = _not_computed(m, len(members), n_boot)
         out["splits"][name] = m
     return out
 
@@ -718,15 +778,6 @@ def binary_agreement(low: np.ndarray, p_low: np.ndarray, groups: np.ndarray, n_b
     return out
 
 
-def _cell(value, ci, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    text = fmt.format(value)
-    if ci and all(math.isfinite(c) for c in ci):
-        text += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
-    return text
-
-
 def markdown_table(result: dict) -> str:
     """The paper-style table of :func:`evaluate`'s result (GitHub markdown), one column per split."""
     splits = list(result["splits"])
@@ -734,18 +785,17 @@ def markdown_table(result: dict) -> str:
     lines = [f"# ctbmd evaluate ({result['kind'].upper()} reference)\n",
              f"Values with bootstrap 95% CI ({result['n_boot']} resamples of patients, seed {result['seed']}). "
              "Research use only, not a medical device.\n"]
+    for s in splits:
+        reason = result["splits"][s].get("not_computed", {}).get("ci")
+        if reason:
+            lines.append(f"\n95% CIs of {s}: not computed: {reason}.\n")
+    lines.append("\n– : undefined (a ratio with no patient in its denominator, or values that do not vary).\n")
 
     def rows(section: str, spec) -> str:
         text = ""
         for key, label, fmt in spec:
-            cells = []
-            for s in splits:
-                m = result["splits"][s]
-                value = m
-                for part in (section + "." + key).split("."):
-                    value = value.get(part) if isinstance(value, dict) else None
-                ci = None if key in ("n", "p") else m["ci"].get(f"{section}.{key}")
-                cells.append(_cell(value, ci, fmt))
+            cells = [figure_text(result["splits"][s], f"{section}.{key}", fmt, ci=key not in ("n", "p"))
+                     for s in splits]
             text += f"| {label} | " + " | ".join(cells) + " |\n"
         return text
 
@@ -796,23 +846,33 @@ def _plots(p: Paired, result: dict, out: Path) -> list[Path]:
     def members(s):
         return np.ones(len(p.patient_id), bool) if s == ALL_SPLITS else p.patient_split == s
 
+    def legend(ax, **kw) -> None:  # none where nothing was drawn (matplotlib would warn)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(**kw)
+
+    def figure(unit: str, key: str, fmt: str) -> str:  # "0.912" or "not computed\n(needs at least 3 ...)"
+        text = figure_text(result["splits"][ALL_SPLITS], f"{unit}.{key}", fmt)
+        return f"not computed\n({text.removeprefix('not computed: ')})" if text.startswith("not computed") else text
+
     if p.kind == "qct":
         fig, axes = plt.subplots(1, 2, figsize=(11, 5))
         for ax, (x, y, unit) in zip(axes, ((p.level_ref, p.level_pred, "level"), (p.patient_ref, p.patient_pred,
                                                                                      "patient"))):
             pids = p.level_patient if unit == "level" else p.patient_id
+            if not len(x):  # a prediction CSV with patient values only has no level pairs
+                ax.text(0.5, 0.5, f"no {unit} pairs", ha="center", va="center", transform=ax.transAxes)
+                continue
             lo, hi = float(np.nanmin([x.min(), y.min(), 0])), float(np.nanmax([x.max(), y.max()])) * 1.05
             for s in splits:
                 ids = set(p.patient_id[members(s)])
                 sel = np.array([i in ids for i in pids], bool)
                 ax.scatter(x[sel], y[sel], s=18, alpha=0.75, color=colours[s], label=f"{s} (n={sel.sum()})")
             ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
-            if len(x) >= 3 and np.ptp(x) > 0:
+            if len(x) >= MIN_PAIRS["r"] and np.ptp(x) > 0:
                 fit = stats.linregress(x, y)
                 ax.plot([lo, hi], [fit.intercept + fit.slope * lo, fit.intercept + fit.slope * hi], "r-", lw=1.2,
                         label=f"fit y = {fit.slope:.2f}x {fit.intercept:+.1f}")
-            m = result["splits"][ALL_SPLITS][unit]
-            ax.set_title(f"per {unit}: r² {m['r2']:.3f}, MAE {m['mae']:.1f} mg/cm³")
+            ax.set_title(f"per {unit}: MAE {figure(unit, 'mae', '{:.1f}')} mg/cm³, r² {figure(unit, 'r2', '{:.3f}')}")
             for v in (80, 120):
                 ax.axvline(v, color="0.8", lw=0.8)
                 ax.axhline(v, color="0.8", lw=0.8)
@@ -820,13 +880,16 @@ def _plots(p: Paired, result: dict, out: Path) -> list[Path]:
             ax.set_ylim(lo, hi)
             ax.set_xlabel("reference BMD (mg/cm³)")
             ax.set_ylabel("predicted BMD (mg/cm³)")
-            ax.legend(fontsize=8, loc="upper left")
+            legend(ax, fontsize=8, loc="upper left")
         save(fig, "scatter.png")
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
         for ax, (x, y, unit) in zip(axes, ((p.level_ref, p.level_pred, "level"), (p.patient_ref, p.patient_pred,
                                                                                      "patient"))):
             m = result["splits"][ALL_SPLITS][unit]
+            if not len(x):
+                ax.text(0.5, 0.5, f"no {unit} pairs", ha="center", va="center", transform=ax.transAxes)
+                continue
             ax.scatter((x + y) / 2, y - x, s=18, alpha=0.75)
             for v, style, label in ((m["bias"], "-", f"bias {m['bias']:+.1f}"),
                                     (m["loa_low"], "--", f"LoA {m['loa_low']:+.1f}"),
@@ -836,8 +899,9 @@ def _plots(p: Paired, result: dict, out: Path) -> list[Path]:
             ax.axhline(0, color="k", lw=0.6)
             ax.set_xlabel("mean of prediction and reference (mg/cm³)")
             ax.set_ylabel("prediction - reference (mg/cm³)")
-            ax.set_title(f"Bland-Altman, per {unit} (n={len(x)})")
-            ax.legend(fontsize=8)
+            missing = "" if math.isfinite(m["loa_low"]) else f"\nlimits of agreement {figure(unit, 'loa_low', '')}"
+            ax.set_title(f"Bland-Altman, per {unit} (n={len(x)}){missing}")
+            legend(ax, fontsize=8)
         save(fig, "bland_altman.png")
 
     names = list(result["splits"])
@@ -874,7 +938,12 @@ def _plots(p: Paired, result: dict, out: Path) -> list[Path]:
         ax.set_xlabel("1 - specificity")
         ax.set_ylabel("sensitivity")
         ax.set_title(f"ROC, {name} (score: predicted BMD)")
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
+        else:
+            key = "auc_osteoporosis" if name == "osteoporosis" else "auc_low_bmd"
+            ax.text(0.5, 0.5, figure("diagnosis", key, ""), ha="center", va="center", transform=ax.transAxes,
+                    fontsize=9)
     save(fig, "roc.png")
     return written
 

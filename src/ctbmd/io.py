@@ -20,6 +20,7 @@ import gzip
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -53,6 +54,51 @@ MAX_TILT_DEG = 0.5
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd",
                     ".mha": "mha", ".mhd": "mha"}
+
+
+# ITK's own warnings (e.g. "unexpected scales in sform") would go to stderr; ctbmd checks those headers itself
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Keep what the readers print (niftilib's C messages, ITK, nibabel's logger, pydicom's warnings) off
+    stderr, and put it in ctbmd's log at debug level (shown by ``--debug``).
+
+    The C libraries write to file descriptor 2 itself, so in the main thread it
+    is pointed at a temporary file for the duration (a spinner drawn by another
+    thread in that time is moved to the log with it). In other threads (a batch
+    worker's task) file descriptors are left alone, since they are shared by
+    the whole process.
+    """
+    import threading
+    import warnings
+
+    from nibabel.imageglobals import LoggingOutputSuppressor
+
+    saved = None
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(record=True) as caught, \
+            LoggingOutputSuppressor():
+        warnings.simplefilter("always")
+        if threading.current_thread() is threading.main_thread():
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                os.dup2(sink.fileno(), 2)
+            except (OSError, ValueError):
+                saved = None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                log.debug("reader messages: %s", " | ".join(text.splitlines())[:4000])
+            for w in caught:
+                log.debug("reader warning: %s: %s", w.category.__name__, w.message)
 
 
 def volume_format(path: str | Path) -> str | None:
@@ -121,20 +167,23 @@ def _check_complete(path: Path) -> None:
     name = path.name.lower()
     if name.endswith(".nii.gz") and _gzip_size_matches(path):
         return
+    size = path.stat().st_size
     if name.endswith(".gz"):
+        size = 0
         try:
             with gzip.open(path, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
+                while chunk := fh.read(1 << 24):
+                    size += len(chunk)
         except (EOFError, OSError, zlib.error) as exc:
             raise InvalidInputError(f"truncated or corrupt gzip data ({exc})", path) from None
-    if name.endswith(".nii"):
+    if name.endswith((".nii", ".nii.gz")):
         try:
             need = _nifti_bytes_needed(path)
         except Exception as exc:  # noqa: BLE001 - any header failure is a corrupt file
             raise InvalidInputError(f"corrupt NIfTI header ({exc})", path) from None
-        if path.stat().st_size < need:
-            raise InvalidInputError(f"truncated NIfTI: {path.stat().st_size} bytes, header needs {need}", path)
+        if size < need:
+            raise InvalidInputError(f"truncated NIfTI: {size} bytes, its header (dim, datatype, vox_offset) needs "
+                                    f"{need}", path)
 
 
 def _nifti_bytes_needed(path: Path) -> int:
@@ -163,6 +212,19 @@ def _gzip_size_matches(path: Path) -> bool:
     return isize == need % (1 << 32)
 
 
+def _raw_vox_offset(path: Path, endianness: str) -> float | None:
+    """The vox_offset field (bytes 108-111) as written in a NIfTI-1 file, or None when unreadable."""
+    import struct
+
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            head = fh.read(112)
+        return struct.unpack(endianness + "f", head[108:112])[0]
+    except (OSError, EOFError, struct.error, zlib.error):
+        return None
+
+
 def _check_nifti(path: Path) -> None:
     """Refuse a NIfTI whose two orientations disagree, or a float NIfTI holding NaN or infinite voxels.
 
@@ -174,20 +236,54 @@ def _check_nifti(path: Path) -> None:
     word (0 HU, soft tissue), so the file is read with nibabel first. Integer
     NIfTI (most CT) cannot hold NaN and its voxels are not read twice.
 
+    Also checked: vox_offset as written (at least 352 in a single-file
+    NIfTI-1; nibabel shows it as 0 once loaded), pixdim (3 positive finite
+    voxel sizes), the sform's voxel
+    sizes against pixdim (within 1%: ITK falls back to the qform when they
+    differ, other programs do not), and scl_slope/scl_inter (a slope of 0 or
+    NaN means no scaling, NIfTI-1; any other slope must be a CT rescale).
+
     Raises
     ------
     InvalidInputError
-        The qform and sform disagree; or NaN or infinite voxels.
+        The qform and sform disagree; a broken pixdim, sform or rescale; or NaN
+        or infinite voxels.
     """
     try:
-        image = nib.load(str(path))
+        with quiet_libraries():
+            image = nib.load(str(path))
         header = image.header
+        pixdim = np.asarray(header["pixdim"][1:4], float)
+    except Exception:  # noqa: BLE001 - ITK reports unreadable files with its own message
+        return
+    offset = _raw_vox_offset(path, header.endianness)
+    if bytes(header["magic"]).startswith(b"n+1") and offset is not None and not offset >= 352:
+        raise InvalidInputError(f"the NIfTI header's vox_offset {offset:g} lies inside the header: a single-file "
+                                "NIfTI-1's voxels start at byte 352 or later (readers differ on where)", path)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise InvalidInputError(f"the NIfTI header's pixdim {np.round(pixdim, 4).tolist()} is not 3 positive voxel "
+                                "sizes", path)
+    try:
         qform, qcode = header.get_qform(coded=True)
         sform, scode = header.get_sform(coded=True)
         q_axes = nib.aff2axcodes(qform) if qform is not None and int(qcode) > 0 else None
         s_axes = nib.aff2axcodes(sform) if sform is not None and int(scode) > 0 else None
-    except Exception:  # noqa: BLE001 - ITK reports unreadable files with its own message
-        return
+    except Exception:  # noqa: BLE001 - a transform nibabel cannot use (NaN, singular)
+        raise InvalidInputError("the NIfTI header's qform or sform is not a usable transform (NaN, infinite or "
+                                "singular)", path) from None
+    if s_axes is not None:
+        columns = np.linalg.norm(np.asarray(sform)[:3, :3], axis=0)
+        if not np.all(np.isfinite(columns)) or not np.allclose(columns, pixdim, rtol=0.01):
+            raise InvalidInputError(
+                f"the NIfTI header's sform gives voxels of {np.round(columns, 4).tolist()} mm and its pixdim "
+                f"{np.round(pixdim, 4).tolist()} mm: programs disagree on the voxel size; rewrite the file", path)
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if slope != 0 and np.isfinite(slope) and not (RESCALE_SLOPE_RANGE[0] <= slope <= RESCALE_SLOPE_RANGE[1]
+                                                  and np.isfinite(inter) and RESCALE_INTERCEPT_RANGE[0] <= inter
+                                                  <= RESCALE_INTERCEPT_RANGE[1]):
+        raise InvalidInputError(f"the NIfTI header's scl_slope {slope:g} and scl_inter {inter:g} are not a CT "
+                                f"rescale (slope {RESCALE_SLOPE_RANGE[0]:g}-{RESCALE_SLOPE_RANGE[1]:g}, intercept "
+                                f"{RESCALE_INTERCEPT_RANGE[0]:g} to {RESCALE_INTERCEPT_RANGE[1]:g})", path)
     if q_axes is not None and s_axes is not None and q_axes != s_axes:
         raise InvalidInputError(
             f"the NIfTI header's qform ({''.join(str(a) for a in q_axes)}) and sform "
@@ -207,7 +303,8 @@ def _read_volume_file(path: Path) -> sitk.Image:
     if volume_format(path) == "nifti":
         _check_nifti(path)
     try:
-        return sitk.ReadImage(str(path))
+        with quiet_libraries():
+            return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()
         hint = next((line.strip() for line in detail if "rror" in line and "itk::" not in line), "")
@@ -241,6 +338,10 @@ class DicomSeries:
         SeriesDescription.
     study_uid : str
         StudyInstanceUID of the first slice ("" when missing).
+    slice_thickness_mm : float or None
+        SliceThickness of the first slice.
+    series_number : int or None
+        SeriesNumber of the first slice.
     """
 
     key: str
@@ -251,6 +352,8 @@ class DicomSeries:
     axial: bool
     description: str
     study_uid: str = ""
+    slice_thickness_mm: float | None = None
+    series_number: int | None = None
 
     @property
     def original_primary(self) -> bool:
@@ -266,16 +369,95 @@ def _iter_files(folder: Path):
 
 #: The attributes :func:`scan_dicom_folder` reads when it does not keep the headers.
 _INDEX_TAGS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
-               "Modality", "ImageType", "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient")
+               "Modality", "ImageType", "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient",
+               "PixelSpacing", "SliceThickness")
+
+
+def _float_or_none(ds, name: str) -> float | None:
+    values = _numbers(ds, name, 1)
+    return None if values is None else float(values[0])
+
+
+def _reconstruction(ds, iop: np.ndarray) -> tuple:
+    """What tells two reconstructions in one series apart: orientation (to 0.01), matrix, pixel spacing and
+    slice thickness (to 0.01 mm). A scout stored without the LOCALIZER type differs in orientation or matrix."""
+    spacing = _numbers(ds, "PixelSpacing", 2)
+    thickness = _float_or_none(ds, "SliceThickness")
+    return (tuple(np.round(iop, 2).tolist()) if np.all(np.isfinite(iop)) else None,
+            *(n if n is not None and 0 < n <= MAX_MATRIX else None
+              for n in (_int_or_none(ds, "Rows"), _int_or_none(ds, "Columns"))),
+            None if spacing is None else tuple(np.round(spacing, 3).tolist()),
+            None if thickness is None else round(thickness, 2))
+
+
+def _describe(recon: tuple, count: int) -> str:
+    iop, rows, cols, spacing, thickness = recon
+    if iop is None:
+        plane = "unknown orientation"
+    else:
+        normal = np.abs(np.cross(iop[:3], iop[3:]))
+        plane = ("axial", "coronal", "sagittal")[[2, 1, 0].index(int(np.argmax(normal)))]
+    px = f"{spacing[0]:g} mm pixels" if spacing else "no pixel size"
+    th = f"{thickness:g} mm slices" if thickness is not None else "no slice thickness"
+    return f"{count} {plane} images {rows}x{cols}, {px}, {th}"
+
+
+def _split_reconstructions(groups: dict[str, list], notes: list[str]) -> dict[str, list]:
+    """Split a SeriesInstanceUID that holds more than one reconstruction, or a scout, into ``UID#1``,
+    ``UID#2`` ... (most images first), adding one line per split UID to ``notes``.
+
+    A part is split off when its orientation or matrix differs from the largest part's (a scout or another
+    plane), or when it has at least :data:`MIN_SLICES` images of another pixel spacing or slice thickness (a
+    second reconstruction). Fewer such images, and slices whose orientation cannot be read, stay with the
+    largest part, where :func:`read_dicom_series` names the file and the attribute.
+    """
+    out: dict[str, list] = {}
+    for key, members in groups.items():
+        parts: dict[tuple, list] = {}
+        for item in members:
+            parts.setdefault(item[2], []).append(item)
+        # a part whose orientation or matrix cannot be read is a broken slice, not a reconstruction
+        known = sorted((p for p in parts if None not in p[:3]), key=lambda p: (-len(parts[p]), str(p)))
+        if key.startswith("no-uid/") or len(known) <= 1:
+            out[key] = members
+            continue
+        main, separate = known[0], [known[0]]
+        for p in known[1:]:
+            if p[:3] != main[:3] or len(parts[p]) >= MIN_SLICES:
+                separate.append(p)
+        if len(separate) == 1:
+            out[key] = members
+            continue
+        kept = {p: list(parts[p]) for p in separate}
+        for p, items in parts.items():
+            if p not in kept:
+                kept[main] += items
+        for i, p in enumerate(separate, 1):
+            out[f"{key}#{i}"] = kept[p]
+        notes.append(f"series {key} holds {len(separate)} reconstructions or a scout, read as separate series: "
+                     + "; ".join(f"{key}#{i}: {_describe(p, len(kept[p]))}" for i, p in enumerate(separate, 1)))
+    return out
+
+
+def _read_header(path: Path, tags: list[str] | None):
+    """The header of a DICOM file (no pixel data), or None when it is not a readable DICOM file."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, TypeError):
+        return None
 
 
 def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = None,
-                      keep_headers: bool = True) -> list[DicomSeries]:
+                      keep_headers: bool = True, notes: list[str] | None = None) -> list[DicomSeries]:
     """Group the DICOM image files in ``folder`` (recursively) into series.
 
     Files that are not DICOM are skipped. Series are keyed by SeriesInstanceUID;
     slices with an empty UID are grouped by orientation and matrix size.
-    Localisers and secondary captures are left out.
+    Localisers and secondary captures are left out. A UID holding images of
+    more than one geometry (orientation, matrix, pixel spacing or slice
+    thickness: two reconstructions, or a scout without the LOCALIZER type) is
+    split into series keyed ``UID#1``, ``UID#2`` ..., most images first, and a
+    line in ``notes`` says so.
 
     Parameters
     ----------
@@ -288,6 +470,8 @@ def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = N
         False reads only the attributes that group and choose series
         (:data:`_INDEX_TAGS`) and leaves ``DicomSeries.headers`` empty: an index
         of a large tree that does not hold every header in memory.
+    notes : list of str, optional
+        Receives one line per split series.
 
     Returns
     -------
@@ -304,48 +488,71 @@ def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = N
     meta: dict[str, tuple] = {}
     tags = None if keep_headers else list(_INDEX_TAGS)
     unreadable: list[tuple[str, str, object]] = []
-    for f in (map(Path, files) if files is not None else _iter_files(folder)):
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags)
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, TypeError):
+    with quiet_libraries():
+        headers = [(f, _read_header(f, tags)) for f in (map(Path, files) if files is not None else _iter_files(folder))]
+    for f, ds in headers:
+        if ds is None:
             continue
         if "Rows" not in ds or "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
             continue
-        image_type = tuple(str(v).upper() for v in ds.get("ImageType", []))
-        sop_class = str(ds.get("SOPClassUID", ""))
+        image_type = tuple(v.upper() for v in _text(ds, "ImageType").split("\\") if v)
+        sop_class = _text(ds, "SOPClassUID")
         if "LOCALIZER" in image_type or sop_class.startswith(_SECONDARY_CAPTURE_PREFIX):
             continue
         iop = _numbers(ds, "ImageOrientationPatient", 6)
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        uid = _text(ds, "SeriesInstanceUID")
         # without a UID, slices of one series share a study, a folder, a series number, orientation and size
-        base = "no-uid/" + "/".join([str(ds.get("StudyInstanceUID", "")), os.path.dirname(str(f)),
-                                     str(ds.get("SeriesNumber", "")), f"{ds.Rows}x{ds.get('Columns', '')}"])
+        base = "no-uid/" + "/".join([_text(ds, "StudyInstanceUID"), os.path.dirname(str(f)),
+                                     _text(ds, "SeriesNumber"), f"{_text(ds, 'Rows')}x{_text(ds, 'Columns')}"])
         if iop is None:  # kept: read_dicom_series names the file and the attribute if its series is chosen
             if not uid:
                 unreadable.append((base, str(f), ds if keep_headers else None))
                 continue
             iop = np.full(6, np.nan)
-        normal = np.cross(iop[:3], iop[3:])
         key = uid or f"{base}/{np.round(iop, 3).tolist()}"
-        groups.setdefault(key, []).append((str(f), ds if keep_headers else None))
-        if key not in meta:
-            meta[key] = (str(ds.get("Modality", "")), image_type, bool(abs(normal[2]) > np.cos(np.radians(30))),
-                         str(ds.get("SeriesDescription", "")), str(ds.get("StudyInstanceUID", "") or ""))
+        groups.setdefault(key, []).append((str(f), ds if keep_headers else None, _reconstruction(ds, iop),
+                                           _series_meta(ds, image_type, iop)))
     for base, f, ds in unreadable:  # a slice without a usable orientation joins the one series it matches
         matches = [k for k in groups if k.startswith(base + "/")]
         if len(matches) == 1:
-            groups[matches[0]].append((f, ds))
+            groups[matches[0]].append((f, ds, groups[matches[0]][0][2], groups[matches[0]][0][3]))
     if not groups:
         raise InvalidInputError("no DICOM image files found in folder", folder)
-    return [DicomSeries(k, tuple(f for f, _ in v), tuple(d for _, d in v) if keep_headers else (), *meta[k])
+    if notes is None:
+        notes = []
+    groups = _split_reconstructions(groups, notes)
+    for line in notes:
+        log.info(line)
+    return [DicomSeries(k, tuple(m[0] for m in v), tuple(m[1] for m in v) if keep_headers else (),
+                        *next((m[3] for m in v if None not in m[2][:3]), v[0][3]))
             for k, v in groups.items()]
 
 
-def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str | None = None) -> DicomSeries:
+def _series_meta(ds, image_type: tuple[str, ...], iop: np.ndarray) -> tuple:
+    """The per-series fields of :class:`DicomSeries` after ``headers``, read from one slice."""
+    normal = np.cross(iop[:3], iop[3:])
+    return (_text(ds, "Modality"), image_type, bool(abs(normal[2]) > np.cos(np.radians(30))),
+            _text(ds, "SeriesDescription"), _text(ds, "StudyInstanceUID"), _float_or_none(ds, "SliceThickness"),
+            _int_or_none(ds, "SeriesNumber"))
+
+
+def _series_rank(s: DicomSeries) -> tuple:
+    """Sort key of :func:`choose_series`, best last."""
+    thickness = s.slice_thickness_mm if s.slice_thickness_mm is not None else np.inf
+    number = s.series_number if s.series_number is not None else np.inf
+    return (s.axial, s.original_primary, len(s.files), -thickness, -number)
+
+
+def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str | None = None,
+                  notes: list[str] | None = None) -> DicomSeries:
     """Pick the series to analyse.
 
-    Preference: ``series_uid`` when given; else among CT series, axial before
-    non-axial, ORIGINAL/PRIMARY before derived, then the most slices.
+    Preference: ``series_uid`` when given (a key of :func:`scan_dicom_folder`,
+    e.g. ``UID`` or ``UID#2`` for a split series); else among CT series, axial
+    before non-axial, ORIGINAL/PRIMARY before derived, then the most slices.
+    Ties are broken by the thinner slices, then the lower SeriesNumber, then
+    the smaller key, and the tie is said in ``notes`` with the other keys, so
+    the user can pick another one.
 
     Raises
     ------
@@ -356,13 +563,25 @@ def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str
         for s in series:
             if s.key == series_uid:
                 return s
+        base = [s for s in series if s.key == series_uid.split("#")[0] or s.key.split("#")[0] == series_uid]
+        if len(base) == 1:  # UID#k of a split series read from its own files, or a UID split into one part
+            return base[0]
         raise InvalidInputError(f"series {series_uid} not found; available: "
                                 + ", ".join(s.key for s in series), folder)
     ct = [s for s in series if s.modality == "CT"]
     if not ct:
         found = sorted({s.modality or "unknown" for s in series})
         raise InvalidInputError(f"not a CT: no series with Modality CT (found {', '.join(found)})", folder)
-    best = max(ct, key=lambda s: (s.axial, s.original_primary, len(s.files)))
+    ranked = sorted(ct, key=lambda s: (_series_rank(s), [-ord(c) for c in s.key]))
+    best = ranked[-1]
+    tied = [s for s in ranked[:-1] if _series_rank(s)[:3] == _series_rank(best)[:3]]
+    if tied and notes is not None:
+        rank, other = _series_rank(best), _series_rank(tied[-1])
+        rule = ("the thinner slices" if rank[3] != other[3] else "the lower SeriesNumber" if rank[4] != other[4]
+                else "the smaller series UID")
+        notes.append(f"{len(tied) + 1} CT series are alike (plane, ImageType, {len(best.files)} slices): chose "
+                     f"{best.key} by {rule}; to read another give its series UID (--series-uid): "
+                     + ", ".join(s.key for s in reversed(tied)))
     return best
 
 
@@ -382,13 +601,31 @@ def _sorted_slices(series: DicomSeries) -> tuple[list[str], list]:
 PIXEL_SPACING_RANGE_MM = (0.05, 10.0)
 RESCALE_SLOPE_RANGE = (1e-3, 100.0)
 RESCALE_INTERCEPT_RANGE = (-10000.0, 10000.0)
+#: Slice thicknesses (mm) taken from a header; outside, SliceThickness is not used (CT: 0.5-10 mm).
+SLICE_THICKNESS_RANGE_MM = (0.1, 20.0)
+#: Voxel sizes (mm) a volume may have along every axis; outside, the file's geometry is refused.
+VOXEL_SIZE_RANGE_MM = (0.05, 20.0)
 KVP_RANGE = (70.0, 150.0)
+
+
+def _text(ds, name: str) -> str:
+    """Attribute ``name`` as stripped text; ``""`` when missing, empty or not convertible by pydicom."""
+    try:
+        value = ds.get(name, "")
+        if isinstance(value, pydicom.multival.MultiValue):
+            return "\\".join(str(v) for v in value)
+        return str(value if value is not None else "").strip()
+    except Exception:  # noqa: BLE001 - pydicom raises converting a raw value it cannot parse
+        return ""
 
 
 def _numbers(ds, name: str, count: int) -> np.ndarray | None:
     """The ``count`` values of attribute ``name`` as finite floats, or None (missing, empty, not numeric,
     another count, NaN or inf)."""
-    raw = ds.get(name)
+    try:
+        raw = ds.get(name)
+    except Exception:  # noqa: BLE001 - pydicom raises converting a raw value it cannot parse (wrong length)
+        return None
     if raw is None or raw == "":
         return None
     try:
@@ -406,8 +643,8 @@ def _raw_text(ds, name: str) -> str:
     value = ds.get_item(name).value  # the raw element: the bytes as written, even where pydicom cannot parse them
     if value is None or value == "" or value == b"":
         return "empty"
-    if isinstance(value, bytes):
-        value = value.decode("latin-1", "replace").strip()
+    if isinstance(value, bytes):  # printable on one line: control bytes escaped
+        value = value.decode("latin-1").strip().encode("unicode_escape").decode("ascii")
     if isinstance(value, pydicom.multival.MultiValue):
         value = "\\".join(map(str, value))
     return f"'{value}'"
@@ -420,10 +657,15 @@ def check_dicom_header(ds, path: str | Path) -> None:
     Image): ImageOrientationPatient (6 finite numbers, two unit vectors at right
     angles, within 0.05), ImagePositionPatient (3 finite numbers), PixelSpacing
     (2 finite numbers in :data:`PIXEL_SPACING_RANGE_MM`), Rows and Columns
-    (present, positive), PhotometricInterpretation (MONOCHROME1 or MONOCHROME2)
-    and, when present, RescaleSlope and RescaleIntercept (finite, in
-    :data:`RESCALE_SLOPE_RANGE` and :data:`RESCALE_INTERCEPT_RANGE`). A missing or
-    impossible value is never replaced by a default.
+    (1 to :data:`MAX_MATRIX`, and, for an uncompressed transfer syntax, no more
+    pixels than the file holds), PhotometricInterpretation (MONOCHROME1 or MONOCHROME2),
+    when present RescaleSlope and RescaleIntercept (finite, in
+    :data:`RESCALE_SLOPE_RANGE` and :data:`RESCALE_INTERCEPT_RANGE`), the SOP
+    class (one of :data:`CT_STORAGE_CLASSES`; the file meta's when the dataset
+    has none) and the pixel description (SamplesPerPixel 1, BitsAllocated 8, 16
+    or 32, BitsStored at most that, HighBit = BitsStored - 1,
+    PixelRepresentation 0 or 1; PS3.3 C.7.6.3). A missing or impossible value
+    is never replaced by a default.
 
     Parameters
     ----------
@@ -453,19 +695,61 @@ def check_dicom_header(ds, path: str | Path) -> None:
     if spacing is None or np.any(spacing < lo) or np.any(spacing > hi):
         bad("PixelSpacing", f"is not 2 pixel sizes of {lo:g}-{hi:g} mm (no default is assumed)")
     for name in ("Rows", "Columns"):
-        try:
-            ok = int(ds.get(name) or 0) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            bad(name, "is not a positive number of pixels")
-    if str(ds.get("PhotometricInterpretation", "")).strip().upper() not in ("MONOCHROME1", "MONOCHROME2"):
+        if not 0 < (_int_or_none(ds, name) or 0) <= MAX_MATRIX:
+            bad(name, f"is not a number of pixels of 1 to {MAX_MATRIX}")
+    if _text(ds, "PhotometricInterpretation").upper() not in ("MONOCHROME1", "MONOCHROME2"):
         bad("PhotometricInterpretation", "is not MONOCHROME1 or MONOCHROME2 (a CT image is greyscale)")
     for name, (lo, hi) in (("RescaleSlope", RESCALE_SLOPE_RANGE), ("RescaleIntercept", RESCALE_INTERCEPT_RANGE)):
         if name in ds:
             value = _numbers(ds, name, 1)
             if value is None or not lo <= value[0] <= hi:
                 bad(name, f"is not a number of {lo:g} to {hi:g}")
+    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", {}), "MediaStorageSOPClassUID")
+    if sop_class not in CT_STORAGE_CLASSES:
+        # GDCM reads the geometry and rescale of the CT classes only: another class gets a 1 mm pixel silently
+        bad("SOPClassUID", f"is not CT Image Storage ({CT_STORAGE_CLASSES[0]})")
+    pixel = {name: _int_or_none(ds, name) for name in ("SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",
+                                                        "PixelRepresentation")}
+    if pixel["SamplesPerPixel"] != 1:
+        bad("SamplesPerPixel", "is not 1 (a CT image has one sample per pixel)")
+    if pixel["BitsAllocated"] not in (8, 16, 32):
+        bad("BitsAllocated", "is not 8, 16 or 32")
+    if pixel["BitsStored"] is None or not 1 <= pixel["BitsStored"] <= pixel["BitsAllocated"]:
+        bad("BitsStored", f"is not 1 to BitsAllocated ({pixel['BitsAllocated']})")
+    if pixel["HighBit"] != pixel["BitsStored"] - 1:
+        bad("HighBit", f"is not BitsStored - 1 ({pixel['BitsStored'] - 1}; DICOM PS3.5 8.1.1)")
+    if pixel["PixelRepresentation"] not in (0, 1):
+        bad("PixelRepresentation", "is not 0 (unsigned) or 1 (two's complement)")
+    if "PixelPaddingValue" in ds and _int_or_none(ds, "PixelPaddingValue") is None:
+        bad("PixelPaddingValue", "is not one integer")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_compressed:
+        need = _int_or_none(ds, "Rows") * _int_or_none(ds, "Columns") * pixel["BitsAllocated"] // 8
+        if os.path.getsize(path) < need:
+            raise InvalidInputError(f"Rows x Columns ({_int_or_none(ds, 'Rows')} x {_int_or_none(ds, 'Columns')}) "
+                                    f"need {need} bytes of pixel data, the file holds {os.path.getsize(path)} in all",
+                                    path)
+
+
+#: Largest Rows or Columns of a CT slice taken (CT matrices are 512 to 2048).
+MAX_MATRIX = 8192
+#: SOP class of the single-frame CT images ctbmd reads (DICOM PS3.4 B.5, CT Image Storage).
+CT_STORAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2",)
+
+
+def _int_or_none(ds, name: str) -> int | None:
+    """An integer attribute (US, SS, IS) as an int; None when missing, empty, not one integer or unreadable."""
+    try:
+        value = ds.get(name)
+    except Exception:  # noqa: BLE001 - pydicom raises on a raw value it cannot convert
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    try:
+        text = str(value).strip()
+        return int(text) if text.lstrip("-").isdigit() else None
+    except (TypeError, ValueError):
+        return None
 
 
 def header_kvp(ds, path: str | Path) -> tuple[float | None, str | None]:
@@ -541,6 +825,41 @@ def check_slice_geometry(positions: np.ndarray, iop: np.ndarray, source: str | P
     return warnings
 
 
+def _check_reader_geometry(image: sitk.Image, first, positions: np.ndarray, source: str | Path) -> None:
+    """The pixel size, first position and slice step that ITK (GDCM) read must be the header's.
+
+    GDCM takes geometry from attributes of its own choosing (for a SOP class it
+    does not know, a 1 mm pixel); checked here against the validated header, so
+    any disagreement stops the read instead of scaling the scan silently.
+    """
+    spacing = _numbers(first, "PixelSpacing", 2)  # row spacing (between rows, along y), column spacing
+    step = float(np.median(np.linalg.norm(np.diff(positions, axis=0), axis=1))) if len(positions) > 1 else None
+    expected = [spacing[1], spacing[0]] + ([step] if step is not None else [])
+    got = list(image.GetSpacing())[:len(expected)]
+    origin = np.asarray(image.GetOrigin())
+    if not np.allclose(got, expected, rtol=1e-3, atol=1e-3) or not np.allclose(origin, positions[0], atol=0.01):
+        raise InvalidInputError(
+            f"the DICOM reader read voxels of {' x '.join(f'{v:g}' for v in got)} mm at {np.round(origin, 2).tolist()} "
+            f"where the headers say {' x '.join(f'{v:g}' for v in expected)} mm at {np.round(positions[0], 2).tolist()}; "
+            "the series' geometry attributes disagree with each other", source)
+
+
+def _check_alike(series: DicomSeries) -> None:
+    """Every slice of ``series`` has the first slice's matrix and pixel spacing (ITK reads the volume with the
+    first slice's), else :class:`InvalidInputError` naming the first file that differs and the attribute."""
+    first = series.headers[0]
+    ref = (int(first.Rows), int(first.Columns), _numbers(first, "PixelSpacing", 2))
+    for f, h in zip(series.files[1:], series.headers[1:]):
+        for name, a, b in (("Rows", ref[0], int(h.Rows)), ("Columns", ref[1], int(h.Columns))):
+            if a != b:
+                raise InvalidInputError(f"{name} {b} differs from the series' first slice ({a}): one series must "
+                                        "have one matrix", f)
+        spacing = _numbers(h, "PixelSpacing", 2)
+        if np.any(np.abs(spacing - ref[2]) > 1e-3 * ref[2]):
+            raise InvalidInputError(f"PixelSpacing {_raw_text(h, 'PixelSpacing')} differs from the series' first "
+                                    f"slice ({ref[2][0]:g}\\{ref[2][1]:g}): one series must have one pixel size", f)
+
+
 def read_dicom_series(folder: str | Path, series_uid: str | None = None,
                       files: Sequence[str | Path] | None = None) -> tuple[sitk.Image, ScanInfo]:
     """Read one CT series from a DICOM folder (or from ``files``, see :func:`scan_dicom_folder`).
@@ -559,9 +878,9 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
         :func:`check_slice_geometry`) or undecodable pixel data.
     """
     folder = Path(folder)
-    series = scan_dicom_folder(folder, files)
-    chosen = choose_series(series, folder, series_uid)
-    notes = []
+    notes: list[str] = []
+    series = scan_dicom_folder(folder, files, notes=notes)
+    chosen = choose_series(series, folder, series_uid, notes)
     if len(series) > 1:
         notes.append(f"{len(series)} series in folder; chose {chosen.key} ({chosen.description or 'no description'}, "
                      f"{len(chosen.files)} slices, {'/'.join(chosen.image_type[:2]) or 'no ImageType'})")
@@ -570,6 +889,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
         raise InvalidInputError(f"not a CT: series Modality is {chosen.modality or 'missing'}", folder)
     for f, h in zip(chosen.files, chosen.headers):
         check_dicom_header(h, f)
+    _check_alike(chosen)
     files, headers = _sorted_slices(chosen)
     first = headers[0]
     iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
@@ -579,11 +899,12 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        image = reader.Execute()
+        with quiet_libraries():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InvalidInputError(f"cannot decode DICOM pixel data ({str(exc).strip().splitlines()[-1][:120]})",
                                 folder) from None
-    padding = first.get("PixelPaddingValue")
+    padding = _int_or_none(first, "PixelPaddingValue")
     if padding is not None:
         slope = float(first.get("RescaleSlope", 1.0))
         intercept = float(first.get("RescaleIntercept", 0.0))
@@ -593,16 +914,19 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
             image = sitk.Mask(image, sitk.Cast(image != pad_hu, sitk.sitkUInt8), outsideValue=AIR_HU)
 
     def attr(name):
-        v = first.get(name)
-        if v is None or v == "":
-            return None
-        if isinstance(v, pydicom.multival.MultiValue):
-            return "\\".join(str(x) for x in v)
-        return v
+        return _text(first, name) or None
 
     kvp, kvp_note = header_kvp(first, files[0])
     if kvp_note:
         notes.append(kvp_note)
+    thickness = _float_or_none(first, "SliceThickness")
+    if "SliceThickness" in first and (thickness is None or not SLICE_THICKNESS_RANGE_MM[0] <= thickness
+                                      <= SLICE_THICKNESS_RANGE_MM[1]):
+        notes.append(f"SliceThickness {_raw_text(first, 'SliceThickness')} in {Path(files[0]).name} is not a "
+                     f"thickness of {SLICE_THICKNESS_RANGE_MM[0]:g}-{SLICE_THICKNESS_RANGE_MM[1]:g} mm: not used "
+                     "(the slice spacing stands for it)")
+        thickness = None
+    _check_reader_geometry(image, first, positions, folder)
     info = ScanInfo(
         path=str(folder), format="dicom", input_grid=_grid_of(image),
         series_uid=str(first.get("SeriesInstanceUID", "") or chosen.key),
@@ -611,8 +935,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None,
         convolution_kernel=str(attr("ConvolutionKernel")) if attr("ConvolutionKernel") is not None else None,
         manufacturer=str(attr("Manufacturer")) if attr("Manufacturer") is not None else None,
         patient_id=str(attr("PatientID")) if attr("PatientID") is not None else None,
-        slice_thickness_mm=float(attr("SliceThickness")) if attr("SliceThickness") is not None else None,
-        notes=tuple(notes), source_files=tuple(files),
+        slice_thickness_mm=thickness, notes=tuple(notes), source_files=tuple(files),
     )
     return image, info
 
@@ -640,13 +963,18 @@ def validate_ct(hu: np.ndarray, grid: Grid, source: str | Path) -> list[str]:
     Raises
     ------
     InvalidInputError
-        Not 3-D; fewer than :data:`MIN_SLICES` slices or less than
+        Not 3-D; a voxel size outside :data:`VOXEL_SIZE_RANGE_MM`; fewer than :data:`MIN_SLICES` slices or less than
         :data:`MIN_Z_EXTENT_MM` of cranio-caudal coverage; a NaN or infinite
         voxel; a constant image; no voxel below -500 HU (no air, so not CT in HU).
     """
     warnings = []
     if hu.ndim != 3:
         raise InvalidInputError(f"expected a 3-D volume, got {hu.ndim} dimensions", source)
+    lo, hi = VOXEL_SIZE_RANGE_MM
+    for axis, size in zip("LPS", grid.spacing_mm):
+        if not (np.isfinite(size) and lo <= size <= hi):
+            raise InvalidInputError(f"voxel size {size:g} mm along {axis} is not {lo:g}-{hi:g} mm: the header's "
+                                    "geometry is broken (pixdim, sform/qform or PixelSpacing)", source)
     nz = hu.shape[2]
     extent = nz * grid.spacing_mm[2]
     if nz < MIN_SLICES or extent < MIN_Z_EXTENT_MM:
@@ -697,7 +1025,11 @@ def read_ct(path: str | Path, series_uid: str | None = None,
         Missing path, unknown format, unreadable or corrupt file, not CT,
         too few slices, slice gaps, gantry tilt, constant image.
     """
-    path = Path(path)
+    with quiet_libraries():
+        return _read_ct(Path(path), series_uid, files)
+
+
+def _read_ct(path: Path, series_uid: str | None, files: Sequence[str | Path] | None) -> tuple[CTVolume, list[str]]:
     if not path.exists():
         raise InvalidInputError("no such file or folder", path)
     if path.is_dir():
@@ -710,7 +1042,7 @@ def read_ct(path: str | Path, series_uid: str | None = None,
             except (InvalidDicomError, OSError, ValueError):
                 raise InvalidInputError(
                     "unknown format: expected .nii, .nii.gz, .nrrd, .mha or a DICOM folder", path) from None
-            return read_ct(path.parent, series_uid)
+            return _read_ct(path.parent, series_uid, None)
         image = _read_volume_file(path)
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise InvalidInputError(f"expected a scalar 3-D volume, got {image.GetDimension()}-D with "

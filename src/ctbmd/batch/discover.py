@@ -146,8 +146,9 @@ def _series_jobs(folder: Path, jobs: list, failures: list, notes: list, phi: dic
         studies.setdefault(key, []).append(s)
     for members in studies.values():
         root = os.path.commonpath([os.path.dirname(f) for s in members for f in s.files])
+        tie: list[str] = []
         try:
-            chosen = choose_series(members, root)
+            chosen = choose_series(members, root, notes=tie)
         except InvalidInputError as exc:
             uids = ";".join(sorted(s.key for s in members))
             failures.append(_failure(root, exc.reason, uids))
@@ -160,6 +161,7 @@ def _series_jobs(folder: Path, jobs: list, failures: list, notes: list, phi: dic
         if len(members) > 1:
             others = ", ".join(f"{s.key} ({s.modality or '?'}, {len(s.files)} files)" for s in members if s is not chosen)
             notes.append(f"{job.scan_id}: chose series {chosen.key} ({len(chosen.files)} slices) over {others}")
+        notes += [f"{job.scan_id}: {line}" for line in tie]
     return True
 
 

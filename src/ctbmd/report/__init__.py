@@ -34,12 +34,28 @@ OUTPUT_FILES = ("result.json", "levels.csv", "vertebrae.nii.gz", "roi.nii.gz", "
 PLOTTING_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
-CSV_FIELDS = ["level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular_hu_sd", "bmd_mg_cm3",
-              "bmd_ci95_low_mg_cm3", "bmd_ci95_high_mg_cm3", "bmd_from_median_mg_cm3", "bmd_caha_mg_cm3", "roi_voxels", "roi_volume_mm3", "centroid_lps_mm", "flags", "used_for_patient"]
+#: ``levels.csv`` columns (a model's value per level follows with ``--model``). ``scan`` is the scan's name
+#: in the report's title (:func:`ctbmd.report.html.scan_title`: the input's last two path parts, or
+#: ``de-identified scan``); ``patient_id`` the DICOM PatientID, empty when de-identified or unknown. The
+#: centroid is in LPS mm (DICOM patient coordinates: x to the patient's left, y posterior, z superior), as
+#: ``centroid_lps_mm`` in ``result.json`` and the ``centroid_*_mm`` columns of a batch's ``cohort.csv``.
+CSV_FIELDS = ["scan", "patient_id", "level", "trabecular_hu_median", "trabecular_hu_mean", "trabecular_hu_sd",
+              "bmd_mg_cm3", "bmd_ci95_low_mg_cm3", "bmd_ci95_high_mg_cm3", "bmd_from_median_mg_cm3",
+              "bmd_caha_mg_cm3", "roi_voxels", "roi_volume_mm3", "centroid_l_mm", "centroid_p_mm", "centroid_s_mm",
+              "flags", "used_for_patient"]
 
 
 def levels_csv(result: dict) -> str:
-    """``levels.csv`` text: one row per level, :data:`CSV_FIELDS` columns."""
+    """``levels.csv`` text: one row per level, :data:`CSV_FIELDS` columns.
+
+    ``result`` is the ``result.json`` content as written: for a de-identified run
+    (:func:`deidentified_dict`) the ``scan`` column reads ``de-identified scan`` and ``patient_id`` is empty.
+    """
+    from ctbmd.report.html import scan_title
+
+    inp = result["input"]
+    deidentified = bool(inp.get("deidentified"))
+    scan = scan_title(inp.get("path") or "", deidentified)
     buf = _io.StringIO()
     fields = CSV_FIELDS + ([model_value_key(result["model"]["target"])] if "model" in result else [])
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -47,8 +63,12 @@ def levels_csv(result: dict) -> str:
     for lv in result["levels"]:
         ci = lv.get("bmd_ci95_mg_cm3") or [None, None]
         row = {k: lv.get(k) for k in fields}
+        row["scan"] = scan
+        row["patient_id"] = None if deidentified else inp.get("patient_id")
         row["bmd_ci95_low_mg_cm3"], row["bmd_ci95_high_mg_cm3"] = ci
-        row["centroid_lps_mm"] = " ".join(f"{c:.1f}" for c in lv["centroid_lps_mm"])
+        centroid = lv.get("centroid_lps_mm") or [None, None, None]
+        row["centroid_l_mm"], row["centroid_p_mm"], row["centroid_s_mm"] = (
+            None if c is None else round(float(c), 1) for c in centroid)
         row["flags"] = ";".join(lv["flags"])
         w.writerow(row)
     return buf.getvalue()
