@@ -259,18 +259,26 @@ def test_a_header_flipped_head_to_foot_is_refused_with_the_reason(tmp_path):
 
 def test_the_chest_ct_flipped_head_to_foot_is_refused_and_upright_passes():
     """LIDC-IDRI-0001 (C6 to L3, lungs from apex to base): upright it passes; upside down (its 55 mm of upper
-    abdomen now above the lung apices) it is refused. The example (lung bases at the top) passes upright."""
+    abdomen now above the lung apices) it is refused. The example (lung bases at the top) passes upright, and
+    so does a scan of the neck and chest cut at the lung bases."""
     from dataclasses import replace
 
     from ctbmd.errors import InvalidInputError
     from ctbmd.io import read_ct
-    from ctbmd.segment.orientation import check_superior_inferior
+    from ctbmd.segment.orientation import check_superior_inferior, lung_mask
 
     ct, _ = read_ct(DATA / "lidc_idri_0001_chest" / "dicom")
     check_superior_inferior(ct)
     with pytest.raises(InvalidInputError, match="superior/inferior axis looks flipped"):
         check_superior_inferior(replace(ct, hu=np.ascontiguousarray(ct.hu[:, :, ::-1])))
     check_superior_inferior(read_ct(EXAMPLE / "ct.nii.gz")[0])
+    # a neck-and-chest scan that ends at the lung bases: lungs at the inferior edge, and 60 mm of shoulders
+    # (its top slice repeated, 0.82 of the chest's cross-section) above them; the trachea says neck
+    lungs, _ = lung_mask(ct.hu, ct.spacing_mm)
+    bases = int(np.flatnonzero(lungs.any(axis=(0, 1)))[0])
+    upper = ct.hu[:, :, bases:]
+    neck = np.concatenate([upper, np.repeat(upper[:, :, -1:], 24, axis=2)], axis=2)
+    check_superior_inferior(replace(ct, hu=np.ascontiguousarray(neck)))
 
 
 def test_a_header_flipped_left_right_changes_no_level_and_no_bmd(tmp_path):
@@ -316,3 +324,28 @@ def test_nan_in_the_air_outside_the_body_is_refused(tmp_path):
     out = tmp_path / "out"
     rc, _, se = run_cli("run", tmp_path / "nan.nii.gz", "--out", out)
     assert_clean_failure(rc, se, out, EXIT_INVALID_INPUT, f"{10 * 10 * hu.shape[2]} of {hu.size} voxels are NaN")
+
+
+def test_lung_like_gas_on_one_side_at_the_inferior_edge_is_no_verdict():
+    """Colon gas mixed with stool can read like lung (about -800 HU), posterior and beside the spine, at the
+    inferior edge of an abdominal scan. On one side only it is not taken for the lung bases of a flipped
+    scan; painted on both sides it is (the check's rule, stated here as plain data)."""
+    from dataclasses import replace
+
+    from ctbmd.errors import InvalidInputError
+    from ctbmd.io import read_ct
+    from ctbmd.segment.orientation import check_superior_inferior
+
+    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    pelvis = np.ascontiguousarray(ct.hu[:, :, :40])  # the lower 120 mm: no lung
+    grid = ct.grid
+    ys = np.nonzero((pelvis > -400).any(axis=(0, 2)))[0]
+    xs = np.nonzero((pelvis > -400).any(axis=(1, 2)))[0]
+    cx, y = (xs[0] + xs[-1]) // 2, ys[0] + int(0.7 * (ys[-1] - ys[0]))  # posterior part of the trunk
+    gas = pelvis.copy()
+    gas[cx + 12: cx + 24, y - 6: y + 6, :8] = -800.0  # 36-72 mm to the patient's left, 24 mm high: 31 ml
+    check_superior_inferior(replace(ct, hu=gas, grid=grid))
+    both = gas.copy()
+    both[cx - 24: cx - 12, y - 6: y + 6, :8] = -800.0
+    with pytest.raises(InvalidInputError, match="superior/inferior axis looks flipped"):
+        check_superior_inferior(replace(ct, hu=both, grid=grid))

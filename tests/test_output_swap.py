@@ -156,3 +156,44 @@ def test_an_earlier_result_is_replaced_whole_and_said(tmp_path, small_phantom):
     assert rc == 0 and "an earlier result there was replaced whole" in so
     assert oct(out.stat().st_mode & 0o777) == mode == oct(0o777 & ~__import__("ctbmd.io").io._UMASK)
     assert json.loads((out / "result.json").read_text())["calibration"]["kvp"] == 100
+
+
+def test_a_symlinked_out_replaces_its_target_and_keeps_the_link(tmp_path, small_phantom):
+    """The folder a symlink names is replaced, not the link (which once became a folder of its own while the
+    target kept the earlier result); ``--out .`` is the current folder by its name."""
+    real = tmp_path / "real"
+    link = tmp_path / "link"
+    assert run_cli("run", small_phantom, "--out", real, "--quiet")[0] == 0
+    link.symlink_to(real, target_is_directory=True)
+    rc, _, se = run_cli("run", small_phantom, "--out", link, "--quiet", "--kvp", "100")
+    assert rc == 0, se
+    assert link.is_symlink() and json.loads((real / "result.json").read_text())["calibration"]["kvp"] == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".real.ctbmd-lock", "link", "real"]
+    here = tmp_path / "here"
+    here.mkdir()
+    rc, _, se = run_cli("run", small_phantom, "--out", ".", "--quiet", cwd=here)
+    assert rc == 0, se
+    assert (here / "result.json").exists() and (tmp_path / ".here.ctbmd-lock").exists()
+
+
+def test_a_closed_stderr_does_not_break_a_run(tmp_path, small_phantom):
+    """``ctbmd run ... 2>&-`` (a cron job): Python's sys.stderr is None; the readers' quieting must cope."""
+    proc = subprocess.run([sys.executable, "-c", "from ctbmd.cli import main; main()", "run", str(small_phantom),
+                           "--out", str(tmp_path / "out"), "--quiet"], stdout=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: os.close(2))
+    assert proc.returncode == 0 and "levels:" in proc.stdout
+
+
+def test_the_cleanup_matches_the_out_name_literally(tmp_path):
+    """An output folder named like a glob pattern (``p[12]``) must not clean up or restore ``p1``'s or ``p2``'s
+    leftovers."""
+    from ctbmd import io as ctio
+
+    other = tmp_path / ".p1.ctbmd-staging-abc"
+    other.mkdir()
+    aside = tmp_path / ".p2.ctbmd-old-999"
+    aside.mkdir()
+    out = tmp_path / "p[12]"
+    with ctio.output_lock(out):
+        assert ctio.clean_stale(out) == []
+    assert other.exists() and aside.exists() and not out.exists()

@@ -111,3 +111,38 @@ def test_a_batch_reads_a_split_series_from_its_own_files(tmp_path):
     assert chosen.key.startswith(UID_A + "#")
     ct, _ = read_ct(folder, chosen.key, files=chosen.files)
     assert ct.hu.shape[2] == 20 and np.isclose(ct.info.slice_thickness_mm, chosen.slice_thickness_mm)
+
+
+def test_the_plain_uid_of_a_split_series_reads_its_best_part(tmp_path):
+    """A PACS or a manifest names the plain UID: of a UID split into a series and a scout, the axial series is
+    read, not "not found"."""
+    folder = tmp_path / "study"
+    _copy(folder, "a", _set(SeriesInstanceUID=UID_A))
+    scout = pydicom.dcmread(folder / "a10.dcm")
+    scout.SOPInstanceUID = UID_A + ".99"
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.save_as(folder / "scout.dcm")
+    ct, _ = read_ct(folder, UID_A)
+    assert ct.hu.shape[2] == 20
+
+
+@pytest.mark.parametrize("syntax", ["", "1.2.3.4", "1.2.840.10008.1.2.1.99"])
+def test_an_empty_private_or_deflated_transfer_syntax_is_no_internal_error(tmp_path, syntax):
+    """The file-size check applies to the three native syntaxes only: an empty or unknown TransferSyntaxUID
+    crashed it (exit 5), and deflated files (smaller than their pixels) were refused."""
+    from ctbmd.errors import CtbmdError
+
+    folder = tmp_path / "study"
+
+    def change(ds, i):
+        ds.SeriesInstanceUID = UID_A
+        ds.file_meta.TransferSyntaxUID = syntax
+
+    try:
+        _copy(folder, "a", change)
+    except Exception:  # noqa: BLE001 - pydicom will not write this syntax: nothing to read
+        pytest.skip(f"pydicom cannot write transfer syntax {syntax!r}")
+    try:
+        read_ct(folder)
+    except CtbmdError as exc:
+        assert "\n" not in exc.one_line()

@@ -138,7 +138,7 @@ def run(source: str | Path | CTVolume, out_dir: str | Path, *, deidentify: bool 
     from ctbmd.report import DICOM_FILES, OUTPUT_FILES, write_outputs
 
     # before the analysis: an unwritable --out, or one holding other files, fails in a second, not after it
-    check_output_dir(out_dir, OUTPUT_FILES + DICOM_FILES)
+    out_dir = check_output_dir(out_dir, OUTPUT_FILES + DICOM_FILES)  # absolute, a symlink resolved
     with output_lock(out_dir):
         for line in clean_stale(out_dir):
             log.warning("%s", line)

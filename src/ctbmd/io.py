@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
+import glob
 import gzip
 import logging
 import os
@@ -61,15 +61,25 @@ sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 
 @contextlib.contextmanager
-def quiet_libraries():
+def quiet_libraries(native: bool = True):
     """Keep what the readers print (niftilib's C messages, ITK, nibabel's logger, pydicom's warnings) off
     stderr, and put it in ctbmd's log at debug level (shown by ``--debug``).
 
-    The C libraries write to file descriptor 2 itself, so in the main thread it
-    is pointed at a temporary file for the duration (a spinner drawn by another
-    thread in that time is moved to the log with it). In other threads (a batch
-    worker's task) file descriptors are left alone, since they are shared by
-    the whole process.
+    The C libraries write to file descriptor 2 itself, so with ``native`` (in
+    the main thread only) it is pointed at a temporary file for the duration: a
+    spinner drawn by another thread in that time is moved to the log with it,
+    so keep such blocks to the C calls. In other threads (a batch worker's
+    task) file descriptors are left alone, since the whole process shares them.
+
+    Parameters
+    ----------
+    native : bool
+        Also capture file descriptor 2 (C libraries), not only Python warnings
+        and nibabel's logger.
+
+    Yields
+    ------
+    None
     """
     import threading
     import warnings
@@ -80,13 +90,19 @@ def quiet_libraries():
     with tempfile.TemporaryFile() as sink, warnings.catch_warnings(record=True) as caught, \
             LoggingOutputSuppressor():
         warnings.simplefilter("always")
-        if threading.current_thread() is threading.main_thread():
+        if native and threading.current_thread() is threading.main_thread():
             try:
-                sys.stderr.flush()
+                if sys.stderr is not None:
+                    sys.stderr.flush()
                 saved = os.dup(2)
-                os.dup2(sink.fileno(), 2)
             except (OSError, ValueError):
                 saved = None
+            if saved is not None:
+                try:
+                    os.dup2(sink.fileno(), 2)
+                except OSError:
+                    os.close(saved)
+                    saved = None
         try:
             yield
         finally:
@@ -488,7 +504,7 @@ def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = N
     meta: dict[str, tuple] = {}
     tags = None if keep_headers else list(_INDEX_TAGS)
     unreadable: list[tuple[str, str, object]] = []
-    with quiet_libraries():
+    with quiet_libraries(native=False):
         headers = [(f, _read_header(f, tags)) for f in (map(Path, files) if files is not None else _iter_files(folder))]
     for f, ds in headers:
         if ds is None:
@@ -548,11 +564,27 @@ def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str
     """Pick the series to analyse.
 
     Preference: ``series_uid`` when given (a key of :func:`scan_dicom_folder`,
-    e.g. ``UID`` or ``UID#2`` for a split series); else among CT series, axial
+    e.g. ``UID`` or ``UID#2`` for a split series; the plain UID of a split
+    series picks among its parts by the rule below); else among CT series, axial
     before non-axial, ORIGINAL/PRIMARY before derived, then the most slices.
     Ties are broken by the thinner slices, then the lower SeriesNumber, then
     the smaller key, and the tie is said in ``notes`` with the other keys, so
     the user can pick another one.
+
+    Parameters
+    ----------
+    series : list of DicomSeries
+        The candidates (:func:`scan_dicom_folder`).
+    folder : str or Path
+        Named in errors.
+    series_uid : str, optional
+        The series asked for.
+    notes : list of str, optional
+        Receives the tie line.
+
+    Returns
+    -------
+    DicomSeries
 
     Raises
     ------
@@ -563,9 +595,13 @@ def choose_series(series: list[DicomSeries], folder: str | Path, series_uid: str
         for s in series:
             if s.key == series_uid:
                 return s
-        base = [s for s in series if s.key == series_uid.split("#")[0] or s.key.split("#")[0] == series_uid]
-        if len(base) == 1:  # UID#k of a split series read from its own files, or a UID split into one part
-            return base[0]
+        if "#" in series_uid:  # UID#k of a split series, read from that part's own files (a batch)
+            base = [s for s in series if s.key == series_uid.split("#")[0]]
+            if len(base) == 1:
+                return base[0]
+        parts = [s for s in series if s.key.split("#")[0] == series_uid]
+        if parts:  # the plain UID of a split series (a PACS or a manifest names it so): its best part
+            return choose_series(parts, folder, None, notes)
         raise InvalidInputError(f"series {series_uid} not found; available: "
                                 + ", ".join(s.key for s in series), folder)
     ct = [s for s in series if s.modality == "CT"]
@@ -722,8 +758,8 @@ def check_dicom_header(ds, path: str | Path) -> None:
         bad("PixelRepresentation", "is not 0 (unsigned) or 1 (two's complement)")
     if "PixelPaddingValue" in ds and _int_or_none(ds, "PixelPaddingValue") is None:
         bad("PixelPaddingValue", "is not one integer")
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and not syntax.is_compressed:
+    syntax = _text(getattr(ds, "file_meta", {}), "TransferSyntaxUID")
+    if syntax in NATIVE_TRANSFER_SYNTAXES:  # uncompressed: the file must hold every pixel
         need = _int_or_none(ds, "Rows") * _int_or_none(ds, "Columns") * pixel["BitsAllocated"] // 8
         if os.path.getsize(path) < need:
             raise InvalidInputError(f"Rows x Columns ({_int_or_none(ds, 'Rows')} x {_int_or_none(ds, 'Columns')}) "
@@ -731,6 +767,9 @@ def check_dicom_header(ds, path: str | Path) -> None:
                                     path)
 
 
+#: Transfer syntaxes whose pixel data is stored uncompressed (DICOM PS3.5 A.1-A.3): implicit and explicit VR
+#: little endian, explicit VR big endian (deflate compresses the whole dataset, so it is not among them).
+NATIVE_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 #: Largest Rows or Columns of a CT slice taken (CT matrices are 512 to 2048).
 MAX_MATRIX = 8192
 #: SOP class of the single-frame CT images ctbmd reads (DICOM PS3.4 B.5, CT Image Storage).
@@ -833,7 +872,8 @@ def _check_reader_geometry(image: sitk.Image, first, positions: np.ndarray, sour
     any disagreement stops the read instead of scaling the scan silently.
     """
     spacing = _numbers(first, "PixelSpacing", 2)  # row spacing (between rows, along y), column spacing
-    step = float(np.median(np.linalg.norm(np.diff(positions, axis=0), axis=1))) if len(positions) > 1 else None
+    # ITK's slice spacing is the mean step from the first to the last slice, not the median
+    step = float(np.linalg.norm(positions[-1] - positions[0]) / (len(positions) - 1)) if len(positions) > 1 else None
     expected = [spacing[1], spacing[0]] + ([step] if step is not None else [])
     got = list(image.GetSpacing())[:len(expected)]
     origin = np.asarray(image.GetOrigin())
@@ -1025,7 +1065,7 @@ def read_ct(path: str | Path, series_uid: str | None = None,
         Missing path, unknown format, unreadable or corrupt file, not CT,
         too few slices, slice gaps, gantry tilt, constant image.
     """
-    with quiet_libraries():
+    with quiet_libraries(native=False):  # pydicom's warnings; the C readers are quietened where they are called
         return _read_ct(Path(path), series_uid, files)
 
 
@@ -1167,21 +1207,30 @@ def check_output_dir(path: str | Path, result_files: Sequence[str] = ()) -> Path
     Returns
     -------
     Path
-        ``path``.
+        ``path`` made absolute with symlinks resolved (``os.path.realpath``):
+        the folder a run replaces. Use it for :func:`output_lock` and
+        :func:`ctbmd.report.write_outputs`.
 
     Raises
     ------
     UsageError
         ``path`` is a file, lies under a file, or it or its nearest existing
-        parent cannot be written; or it holds files that are not an earlier
+        parent cannot be written; it is the root folder or a mount point (a
+        rename cannot replace it); or it holds files that are not an earlier
         result, which replacing it would delete (exit 2), with the reason.
     """
-    path = Path(path)
+    given = path
+    path = Path(os.path.realpath(path))  # a symlink's target, "." and ".." by name: the folder that is replaced
+    if path.parent == path:
+        raise UsageError("is the root folder: give a folder to hold the result", given)
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
+    if probe == path and path.is_dir() and (os.path.ismount(path) or path.stat().st_dev != path.parent.stat().st_dev):
+        raise UsageError("is a mount point: a run replaces its output folder whole by renaming a new one into its "
+                         "place, which a mount point cannot take; give a folder inside it", given)
     if probe.exists() and not probe.is_dir():
         raise UsageError("is a file, not a folder" if probe == path else f"lies under {probe}, which is a file",
                          path)
@@ -1207,11 +1256,24 @@ def output_lock(path: str | Path):
     released when the block ends or the process dies (also by SIGKILL). The
     lock file itself stays (removing it would race with a waiting run).
 
+    Parameters
+    ----------
+    path : str or Path
+        The output folder (resolved, :func:`check_output_dir`); its parent is
+        created when missing.
+
+    Yields
+    ------
+    Path
+        ``path``.
+
     Raises
     ------
     UsageError
         Another run holds the lock (exit 2).
     """
+    import fcntl  # POSIX only: imported here, so that reading and analysing work elsewhere too
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}{LOCK_INFIX}"
@@ -1231,6 +1293,16 @@ def staging_dir(path: str | Path) -> Path:
     """Make the hidden staging folder for output folder ``path``, beside it (same file system).
 
     Its mode follows the umask (0755 under umask 022), since it becomes ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output folder.
+
+    Returns
+    -------
+    Path
+        ``<parent>/.<name>.ctbmd-staging-XXXX``, created empty.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1247,6 +1319,12 @@ def clean_stale(path: str | Path) -> list[str]:
     and put back as ``path`` when it does not (a run killed between the two
     renames of :func:`replace_dir`'s fallback).
 
+    Parameters
+    ----------
+    path : str or Path
+        The output folder (resolved). Its name is matched literally, not as a
+        glob pattern.
+
     Returns
     -------
     list of str
@@ -1256,15 +1334,18 @@ def clean_stale(path: str | Path) -> list[str]:
     done = []
     if not path.parent.is_dir():
         return done
-    for leftover in sorted(path.parent.glob(f".{path.name}{OLD_INFIX}*")):
+    for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}{OLD_INFIX}*")):
         if not path.exists():
             os.rename(leftover, path)
             done.append(f"restored the earlier result {path} from {leftover.name} (an interrupted run)")
         else:
             shutil.rmtree(leftover, ignore_errors=True)
             done.append(f"removed {leftover.name} (an interrupted run)")
-    for leftover in sorted(path.parent.glob(f".{path.name}{STAGING_INFIX}*")):
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}{STAGING_INFIX}*")):
+        if leftover.is_symlink():
+            leftover.unlink()
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
         done.append(f"removed {leftover.name} (an interrupted run)")
     return done
 
@@ -1299,6 +1380,13 @@ def replace_dir(staging: str | Path, path: str | Path) -> None:
     earlier folder is first renamed to ``.<name>.ctbmd-old-*``; a kill between
     the two renames leaves ``path`` missing and the earlier result whole there,
     which :func:`clean_stale` puts back on the next run.
+
+    Parameters
+    ----------
+    staging : str or Path
+        The complete new folder, on the same file system as ``path``.
+    path : str or Path
+        The output folder to replace (resolved; not a mount point).
 
     Raises
     ------

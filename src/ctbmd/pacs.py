@@ -273,7 +273,8 @@ def pull_analyse_push(url: str, series_uid: str, out_dir: str | Path, *, push: b
     Raises
     ------
     UsageError
-        ``push`` with ``deidentify``.
+        ``push`` with ``deidentify``; an ``out_dir`` that cannot be written
+        (:func:`ctbmd.io.check_output_dir`), checked before the download.
     PacsUnreachableError, SeriesNotFoundError, PacsRefusedError
         See the module docstring; nothing is pushed.
     InvalidInputError
@@ -283,10 +284,13 @@ def pull_analyse_push(url: str, series_uid: str, out_dir: str | Path, *, push: b
     """
     from ctbmd.api import run
     from ctbmd.io import read_ct
-    from ctbmd.report import DICOM_FILES
+    from ctbmd.report import DICOM_FILES, OUTPUT_FILES
+
+    from ctbmd.io import check_output_dir
 
     if push and deidentify:
         raise UsageError("--push stores the results in the source study; it cannot be combined with --deidentify")
+    out_dir = check_output_dir(out_dir, OUTPUT_FILES + DICOM_FILES)  # before the download, not after the analysis
     pacs = Orthanc(url, user, password)
     pacs.system()
     series = pacs.find_series(series_uid)

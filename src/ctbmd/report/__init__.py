@@ -13,6 +13,7 @@ import csv
 import io as _io
 import json
 import logging
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -331,7 +332,7 @@ def write_outputs(res: Result, out_dir: str | Path, deidentify: bool = False) ->
     OSError
         ``out_dir`` or its parent cannot be created or written.
     """
-    out = Path(out_dir)
+    out = Path(os.path.realpath(out_dir))  # a symlink's target is replaced, not the link; "." by its name
     staging = staging_dir(out)
     try:
         result = write_files(res, staging, deidentify)

@@ -17,13 +17,18 @@ The rule rests on anatomy, not on tuned constants:
   paravertebral gutters and the posterior costophrenic recesses, their lowest
   part; Standring, *Gray's Anatomy*, 42nd ed., ch. 53-54) and that lies beside
   the spine, not in the midline (the rectum and sigmoid do);
-* above the lung apices the trunk narrows to the neck (a neck cross-section is
-  well under half that of the chest); below the lung bases lies the abdomen, of
-  about the chest's cross-section;
+* above the lung apices lie the shoulders and the neck, with the trachea in the
+  midline of every slice (the shoulders can be as wide as the chest, so the
+  airway decides); below the lung bases lies the abdomen, of about the chest's
+  cross-section and without a midline airway;
 * a routine chest, abdominal or body CT therefore has its lung bases, or its
   whole lungs, with abdomen *below* them. Lungs touching the inferior edge of
-  the scan with a trunk of chest-like cross-section above them occur only when
-  the header's superior/inferior axis is flipped.
+  the scan with a trunk of chest-like cross-section and no airway above them
+  occur only when the header's superior/inferior axis is flipped.
+
+The area and volume limits below are conservative margins around these
+anatomical facts, not fitted values: a scan that does not meet all of them gets
+no verdict and goes on to the labeller, which refuses what it cannot name.
 
 Left/right flips are not judged here: the spine method is mirror-symmetric, so
 a left/right flipped header changes no level and no BMD, and telling situs from
@@ -54,10 +59,19 @@ MIN_LATERAL_SHARE = 0.7
 LATERAL_MM = 25.0
 #: Share of a region's voxels that must lie in the posterior half of the trunk for it to be lung.
 MIN_POSTERIOR_SHARE = 0.3
+#: Lung (ml) needed on each side of the midline for a verdict: a lung base in view on the left and the right.
+MIN_SIDE_ML = 10.0
 #: The lungs "reach the inferior edge" when they come within this distance (mm) of it.
 EDGE_MM = 20.0
 #: Lung-free trunk above the lungs (mm) needed for a verdict: shorter stretches are the shoulders.
 MIN_ABOVE_MM = 40.0
+#: Cross-section (cm²) and distance from the midline (mm) of the trachea's lumen in an axial slice.
+AIRWAY_AREA_CM2 = (0.15, 8.0)
+#: Working voxel size (mm) of the airway search.
+AIRWAY_VOXEL_MM = 1.5
+AIRWAY_MIDLINE_MM = 20.0
+#: Share of the lung-free slices above the lungs with a midline airway from which they are the neck.
+NECK_AIRWAY_SHARE = 0.5
 #: Cross-section of the lung-free trunk above, as a share of the cross-section at the lungs, above
 #: which it is abdomen and not neck (neck / chest cross-section is about 0.2-0.4).
 ABDOMEN_AREA_SHARE = 0.7
@@ -123,6 +137,54 @@ def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> tuple[n
     return lungs, outline
 
 
+def airway_share(hu: np.ndarray, outline: np.ndarray, spacing_mm: tuple[float, float, float],
+                 slices) -> float:
+    """Share of ``slices`` (axis-2 indices) that hold a midline airway: the trachea of the neck.
+
+    An airway is a 2-D air region (below :data:`AIR_HU_MAX`) inside the body
+    outline, of :data:`AIRWAY_AREA_CM2` and centred within :data:`AIRWAY_MIDLINE_MM`
+    of the outline's centre along L (the trachea, about 15-25 mm across, runs
+    in the midline from the larynx to the carina; Standring, *Gray's Anatomy*,
+    42nd ed., ch. 31). Bowel gas in the abdomen is seldom in the midline slice
+    after slice.
+
+    Parameters
+    ----------
+    hu, outline : numpy.ndarray
+        HU and body outline, shape ``(nx, ny, nz)``, canonical L, P, S axes.
+    spacing_mm : tuple of float
+        Voxel size along those axes (mm).
+    slices : iterable of int
+        The slices to look at.
+
+    Returns
+    -------
+    float
+        0 to 1; 0 for no slice.
+    """
+    slices = list(slices)
+    if not slices:
+        return 0.0
+    pixel_cm2 = spacing_mm[0] * spacing_mm[1] / 100.0
+    lo, hi = AIRWAY_AREA_CM2
+    x = np.arange(hu.shape[0])
+    found = 0
+    for k in slices:
+        body = outline[:, :, k]
+        if not body.any():
+            continue
+        cx = (body.sum(axis=1) * x).sum() / body.sum()
+        lab, n = ndi.label(body & (hu[:, :, k] < AIR_HU_MAX))
+        if n == 0:
+            continue
+        idx = np.arange(1, n + 1)
+        areas = ndi.sum_labels(np.ones_like(lab), lab, idx) * pixel_cm2
+        centres = np.array(ndi.center_of_mass(np.ones_like(lab), lab, idx))[:, 0]
+        if np.any((areas >= lo) & (areas <= hi) & (np.abs(centres - cx) * spacing_mm[0] <= AIRWAY_MIDLINE_MM)):
+            found += 1
+    return found / len(slices)
+
+
 def check_superior_inferior(ct: CTVolume) -> None:
     """Refuse a scan whose anatomy puts the lungs below the abdomen.
 
@@ -135,11 +197,13 @@ def check_superior_inferior(ct: CTVolume) -> None:
     Raises
     ------
     InvalidInputError
-        Lungs (see :func:`lung_mask`) reach within :data:`EDGE_MM` of the
-        scan's inferior edge while at least :data:`MIN_ABOVE_MM` of lung-free
+        Lungs (see :func:`lung_mask`), at least :data:`MIN_SIDE_ML` on each
+        side of the midline, reach within :data:`EDGE_MM` of the scan's
+        inferior edge while at least :data:`MIN_ABOVE_MM` of lung-free
         trunk lies above them, with a median cross-section of at least
-        :data:`ABDOMEN_AREA_SHARE` of that at the lungs: an abdomen above the
-        lungs, so the header's superior/inferior axis is flipped. A scan
+        :data:`ABDOMEN_AREA_SHARE` of that at the lungs, and no midline airway
+        (:func:`airway_share`) in most of it: an abdomen above the lungs, so
+        the header's superior/inferior axis is flipped. A scan
         without lungs, or with lungs at its superior end or in its middle,
         passes unjudged or judged consistent.
     """
@@ -155,6 +219,21 @@ def check_superior_inferior(ct: CTVolume) -> None:
     lowest, highest = int(slices[0]), int(slices[-1])
     below_mm, above_mm = lowest * sz, (nz - 1 - highest) * sz
     if below_mm > EDGE_MM or above_mm < MIN_ABOVE_MM:
+        return
+    # both lungs: gas in the colon or rectum lies on one side or in the midline, the lungs on both
+    count = np.maximum(outline.sum(axis=(0, 1)), 1)
+    cx = (outline * np.arange(hu.shape[0])[:, None, None]).sum(axis=(0, 1)) / count
+    x, _, z = np.nonzero(lungs)
+    dx_mm = (x - cx[z]) * spacing[0]
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    if min(np.count_nonzero(dx_mm > LATERAL_MM), np.count_nonzero(dx_mm < -LATERAL_MM)) * voxel_ml < MIN_SIDE_ML:
+        return
+    # an airway in the midline above the lungs is the neck (trachea), not the abdomen; looked for at
+    # AIRWAY_VOXEL_MM, finer than the lungs, since the trachea is only 15-25 mm across
+    fine = [max(1, int(round(AIRWAY_VOXEL_MM / s))) for s in (sx, sy)]
+    neck = ct.hu[::fine[0], ::fine[1], highest + 1:]
+    if airway_share(neck, _outline(neck), (sx * fine[0], sy * fine[1], sz),
+                    range(neck.shape[2])) >= NECK_AIRWAY_SHARE:
         return
     area = outline.sum(axis=(0, 1)) * (spacing[0] * spacing[1] / 100.0)  # cm²
     at_lungs = float(np.median(area[lowest:highest + 1]))
