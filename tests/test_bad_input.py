@@ -349,3 +349,20 @@ def test_lung_like_gas_on_one_side_at_the_inferior_edge_is_no_verdict():
     both[cx - 24: cx - 12, y - 6: y + 6, :8] = -800.0
     with pytest.raises(InvalidInputError, match="superior/inferior axis looks flipped"):
         check_superior_inferior(replace(ct, hu=both, grid=grid))
+
+
+def test_a_mount_point_as_out_is_refused_before_the_analysis(tmp_path, monkeypatch):
+    """A Docker or Kubernetes volume mounted at --out cannot be renamed (EBUSY): it ended in exit 5 after the
+    analysis. ``os.path.ismount`` stands in for a real mount here."""
+    import os
+
+    from ctbmd.errors import UsageError
+    from ctbmd.io import check_output_dir
+
+    out = tmp_path / "volume"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(out) or real(p))
+    with pytest.raises(UsageError, match="is a mount point"):
+        check_output_dir(out)
+    assert check_output_dir(out / "inside") == out / "inside"
