@@ -49,7 +49,8 @@ def test_run_writes_the_files_and_returns_the_result(tmp_path):
     assert written == json.loads(json.dumps(res.to_dict()))
     assert sorted(p.name for p in out.iterdir()) == ["levels.csv", "report.html", "report.png", "result.json",
                                                      "roi.nii.gz", "vertebrae.nii.gz"]  # NIfTI input: no DICOM
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    # no staging folder left; the lock file beside the output folder stays (removing it would race)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [f".{out.name}.ctbmd-lock"]
 
 
 def test_api_errors_are_ctbmd_errors_with_exit_codes(tmp_path):

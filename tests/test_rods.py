@@ -7,7 +7,6 @@ under the patient whose rods lie on ``qct_pro_line(E)`` by construction.
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +21,9 @@ from ctbmd.simulate.rods import add_rod_phantom, rod_hu
 from ctbmd.types import CTVolume, ScanInfo
 
 FAST = dict(pixel_mm=1.5, slice_thickness_mm=3.0)
-EXAMPLE_CT = Path("/work/shared/data/ts_example_ct/ct.nii.gz")
+from conftest import EXAMPLE  # noqa: E402 - ../shared/data beside the repository
+
+EXAMPLE_CT = EXAMPLE / "ct.nii.gz"
 
 
 def _ct(phantom, path="phantom.nii.gz", **info) -> CTVolume:
@@ -144,7 +145,6 @@ def test_scan_without_rods_is_refused(phantoms):
         find_rods(_ct(ph), RodSpec(rods=DEFAULT_ROD_SPEC.rods, centres_lps_mm=centres))
 
 
-@pytest.mark.skipif(not EXAMPLE_CT.exists(), reason="example CT not available")
 def test_real_scan_with_a_table_is_refused():
     from ctbmd.io import read_ct
 

@@ -3,7 +3,6 @@
 Built from the bundled real 20-slice series (ts_example_dicom), copied and re-labelled in the test.
 """
 
-import shutil
 
 import numpy as np
 import pydicom

@@ -466,11 +466,15 @@ def simulate(
                                                       "(chest) or infrarenal aorta (abdomen)."),
     t12_rib_length: Optional[float] = typer.Option(None, "--t12-rib-length", help="Hypoplastic T12 ribs: "
                                                                                   "bony length in mm, e.g. 25."),
+    fracture: Optional[str] = typer.Option(None, "--fracture", help="Vertebral compression fractures, "
+                                           "LEVEL=KIND:LOSS comma-separated, e.g. L1=wedge:0.3 (kind wedge, "
+                                           "biconcave or crush; loss 0.05-0.8 of the height). Recorded in "
+                                           "truth.json."),
     dicom: bool = typer.Option(False, "--dicom", help="Write a DICOM series instead of NIfTI."),
     seed: int = typer.Option(0, "--seed", help="Random seed (anatomy, BMD factors, noise)."),
 ) -> None:
     """Write a known-truth digital phantom of the thoracolumbar spine (or chest) and its truth."""
-    from ctbmd.simulate import PhantomSpec, parse_bmd, simulate_phantom, write_phantom
+    from ctbmd.simulate import PhantomSpec, parse_bmd, parse_fractures, simulate_phantom, write_phantom
 
     with _one_line_errors():
         spec = PhantomSpec(bmd_mg_cm3=parse_bmd(bmd), kvp=kvp, noise_hu=noise, slice_thickness_mm=slice_mm,
@@ -479,7 +483,7 @@ def simulate(
                            l6=l6, metal_level=metal_level, tissue_spread=tissue_spread, seed=seed, fov=fov,
                            rib_pairs=rib_pairs, transition=transition, sacrum=sacrum, stent=stent,
                            t12_rib_length_mm=t12_rib_length, tissue_model=tissue_model,
-                           energy_offset_kev=energy_offset)
+                           energy_offset_kev=energy_offset, fractures=parse_fractures(fracture) if fracture else {})
         phantom = simulate_phantom(spec)
         if rods is not None:
             from ctbmd.calibrate.rods import parse_rod_spec

@@ -501,7 +501,6 @@ def scan_dicom_folder(folder: str | Path, files: Sequence[str | Path] | None = N
     """
     folder = Path(folder)
     groups: dict[str, list] = {}
-    meta: dict[str, tuple] = {}
     tags = None if keep_headers else list(_INDEX_TAGS)
     unreadable: list[tuple[str, str, object]] = []
     with quiet_libraries(native=False):

@@ -99,7 +99,8 @@ def result_dict(res: Result) -> dict:
             "trabecular_hu_sd": _r(m.hu_sd), "bmd_mg_cm3": _r(bmd),
             "bmd_ci95_mg_cm3": None if ci is None else [_r(ci[0]), _r(ci[1])],
             "bmd_from_median_mg_cm3": _r(cal.to_mg_cm3(m.hu_median)), "bmd_caha_mg_cm3": _r(k2hpo4_to_caha(bmd)),
-            "heights_mm": m.heights_mm, "flags": list(m.flags), "used_for_patient": m.level in res.patient.levels_used,
+            "heights_mm": m.heights_mm, "genant_grade": m.genant_grade, "deformity": m.deformity,
+            "height_ratios": m.height_ratios, "flags": list(m.flags), "used_for_patient": m.level in res.patient.levels_used,
         })
     p = res.patient
     out = {

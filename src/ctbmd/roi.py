@@ -22,12 +22,24 @@ distance transforms that respect anisotropic voxels):
    endplate bone, which is dropped but is not a focus).
 4. Statistics: median (the primary value: robust to noise, Jang et al.,
    Radiology 2019), mean, SD, voxel count and volume.
+5. **Body heights and Genant grade** (:mod:`ctbmd.heights`: :func:`~ctbmd.heights.level_heights`,
+   :func:`~ctbmd.heights.genant_grade`): the body
+   without its posterior elements is the front run of the vertebra mask on each
+   antero-posterior line (axis 1) of the mid-sagittal slab, in front of the spinal canal;
+   the median over the slab's planes gives its sagittal profile (for the builtin labeller,
+   the bone the CT shows inside its label, :func:`~ctbmd.heights.ct_body`). Along the column's local axis
+   (its tilt from the neighbouring body centroids) the body's chords give the anterior and
+   posterior heights at the walls (a line fitted across the depth) and the middle height
+   (:func:`~ctbmd.heights.body_heights`). The anterior and middle heights are compared with the posterior
+   height and with the neighbouring vertebrae, all three with the neighbours (crush),
+   for Genant's semi-quantitative grade (Genant et al., J Bone Miner Res 1993).
 
 QC flags: ``partial`` (the vertebra touches the edge of the scan), ``too_small``
 (ROI under 2 cm^3 or 20 voxels), ``metal`` (any voxels above 2500 HU),
-``suspected_fracture`` (anterior or middle body height < 75% of the posterior
-height, Genant grade >= 2, Genant et al., J Bone Miner Res 1993),
-``hyperdense_focus`` (> 10% of the eroded body excluded as hyperdense).
+``suspected_fracture`` (Genant grade >= 1: anterior or middle height 20% or more below
+the posterior height and 10% or more below the neighbours' there, or the mean height 20%
+below both neighbours'; :func:`ctbmd.heights.genant_grade`), ``hyperdense_focus`` (> 10% of the eroded body
+excluded as hyperdense).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ctbmd.heights import FRACTURE_MIN_GRADE, BodyHeights, crop_of, grade_level, level_heights, touches_edge
 from ctbmd.masks import distance_mm, label_boxes, largest_component
 from ctbmd.types import VERSE_LABELS, CTVolume, LevelMeasurement, SpineSegmentation
 
@@ -46,7 +59,6 @@ MIN_ROI_MM3 = 2000.0
 MIN_ROI_VOXELS = 20
 METAL_HU = 2500.0
 HYPERDENSE_FLAG_FRACTION = 0.10
-FRACTURE_HEIGHT_RATIO = 0.75
 
 
 def vertebral_body(vertebra: np.ndarray, spacing_mm: tuple[float, float, float],
@@ -146,32 +158,13 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
     return roi, 1.0 - (roi & region).sum() / region.sum()
 
 
-def body_heights(body: np.ndarray, spacing_mm: tuple[float, float, float]) -> dict[str, float]:
-    """Anterior, middle and posterior height (mm) of a body in the canonical frame.
-
-    Heights are the superior-inferior extent (axis 2) of the body in the
-    mid-sagittal column (axis 0 at the body's centroid), sampled at 15%, 50% and
-    85% of its antero-posterior depth (axis 1, anterior = low index).
-    """
-    if not body.any():
-        return {"anterior": 0.0, "middle": 0.0, "posterior": 0.0}
-    cx = int(round(ndi.center_of_mass(body)[0]))
-    half = max(1, int(round(3.0 / spacing_mm[0])))
-    slab = body[max(0, cx - half):cx + half + 1].any(axis=0)  # (ny, nz)
-    ys = np.nonzero(slab.any(axis=1))[0]
-    out = {}
-    for name, frac in (("anterior", 0.15), ("middle", 0.5), ("posterior", 0.85)):
-        y = int(round(ys[0] + frac * (ys[-1] - ys[0])))
-        zs = np.nonzero(slab[max(0, y - 1):y + 2].any(axis=0))[0]
-        out[name] = float((zs[-1] - zs[0] + 1) * spacing_mm[2]) if len(zs) else 0.0
-    return out
-
-
-def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[LevelMeasurement, np.ndarray, tuple]:
-    """Measure the trabecular ROI of one level.
+def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
+                  heights: dict[str, BodyHeights] | None = None) -> tuple[LevelMeasurement, np.ndarray, tuple]:
+    """Measure the trabecular ROI, the body heights and the Genant grade of one level.
 
     All work is done on the vertebra's bounding box (``seg.boxes``, plus 2
-    voxels), never on the whole volume.
+    voxels), never on the whole volume; the heights also look at the
+    vertebrae next to it (:func:`level_heights`).
 
     Parameters
     ----------
@@ -181,6 +174,9 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[Lev
         Labels on the same grid.
     level : str
         Level name, e.g. ``"L1"``.
+    heights : dict, optional
+        :func:`level_heights` of this level and its neighbours, when already measured
+        (:func:`measure_levels` measures them once for all levels).
 
     Returns
     -------
@@ -197,27 +193,24 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[Lev
     """
     value = VERSE_LABELS[level]
     spacing = ct.spacing_mm
-    shape = seg.labels.shape
-    box = seg.boxes.get(value)
-    if box is None:
+    if seg.boxes.get(value) is None:
         raise ValueError(f"{level} (label {value}) is not in the label map")
-    crop = tuple(slice(max(0, b.start - 2), min(n, b.stop + 2)) for b, n in zip(box, shape))
+    crop = crop_of(seg, value)
     vertebra = seg.labels[crop] == value
     hu = ct.hu[crop]
     offset = np.array([c.start for c in crop], float)
     centroid = ct.index_to_lps(np.array(ndi.center_of_mass(vertebra)) + offset)
     flags = list(seg.level_flags.get(level, []))
-    if any(b.start == 0 or b.stop == n for b, n in zip(box, shape)):
-        if "partial" not in flags:
-            flags.append("partial")
-    opened = vertebral_body(vertebra, spacing)
-    body = seg.body[crop] == value if seg.body is not None else opened
+    if touches_edge(seg, value) and "partial" not in flags:
+        flags.append("partial")
+    body = seg.body[crop] == value if seg.body is not None else vertebral_body(vertebra, spacing)
     roi, excluded = trabecular_roi(body, hu, spacing, ct.info.slice_thickness_mm)
     if np.count_nonzero(hu[vertebra] > METAL_HU) >= 3:
         flags.append("metal")
-    # heights from the whole body: a backend's body may stop short of the endplates
-    heights = body_heights(opened, spacing)
-    if heights["posterior"] > 0 and min(heights["anterior"], heights["middle"]) < FRACTURE_HEIGHT_RATIO * heights["posterior"]:
+    if heights is None or level not in heights:
+        heights = level_heights(ct, seg, (level,))
+    grade = grade_level(level, heights, max(float(ct.info.slice_thickness_mm or 0.0), spacing[2]))
+    if grade is not None and grade.grade >= FRACTURE_MIN_GRADE:
         flags.append("suspected_fracture")
     if excluded > HYPERDENSE_FLAG_FRACTION:
         flags.append("hyperdense_focus")
@@ -227,10 +220,14 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str) -> tuple[Lev
         flags.append("too_small")
     values = hu[roi]
     stats = (float(np.median(values)), float(values.mean()), float(values.std(ddof=1)) if n > 1 else 0.0) if n else (None, None, None)
+    own = heights.get(level)
     measurement = LevelMeasurement(
         level=level, centroid_lps_mm=tuple(round(float(c), 2) for c in centroid), roi_voxels=n,
         roi_volume_mm3=round(volume, 1), hu_median=stats[0], hu_mean=stats[1], hu_sd=stats[2],
-        heights_mm={k: round(v, 1) for k, v in heights.items()}, flags=tuple(flags))
+        heights_mm=own.as_dict() if own is not None else {"anterior": 0.0, "middle": 0.0, "posterior": 0.0},
+        flags=tuple(flags), genant_grade=None if grade is None else grade.grade,
+        deformity=None if grade is None else grade.kind,
+        height_ratios={} if grade is None else dict(grade.ratios))
     return measurement, roi, crop
 
 
@@ -245,9 +242,10 @@ def measure_levels(ct: CTVolume, seg: SpineSegmentation) -> tuple[list[LevelMeas
         uint8 ROI map on the CT grid, VerSe numbering, shape ``ct.hu.shape``.
     """
     roi_labels = np.zeros(ct.hu.shape, np.uint8, order="F")  # x fastest, as the CT array
+    heights = level_heights(ct, seg, seg.levels)
     out = []
     for level in seg.levels:
-        m, roi, crop = measure_level(ct, seg, level)
+        m, roi, crop = measure_level(ct, seg, level, heights)
         roi_labels[crop][roi] = VERSE_LABELS[level]
         out.append(m)
     return out, roi_labels

@@ -331,10 +331,22 @@ class LevelMeasurement:
         Median, mean and standard deviation of HU in the ROI; ``None`` when the
         ROI is empty.
     heights_mm : dict
-        Vertebral body heights ``anterior``, ``middle``, ``posterior`` in mm.
+        Vertebral body heights ``anterior``, ``middle``, ``posterior`` in mm: corner-to-corner
+        distances of the body without its posterior elements, in the mid-sagittal slab
+        (:func:`ctbmd.heights.body_heights`); 0 when no body was found.
     flags : tuple of str
         QC flags: ``partial``, ``too_small``, ``metal``, ``suspected_fracture``,
         ``hyperdense_focus``.
+    genant_grade : int or None
+        Genant semi-quantitative grade from the heights (0 normal, 1 mild, 2 moderate,
+        3 severe; Genant et al., J Bone Miner Res 1993, doi 10.1002/jbmr.5650080915);
+        None when the level is cut by the scan's edge or has no body (:func:`ctbmd.heights.genant_grade`).
+    deformity : str or None
+        ``wedge``, ``biconcave`` or ``crush`` when ``genant_grade`` >= 1.
+    height_ratios : dict
+        The ratios the grade comes from: ``anterior_posterior``, ``middle_posterior`` and, with
+        measured neighbours, ``anterior_neighbours``, ``middle_neighbours``,
+        ``posterior_neighbours``, ``mean_neighbours``.
     """
 
     level: str
@@ -346,6 +358,9 @@ class LevelMeasurement:
     hu_sd: float | None
     heights_mm: dict[str, float]
     flags: tuple[str, ...]
+    genant_grade: int | None = None
+    deformity: str | None = None
+    height_ratios: dict[str, float] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:

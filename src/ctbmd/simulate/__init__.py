@@ -11,7 +11,8 @@ A phantom is built in three steps:
    lungs, heart, aorta with its arch, airway and upper abdominal organs.
    Variants (:mod:`ctbmd.simulate.variants`): 11 or 13 rib pairs, a
    lumbarised S1 or sacralised L5 with a segmented sacrum, hypoplastic T12
-   ribs and an aortic stent graft.
+   ribs and an aortic stent graft. Vertebral compression fractures (wedge, biconcave,
+   crush) of a set height loss: :func:`ctbmd.simulate.anatomy.fracture_endplates`.
 2. **Physics** (:mod:`ctbmd.simulate.physics`): each material's linear
    attenuation at the scan's effective energy, from ICRU-44 compositions and
    xraydb. Trabecular bone is K2HPO4 (mg/cm^3, set per level) in a marrow of
@@ -38,7 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,8 @@ KVP_CHOICES = (80, 100, 120, 140)
 PHASES = ("native", "arterial", "portal_venous")
 TISSUE_MODELS = ("realistic", "icru44")
 DEFAULT_BMD_MG_CM3 = 150.0
+#: Height loss (fraction) a phantom's fracture may take: 5% to 80%.
+FRACTURE_LOSS_RANGE = (0.05, 0.8)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,13 @@ class PhantomSpec:
         above the bifurcation (abdomen).
     t12_rib_length_mm : float or None
         Hypoplastic T12 ribs: their bony length from the head (mm), e.g. 15-40.
+    fractures : dict
+        Level name -> ``(kind, loss)``: a vertebral compression fracture of that level, ``kind``
+        one of ``wedge`` (anterior height lost against the posterior), ``biconcave`` (middle
+        height lost) or ``crush`` (every height lost), ``loss`` the fraction of the height lost
+        (0.05-0.8; Genant grade 1 from 0.20, 2 from 0.25, 3 from 0.40). E.g.
+        ``{"L1": ("wedge", 0.30)}``. See :func:`ctbmd.simulate.anatomy.fracture_endplates`;
+        no random draw depends on it.
 
     Random draws of the variants come from ``np.random.default_rng([seed, 11])``; with the default
     options a phantom is the same as before these options existed.
@@ -166,6 +176,7 @@ class PhantomSpec:
     sacrum: str | None = None
     stent: bool = False
     t12_rib_length_mm: float | None = None
+    fractures: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`~ctbmd.errors.UsageError` for out-of-range settings or clashing variants."""
@@ -198,6 +209,22 @@ class PhantomSpec:
         if self.metal_level is not None and self.metal_level not in levels:
             raise UsageError(f"--metal-level {self.metal_level} is not one of the phantom's levels "
                              f"({', '.join(levels)})")
+        self._validate_fractures(levels)
+
+    def _validate_fractures(self, levels: list[str]) -> None:
+        for level, item in self.fractures.items():
+            if level not in levels:
+                raise UsageError(f"--fracture names {level}, which the phantom does not have "
+                                 f"(it has {', '.join(levels)})")
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise UsageError(f"--fracture {level}: give (kind, loss), e.g. ('wedge', 0.3), not {item!r}")
+            kind, loss = item
+            if kind not in an.FRACTURE_KINDS:
+                raise UsageError(f"--fracture {level}: the kind must be one of {', '.join(an.FRACTURE_KINDS)}, "
+                                 f"not {kind!r}")
+            if not FRACTURE_LOSS_RANGE[0] <= float(loss) <= FRACTURE_LOSS_RANGE[1]:
+                raise UsageError(f"--fracture {level}: the height loss must be {FRACTURE_LOSS_RANGE[0]:g}-"
+                                 f"{FRACTURE_LOSS_RANGE[1]:g} (a fraction: 0.3 = 30%), not {loss}")
 
     def _validate_variant(self) -> None:
         if self.fov not in FOVS:
@@ -294,6 +321,23 @@ def parse_bmd(text: str) -> dict[str, float]:
     return out
 
 
+def parse_fractures(text: str) -> dict[str, tuple[str, float]]:
+    """Parse ``"L1=wedge:0.3,T12=crush:0.25"`` into ``{"L1": ("wedge", 0.3), "T12": ("crush", 0.25)}``.
+
+    Raises
+    ------
+    UsageError
+        On a malformed item (the kinds and ranges are checked by :meth:`PhantomSpec.validate`).
+    """
+    out: dict[str, tuple[str, float]] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        m = re.fullmatch(r"([CTL]\d{1,2})\s*=\s*([a-z]+)\s*:\s*([0-9]*\.?[0-9]+)", item)
+        if not m:
+            raise UsageError(f"--fracture item {item!r} is not LEVEL=KIND:LOSS (e.g. L1=wedge:0.3)")
+        out[m.group(1)] = (m.group(2), float(m.group(3)))
+    return out
+
+
 def _level_bmd(spec: PhantomSpec, rng: np.random.Generator) -> dict[str, float]:
     given = {k: float(v) for k, v in spec.bmd_mg_cm3.items()}
     base = float(np.mean(list(given.values()))) if given else DEFAULT_BMD_MG_CM3
@@ -316,7 +360,10 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
         ``qct_equivalent_mg_cm3``, the noise-free trabecular HU with and without
         contrast, ``body_centre_lps_mm``, ``label_centroid_lps_mm``,
         ``body_height_mm``, ``ribs``, ``rib_length_mm`` (bony length from the
-        head, None without ribs), ``metal``, ``in_view``, ``cut_by_edge``),
+        head, None without ribs), ``metal``, ``in_view``, ``cut_by_edge``,
+        ``fracture``: None, or ``kind``, ``height_loss``, the Genant grade it
+        implies and the drawn ``anterior_height_mm``, ``middle_height_mm``,
+        ``posterior_height_mm``),
         ``discs`` (``above``, ``below``, ``centre_lps_mm``, ``height_mm``,
         ``kind``: normal, remnant or absent for a sacralised L5's disc,
         sacral_remnant inside the segmented sacrum), ``variant`` (``fov``,
@@ -347,6 +394,8 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
             sacral_disc = variants.SACRALISED_DISC_MM if vrng.uniform() > 0.35 else 0.0
         anat = an.draw_anatomy(rng, levels, spec.body_width_mm, ribs_on,
                                disc_below_mm=None if sacral_disc is None else {"L5": sacral_disc})
+    if spec.fractures:
+        anat.vertebrae = [replace(vb, fracture=_fracture_of(spec, vb.level)) for vb in anat.vertebrae]
     # The tissue draws come from ``rng`` here, as they always have (the anatomy painted next keeps its
     # draws); the table is made again once the painted phantom gives the patient's size.
     rng_table = copy.deepcopy(rng)
@@ -384,6 +433,25 @@ def simulate_phantom(spec: PhantomSpec) -> Phantom:
     truth = _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy)
     _add_variant_truth(truth, spec, anat, canvas, grid, drawn)
     return Phantom(hu=hu_i16, grid=grid, labels=labels, truth=truth)
+
+
+def _fracture_of(spec: PhantomSpec, level: str) -> tuple[str, float] | None:
+    item = spec.fractures.get(level)
+    return None if item is None else (str(item[0]), float(item[1]))
+
+
+def _fracture_truth(vb) -> dict | None:
+    """The truth of a fractured vertebra: kind, loss, drawn heights (mm) and the Genant grade it implies
+    (:data:`ctbmd.roi.GENANT_LOSS`)."""
+    if vb.fracture is None:
+        return None
+    from ctbmd.heights import GENANT_LOSS
+
+    kind, loss = vb.fracture
+    heights = vb.fractured_heights()
+    grade = sum(loss >= g for g in GENANT_LOSS)
+    return {"kind": kind, "height_loss": round(loss, 4), "genant_grade": int(grade),
+            **{f"{k}_height_mm": round(v, 2) for k, v in heights.items()}}
 
 
 def phantom_dw_cm(canvas, table: dict) -> float:
@@ -589,6 +657,7 @@ def _truth(spec, anat, canvas, labels, grid, bmd, table, scan, energy) -> dict:
             "ribs": vb.ribs,
             "metal": spec.metal_level == vb.level,
             "in_view": bool(len(idx)),
+            "fracture": _fracture_truth(vb),
         })
     by = {lv["level"]: lv for lv in levels_out}
     patient = {}

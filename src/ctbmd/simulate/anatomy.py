@@ -73,6 +73,11 @@ UPPER_POSTERIOR = {"C6": (0.3, 22.0, -0.4), "C7": (0.35, 32.0, -0.2), "T1": (0.4
                    "T8": (1.1, 26.0, 0.9), "T9": (0.9, 28.0, 0.9)}
 SACRUM_HEIGHT_MM = 60.0
 SACRAL_ALA_REACH_MM = 55.0
+#: Shapes of a vertebral compression fracture, after Genant et al., J Bone Miner Res 1993;8:1137
+#: (doi 10.1002/jbmr.5650080915): ``wedge`` (anterior height lost, the superior endplate tilted
+#: down toward the front), ``biconcave`` (middle height lost, both endplates cupped) and ``crush``
+#: (every height lost, both endplates moved in).
+FRACTURE_KINDS = ("wedge", "biconcave", "crush")
 
 
 def shell_thickness_mm(pixel_mm: float) -> float:
@@ -86,7 +91,10 @@ class Vertebra:
 
     ``centre`` is the centre of the vertebral body; ``frame`` holds the body's
     unit axes as rows (u: to the left, v: posterior, w: cranial along the
-    column). ``height``, ``half_width`` and ``half_depth`` size the body (mm).
+    column). ``height``, ``half_width`` and ``half_depth`` size the body (mm);
+    ``height`` is the intact (posterior) height. ``fracture`` is None or
+    ``(kind, loss)``: a compression fracture of :data:`FRACTURE_KINDS` that
+    takes the fraction ``loss`` of the height (see :func:`fracture_endplates`).
     """
 
     level: str
@@ -97,6 +105,20 @@ class Vertebra:
     half_depth: float
     canal_radius: float
     ribs: bool
+    fracture: tuple[str, float] | None = None
+
+    def fractured_heights(self) -> dict[str, float]:
+        """Anterior, middle and posterior body height (mm) as drawn, fracture included.
+
+        Measured on the mid-sagittal line ``u = 0`` at the anterior edge ``v = -half_depth``, the
+        middle of the depth ``v = -0.1 half_depth`` and the flat posterior wall ``v = 0.8 half_depth``.
+        """
+        out = {}
+        b = self.half_depth
+        for name, v in (("anterior", -b), ("middle", -0.1 * b), ("posterior", 0.8 * b)):
+            bottom, top = fracture_endplates(self, np.zeros(1), np.array([v]))
+            out[name] = float(top[0] - bottom[0])
+        return out
 
 
 @dataclass
@@ -379,9 +401,46 @@ def _nearest_vertebra(anat: Anatomy, z: float) -> Vertebra:
     return min(anat.vertebrae, key=lambda v: abs(v.centre[2] - z))
 
 
+def fracture_endplates(vb: Vertebra, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inferior and superior endplate heights ``w`` (mm, along the body's axis) at ``(u, v)`` (mm).
+
+    Intact: ``-h/2`` and ``h/2``. With ``vb.fracture = (kind, f)`` (``h`` the intact height, ``b``
+    the half-depth; the body runs from ``v = -b`` in front to its flat posterior wall at
+    ``v = 0.8 b``):
+
+    * ``wedge``: the superior endplate falls linearly from the posterior wall to the front, where the
+      height is ``(1 - f) h`` (anterior loss ``f`` against the posterior height, Genant's wedge);
+    * ``biconcave``: both endplates cup in by ``f h / 2`` at the middle of the body, as a paraboloid
+      that meets the intact endplate at the body's edge (middle loss ``f``);
+    * ``crush``: both endplates move in by ``f h / 2`` everywhere (every height lost by ``f``).
+
+    ``u`` and ``v`` broadcast together; the results have their shape.
+    """
+    h, a, b = vb.height, vb.half_width, vb.half_depth
+    shape = np.broadcast(u, v).shape
+    bottom, top = np.full(shape, -h / 2.0), np.full(shape, h / 2.0)
+    if vb.fracture is None:
+        return bottom, top
+    kind, f = vb.fracture
+    if kind == "wedge":
+        top = top - f * h * np.clip((0.8 * b - v) / (1.8 * b), 0.0, 1.0)
+    elif kind == "biconcave":
+        cup = f * h / 2.0 * np.clip(1.0 - (u / a) ** 2 - ((v + 0.1 * b) / (0.9 * b)) ** 2, 0.0, 1.0)
+        bottom, top = bottom + cup, top - cup
+    elif kind == "crush":
+        bottom, top = bottom + f * h / 2.0, top - f * h / 2.0
+    else:
+        raise ValueError(f"fracture kind must be one of {', '.join(FRACTURE_KINDS)}, not {kind!r}")
+    return np.broadcast_to(bottom, shape), np.broadcast_to(top, shape)
+
+
 def paint_vertebra(canvas: Canvas, vb: Vertebra, material_trab: int, label: int, reach: float,
                    shell_mm: float) -> None:
-    """Paint one vertebra: cortical shell, trabecular core, pedicles, arch, spinous and transverse processes."""
+    """Paint one vertebra: cortical shell, trabecular core, pedicles, arch, spinous and transverse processes.
+
+    A fractured body (``vb.fracture``) is drawn between its :func:`fracture_endplates`; what the
+    fracture took from the intact body is disc (the disc fills an endplate's depression).
+    """
     h, a, b, rc = vb.height, vb.half_width, vb.half_depth, vb.canal_radius
     box = canvas.local_box(vb.centre, vb.frame, np.array([reach + 8.0, b + 60.0, h / 2.0 + 20.0]))
     if box is None:
@@ -390,9 +449,11 @@ def paint_vertebra(canvas: Canvas, vb: Vertebra, material_trab: int, label: int,
     waist = 1.0 - 0.06 * (1.0 - np.clip(2.0 * w / h, -1, 1) ** 2)
     aw = a * waist
     flat = 0.8 * b
-    body = ((u / aw) ** 2 + (v / b) ** 2 <= 1.0) & (np.abs(w) <= h / 2.0) & (v <= flat)
+    bottom, top = fracture_endplates(vb, u, v)
+    intact = ((u / aw) ** 2 + (v / b) ** 2 <= 1.0) & (np.abs(w) <= h / 2.0) & (v <= flat)
+    body = intact & (w >= bottom) & (w <= top)
     t = shell_mm
-    core = (((u / (aw - t)) ** 2 + (v / (b - t)) ** 2 <= 1.0) & (np.abs(w) <= h / 2.0 - t) & (v <= flat - t))
+    core = (((u / (aw - t)) ** 2 + (v / (b - t)) ** 2 <= 1.0) & (w >= bottom + t) & (w <= top - t) & (v <= flat - t))
     vc = flat + rc * 0.95  # canal centre
     # posterior elements
     ped = (np.abs(np.abs(u) - (rc + 3.0)) <= 3.5 + 0.5 * (a > 22)) & (v > 0.5 * b) & (v < vc) \
@@ -410,8 +471,10 @@ def paint_vertebra(canvas: Canvas, vb: Vertebra, material_trab: int, label: int,
     tp = ((np.abs(u) >= rc + 3.0) & (np.abs(u) <= reach) & (np.abs(w - 0.2 * h) <= 4.5)
           & (np.abs(v - (vc - 3.0) - tp_back * (np.abs(u) - rc) * 0.35) <= 5.0))
     canal = (u * u + (v - vc) ** 2 <= rc * rc) & (w > -0.5 * h - 6.0) & (w < 0.5 * h + 6.0)
-    post = (ped | arch | spinous | tp) & ~body
+    post = (ped | arch | spinous | tp) & ~intact
     canvas.paint(sl, post, POSTERIOR_BONE, label)
+    if vb.fracture is not None:
+        canvas.paint(sl, intact & ~body, DISC, 0)
     canvas.paint(sl, body, CORTICAL_SHELL, label)
     canvas.paint(sl, core, material_trab, label)
     canvas.paint(sl, canal & ~post, CANAL, 0)
