@@ -457,7 +457,8 @@ def _loss(height: float, reference: float, slice_mm: float) -> float:
 
 
 def crop_of(seg: SpineSegmentation, value: int) -> tuple[slice, ...]:
-    """The level's bounding box (``seg.boxes``) plus 2 voxels, clipped to the volume."""
+    """The bounding box of label ``value`` (``seg.boxes``) plus 2 voxels, clipped to the volume: a tuple of 3
+    slices along the canonical L, P, S axes."""
     return tuple(slice(max(0, b.start - 2), min(n, b.stop + 2)) for b, n in zip(seg.boxes[value], seg.labels.shape))
 
 
@@ -577,6 +578,15 @@ def level_heights(ct: CTVolume, seg: SpineSegmentation, levels: Sequence[str]) -
     a label map) are used as they are. The column's tilt at each vertebra
     (:func:`column_axes`) comes from the profiles' centroids, then :func:`body_heights`.
 
+    Parameters
+    ----------
+    ct : CTVolume
+        The scan, canonical L, P, S axes.
+    seg : SpineSegmentation
+        Vertebra labels on ``ct``'s grid (VerSe numbering), with ``boxes``.
+    levels : sequence of str
+        Levels to measure, e.g. ``("L1", "L2")``.
+
     Returns
     -------
     dict
@@ -622,6 +632,19 @@ def grade_level(level: str, heights: dict[str, BodyHeights], slice_mm: float) ->
     and label disagree (``consistent`` False, :func:`level_heights`), or whose heights are
     implausible against its neighbours' (:attr:`GenantGrade.measured`), is not graded; such
     neighbours are no reference either.
+
+    Parameters
+    ----------
+    level : str
+        Level name, e.g. ``"L1"``.
+    heights : dict
+        :func:`level_heights` of the level and its neighbours.
+    slice_mm : float
+        Slice thickness or spacing (mm), whichever is larger: a loss within one slice is not graded.
+
+    Returns
+    -------
+    GenantGrade or None
     """
     own = heights.get(level)
     if own is None or not own.complete or not own.consistent or own.posterior_mm <= 0:
