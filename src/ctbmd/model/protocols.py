@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ctbmd.classify import ACR_OSTEOPOROSIS_MG_CM3
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -103,7 +105,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              fixed={"dims": "2d", "muscle": True},
              defaults={"arch": "densenet121", "task": "binary", "folds": 5},
              needs=("muscle",),
-             thresholds={"t_score": -2.45, "bmd_mg_cm3": 80.0},
+             thresholds={"t_score": -2.45, "bmd_mg_cm3": ACR_OSTEOPOROSIS_MG_CM3},
              published={"auc": (0.827, 0.865), "f1_mean_external": 0.865},
              notes="Osteoporosis against the rest: a T-score of -2.5 or lower (coded as below -2.45, since "
                    "T-scores have one decimal; WHO), or for a QCT target below 80 mg/cm³ (ACR-QCT), from the "

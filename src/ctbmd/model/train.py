@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3, WHO_OSTEOPENIA_T, WHO_OSTEOPOROSIS_T
 from ctbmd.model.cohort import Samples
 from ctbmd.model.nets import BmdNet
 
@@ -72,7 +73,7 @@ TARGET_SCALE_MG_CM3 = 20.0
 TASKS = ("regression", "binary", "categories")
 #: Default "low BMD" threshold of ``task="binary"``: below it is low. ACR-QCT 2018 (above 120 mg/cm³ is
 #: normal) and WHO 1994 (a T-score of -1.0 or above is normal); other targets need ``threshold``.
-BINARY_THRESHOLDS = {"bmd_mg_cm3": 120.0, "t_score": -1.0}
+BINARY_THRESHOLDS = {"bmd_mg_cm3": ACR_NORMAL_MG_CM3, "t_score": WHO_OSTEOPENIA_T}
 CLASS_LOSS_WEIGHT = 0.2
 EARLY_STOP_FRACTION = 0.15
 
@@ -217,8 +218,8 @@ def fit_normaliser(samples: Samples, idx: np.ndarray, target: str, binary_thresh
 def categories(values: np.ndarray, target: str) -> np.ndarray:
     """Class index 0 normal, 1 osteopenia, 2 osteoporosis: ACR-QCT (120/80 mg/cm³) or WHO (-1/-2.5)."""
     if target == "bmd_mg_cm3":
-        return np.where(values < 80.0, 2, np.where(values <= 120.0, 1, 0))
-    return np.where(values <= -2.5, 2, np.where(values < -1.0, 1, 0))
+        return np.where(values < ACR_OSTEOPOROSIS_MG_CM3, 2, np.where(values <= ACR_NORMAL_MG_CM3, 1, 0))
+    return np.where(values <= WHO_OSTEOPOROSIS_T, 2, np.where(values < WHO_OSTEOPENIA_T, 1, 0))
 
 
 def patient_folds(samples: Samples, n_folds: int, seed: int, target: str,

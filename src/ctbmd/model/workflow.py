@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ctbmd import __version__
+from ctbmd.classify import WHO_OSTEOPOROSIS_T
 from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.io import write_atomic
 from ctbmd.model.cohort import Cohort, Samples, build_samples, external_number, is_external, read_manifest
@@ -141,7 +142,7 @@ def _evaluate_patient_target(out: Path, samples: Samples, rows: np.ndarray, pred
         ps = np.array(sorted(set(samples.patient[sel])))
         ref = np.array([samples.target[sel][samples.patient[sel] == p].mean() for p in ps])
         prd = np.array([pred[sets == name][samples.patient[sel] == p].mean() for p in ps])
-        porotic = ref <= -2.5
+        porotic = ref <= WHO_OSTEOPOROSIS_T
         r = float(stats.pearsonr(ref, prd).statistic) if len(ps) > 2 and np.std(prd) > 0 and np.std(ref) > 0 else None
         summary[name] = {"n_patients": len(ps), "r": r, "r2": None if r is None else r * r,
                          "mae": float(skm.mean_absolute_error(ref, prd)),
