@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ctbmd.errors import InvalidInputError
+from ctbmd.masks import largest_component, plane_holes
 from ctbmd.types import CTVolume
 
 #: Working voxel size (mm) of the check: coarse enough to take well under a second.
@@ -79,13 +80,8 @@ ABDOMEN_AREA_SHARE = 0.7
 
 def _outline(hu: np.ndarray) -> np.ndarray:
     """Per-slice filled outline of the largest body component, shape as ``hu``."""
-    body = hu > BODY_HU
-    lab, n = ndi.label(body)
-    if n == 0:
-        return body
-    sizes = np.bincount(lab.ravel())[1:]
-    body = lab == 1 + int(np.argmax(sizes))
-    return np.stack([ndi.binary_fill_holes(body[:, :, k]) for k in range(body.shape[2])], axis=2)
+    body = largest_component(hu > BODY_HU)
+    return body | plane_holes(body)
 
 
 def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
