@@ -88,21 +88,24 @@ def test_classification_thresholds():
     assert acr_category(120) == "osteopenia"
     assert acr_category(80) == "osteopenia"
     assert acr_category(79.9) == "osteoporosis"
-    assert pickhardt_flag(100)["flag"] == "osteoporosis_likely"
-    assert pickhardt_flag(150)["flag"] == "osteoporosis_possible"
-    assert pickhardt_flag(170)["flag"] == "osteoporosis_unlikely"
+    assert pickhardt_flag(100).flag == "osteoporosis_likely"
+    assert pickhardt_flag(150).flag == "osteoporosis_possible"
+    assert pickhardt_flag(170).flag == "osteoporosis_unlikely"
     assert abs(k2hpo4_to_caha(100) - 107.68) < 1e-9
 
 
-def test_attenuation_table_is_xraydb_bit_for_bit():
-    # the committed table (tools/make_attenuation_table.py) cannot drift from the compositions
+def test_attenuation_table_is_xraydb_to_the_last_bits():
+    # the committed table (tools/make_attenuation_table.py) cannot drift from the compositions. Not bit for bit:
+    # xraydb's log-log interpolation goes through numpy's exp/log, whose last bit changes between numpy builds
+    # (numpy 2.4.6 differs from the table by up to 2 ulp, 4.4e-16 relative)
     from ctbmd.materials import COMPOSITIONS, TABLE_ENERGIES_KEV, _table, xraydb_mass_attenuation
 
     table = _table()
     assert set(COMPOSITIONS) <= set(table)
     assert np.array_equal(table["energy_kev"], TABLE_ENERGIES_KEV)
     for material in COMPOSITIONS:
-        assert np.array_equal(table[material], xraydb_mass_attenuation(material, TABLE_ENERGIES_KEV)), material
+        np.testing.assert_allclose(table[material], xraydb_mass_attenuation(material, TABLE_ENERGIES_KEV),
+                                   rtol=1e-14, atol=0, err_msg=material)
     # off the grid, xraydb is used: the same numbers either way
     assert mass_attenuation("water", 70.1) == float(xraydb_mass_attenuation("water", [70.1])[0])
 

@@ -14,8 +14,16 @@
 
 from __future__ import annotations
 
-from ctbmd.types import (Calibration, ContrastPhase, LevelMeasurement, PatientClassification, ReferenceTissue,
-                         ScanInfo, level_index)
+from typing import Literal, get_args
+
+from ctbmd.types import (Calibration, ContrastPhase, LevelMeasurement, PatientClassification, PickhardtFlag,
+                         ReferenceTissue, ScanInfo, level_index)
+
+#: A bone-density category, from high to low BMD: ACR-QCT (2018) and WHO (TRS 843, 1994) share the names.
+Category = Literal["normal", "osteopenia", "osteoporosis"]
+#: The categories in order, from high to low BMD (class index 0, 1, 2 of the models).
+CATEGORIES: tuple[Category, ...] = get_args(Category)
+NORMAL, OSTEOPENIA, OSTEOPOROSIS = CATEGORIES
 
 ACR_NORMAL_MG_CM3 = 120.0
 ACR_OSTEOPOROSIS_MG_CM3 = 80.0
@@ -51,36 +59,71 @@ def detect_contrast_phase(info: ScanInfo, tissues: dict[str, ReferenceTissue]) -
     return ContrastPhase("unknown", None, tag, "aorta not found and no contrast tag")
 
 
-def acr_category(bmd_mg_cm3: float) -> str:
-    """ACR-QCT category of a K2HPO4-equivalent BMD (mg/cm^3)."""
+def acr_category(bmd_mg_cm3: float) -> Category:
+    """ACR-QCT category of a K2HPO4-equivalent BMD.
+
+    Parameters
+    ----------
+    bmd_mg_cm3 : float
+        Trabecular BMD, mg/cm³ K2HPO4-equivalent (QCT).
+
+    Returns
+    -------
+    Category
+        ``normal`` above 120, ``osteopenia`` from 80 to 120, ``osteoporosis`` below 80
+        (ACR-SPR-SSR Practice Parameter for QCT, 2018).
+    """
     if bmd_mg_cm3 > ACR_NORMAL_MG_CM3:
-        return "normal"
+        return NORMAL
     if bmd_mg_cm3 >= ACR_OSTEOPOROSIS_MG_CM3:
-        return "osteopenia"
-    return "osteoporosis"
+        return OSTEOPENIA
+    return OSTEOPOROSIS
 
 
-def who_category(t_score: float) -> str:
-    """WHO category of a DXA T-score (<= -2.5 osteoporosis, < -1 osteopenia; WHO TRS 843, 1994)."""
+def who_category(t_score: float) -> Category:
+    """WHO category of a DXA T-score.
+
+    Parameters
+    ----------
+    t_score : float
+        T-score (SD from the young-adult mean).
+
+    Returns
+    -------
+    Category
+        ``osteoporosis`` at -2.5 or below, ``osteopenia`` below -1, else ``normal`` (WHO TRS 843, 1994).
+    """
     if t_score <= WHO_OSTEOPOROSIS_T:
-        return "osteoporosis"
+        return OSTEOPOROSIS
     if t_score < WHO_OSTEOPENIA_T:
-        return "osteopenia"
-    return "normal"
+        return OSTEOPENIA
+    return NORMAL
 
 
-def pickhardt_flag(l1_hu: float | None) -> dict:
-    """Pickhardt 2013 L1 trabecular HU screening flag."""
+def pickhardt_flag(l1_hu: float | None) -> PickhardtFlag:
+    """Pickhardt 2013 L1 trabecular HU screening flag.
+
+    Parameters
+    ----------
+    l1_hu : float or None
+        Median trabecular HU of L1 (native scan), or None when L1 is not usable.
+
+    Returns
+    -------
+    PickhardtFlag
+        ``osteoporosis_likely`` at or below 110 HU (over 90% specific), ``osteoporosis_possible`` at or
+        below 160 HU (90% sensitive), else ``osteoporosis_unlikely``; ``not_available`` without L1
+        (Pickhardt et al., Ann Intern Med 2013;158:588-595).
+    """
     if l1_hu is None:
-        return {"l1_hu": None, "flag": "not_available"}
+        return PickhardtFlag(None, "not_available")
     if l1_hu <= PICKHARDT_SPECIFIC_HU:
         flag = "osteoporosis_likely"
     elif l1_hu <= PICKHARDT_SENSITIVE_HU:
         flag = "osteoporosis_possible"
     else:
         flag = "osteoporosis_unlikely"
-    return {"l1_hu": round(l1_hu, 1), "flag": flag,
-            "thresholds_hu": {"specific": PICKHARDT_SPECIFIC_HU, "sensitive": PICKHARDT_SENSITIVE_HU}}
+    return PickhardtFlag(round(l1_hu, 1), flag, PICKHARDT_SPECIFIC_HU, PICKHARDT_SENSITIVE_HU)
 
 
 def classify_patient(levels: list[LevelMeasurement], calibration: Calibration,

@@ -137,7 +137,7 @@ def result_dict(res: Result) -> dict:
                     "category_system": p.category_system,
                     "thresholds_mg_cm3": {"osteoporosis_below": ACR_OSTEOPOROSIS_MG_CM3,
                                           "normal_above": ACR_NORMAL_MG_CM3},
-                    "pickhardt_l1": p.pickhardt, "notes": list(p.notes)},
+                    "pickhardt_l1": p.pickhardt.to_dict(), "notes": list(p.notes)},
         "warnings": list(res.warnings),
     }
     if res.dl is not None:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: classify imports this module
+    from ctbmd.classify import Category
 
 #: VerSe label number for each level name (VerSe 2019/2020 numbering).
 VERSE_LABELS: dict[str, int] = {
@@ -528,6 +531,34 @@ class ContrastPhase:
 
 
 @dataclass(frozen=True)
+class PickhardtFlag:
+    """The L1 attenuation screen of Pickhardt et al. (Ann Intern Med 2013;158:588-595).
+
+    Attributes
+    ----------
+    l1_hu : float or None
+        Median trabecular HU of L1, rounded to 0.1 HU; None when L1 is not usable.
+    flag : {"osteoporosis_likely", "osteoporosis_possible", "osteoporosis_unlikely", "not_available"}
+        ``likely`` at or below ``specific_hu``, ``possible`` at or below ``sensitive_hu``.
+    specific_hu, sensitive_hu : float or None
+        The thresholds applied (:data:`ctbmd.classify.PICKHARDT_SPECIFIC_HU`, ``..._SENSITIVE_HU``);
+        None when not available.
+    """
+
+    l1_hu: float | None
+    flag: Literal["osteoporosis_likely", "osteoporosis_possible", "osteoporosis_unlikely", "not_available"]
+    specific_hu: float | None = None
+    sensitive_hu: float | None = None
+
+    def to_dict(self) -> dict:
+        """The ``pickhardt_l1`` entry of ``result.json`` (thresholds only when the flag was computed)."""
+        out: dict = {"l1_hu": self.l1_hu, "flag": self.flag}
+        if self.specific_hu is not None:
+            out["thresholds_hu"] = {"specific": self.specific_hu, "sensitive": self.sensitive_hu}
+        return out
+
+
+@dataclass(frozen=True)
 class PatientClassification:
     """Patient-level BMD and category.
 
@@ -545,7 +576,7 @@ class PatientClassification:
         BMD is unavailable.
     category_system : str
         ``"ACR-QCT"``.
-    pickhardt : dict
+    pickhardt : PickhardtFlag
         L1 HU screening flag (Pickhardt et al., Ann Intern Med 2013).
     notes : tuple of str
         Caveats (level substitution, contrast, an uncertain category).
@@ -560,9 +591,9 @@ class PatientClassification:
     bmd_mg_cm3: float | None
     hu_mean: float | None
     levels_used: tuple[str, ...]
-    category: str | None
+    category: Category | None
     category_system: str
-    pickhardt: dict
+    pickhardt: PickhardtFlag
     notes: tuple[str, ...] = ()
     bmd_ci95_mg_cm3: tuple[float, float] | None = None
     category_certain: bool | None = None

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ctbmd import __version__
-from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3
+from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3, NORMAL, OSTEOPENIA, OSTEOPOROSIS
 from ctbmd.types import LEVEL_ORDER, VERSE_LABELS, VERSE_NAMES
 
 #: The files :func:`ctbmd.report.write_files` writes for a DICOM input: the SEG, SR and SC, in that order.
@@ -62,10 +62,10 @@ FLAG_CODES = {
 }
 #: ACR-QCT categories as private codes (ranges of K2HPO4-equivalent trabecular BMD, not diagnoses).
 CATEGORY_CODES = {
-    "normal": ("ACR-NORMAL", f"ACR-QCT normal BMD (> {ACR_NORMAL_MG_CM3:g} mg/cm3)"),
-    "osteopenia": ("ACR-OSTEOPENIA",
-                   f"ACR-QCT osteopenia range ({ACR_OSTEOPOROSIS_MG_CM3:g}-{ACR_NORMAL_MG_CM3:g} mg/cm3)"),
-    "osteoporosis": ("ACR-OSTEOPOROSIS", f"ACR-QCT osteoporosis range (< {ACR_OSTEOPOROSIS_MG_CM3:g} mg/cm3)"),
+    NORMAL: ("ACR-NORMAL", f"ACR-QCT normal BMD (> {ACR_NORMAL_MG_CM3:g} mg/cm3)"),
+    OSTEOPENIA: ("ACR-OSTEOPENIA",
+                 f"ACR-QCT osteopenia range ({ACR_OSTEOPOROSIS_MG_CM3:g}-{ACR_NORMAL_MG_CM3:g} mg/cm3)"),
+    OSTEOPOROSIS: ("ACR-OSTEOPOROSIS", f"ACR-QCT osteoporosis range (< {ACR_OSTEOPOROSIS_MG_CM3:g} mg/cm3)"),
 }
 
 

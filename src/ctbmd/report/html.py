@@ -12,6 +12,7 @@ import base64
 import io as _io
 from pathlib import Path
 
+from ctbmd.classify import CATEGORIES
 from ctbmd.result import model_value_key, model_value_text
 
 CSS = """
@@ -74,7 +75,26 @@ def render_report_html(result: dict, png: bytes, title: str) -> str:
 
     return _environment().get_template("report.html.j2").render(
         r=result, p=p, c=result["calibration"], lab=result.get("labelling"), title=title, css=Markup(CSS),
-        png_b64=base64.b64encode(png).decode("ascii"), model=model, model_value=model_value)
+        png_b64=base64.b64encode(png).decode("ascii"), model=model, model_value=model_value,
+        category_ranges=category_ranges(p["thresholds_mg_cm3"]["osteoporosis_below"],
+                                        p["thresholds_mg_cm3"]["normal_above"]))
+
+
+def category_ranges(osteoporosis_below: float, normal_above: float) -> list[tuple[str, str]]:
+    """Each ACR-QCT category with its BMD range as text, from high to low BMD.
+
+    Parameters
+    ----------
+    osteoporosis_below, normal_above : float
+        The thresholds, mg/cm³ (:data:`ctbmd.classify.ACR_OSTEOPOROSIS_MG_CM3`, ``ACR_NORMAL_MG_CM3``).
+
+    Returns
+    -------
+    list of (str, str)
+        ``[("normal", "> 120"), ("osteopenia", "80–120"), ("osteoporosis", "< 80")]`` for the ACR values.
+    """
+    texts = (f"> {normal_above:g}", f"{osteoporosis_below:g}–{normal_above:g}", f"< {osteoporosis_below:g}")
+    return list(zip(CATEGORIES, texts))
 
 
 def cohort_figure_png(bmd_by_category: dict[str, list[float]], thresholds: tuple[float, float]) -> bytes:
@@ -90,7 +110,7 @@ def cohort_figure_png(bmd_by_category: dict[str, list[float]], thresholds: tuple
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 - registers the PNG writer
     from matplotlib.figure import Figure
 
-    colours = {"normal": "#1d6b2f", "osteopenia": "#d89b00", "osteoporosis": "#a11d1d"}
+    colours = dict(zip(CATEGORIES, ("#1d6b2f", "#d89b00", "#a11d1d")))
     fig = Figure(figsize=(7, 3.2))
     ax = fig.subplots()
     values = [v for vs in bmd_by_category.values() for v in vs]
@@ -132,13 +152,14 @@ def render_cohort_html(patients: list[dict], failures: list[dict], thresholds: t
     for row in patients:
         if row["category"] is not None and row["bmd_mg_cm3"] is not None:
             by_category.setdefault(row["category"], []).append(float(row["bmd_mg_cm3"]))
-    counts = {c: len(by_category.get(c, [])) for c in ("normal", "osteopenia", "osteoporosis")}
+    counts = {c: len(by_category.get(c, [])) for c in CATEGORIES}
     counts["not classified"] = sum(1 for row in patients if row["category"] is None)
     figure = cohort_figure_png(by_category, thresholds) if by_category else None
     from markupsafe import Markup
 
     return _environment().get_template("cohort.html.j2").render(
         patients=patients, failures=failures, counts=counts, title=title, css=Markup(CSS), thresholds=thresholds,
+        category_ranges=category_ranges(*thresholds),
         png_b64=None if figure is None else base64.b64encode(figure).decode("ascii"))
 
 
