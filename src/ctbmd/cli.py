@@ -127,6 +127,11 @@ def _configure_logging(debug: bool) -> None:
             handler.addFilter(_ctbmd_only)
 
 
+#: Flags whose name is not their Python parameter's: library errors name parameters (ctbmd.errors.parameter_text).
+CLI_FLAGS = {"mapping": "--map", "field_name": "--field", "n_boot": "--bootstrap", "slice_mm": "--slice",
+             "pixel_mm": "--pixel", "psf_mm": "--psf", "out_dir": "--out"}
+
+
 @contextmanager
 def _one_line_errors(debug: bool = False):
     """Turn a :class:`CtbmdError` into ``ctbmd: error: <path>: <reason>`` and its exit code, and any
@@ -136,7 +141,7 @@ def _one_line_errors(debug: bool = False):
     try:
         yield
     except CtbmdError as exc:
-        typer.echo(f"ctbmd: error: {exc.one_line()}", err=True)
+        typer.echo(f"ctbmd: error: {exc.one_line('cli', CLI_FLAGS)}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, distinct code
         if debug:
@@ -411,7 +416,7 @@ def calibrate_scanner(
     with _one_line_errors(debug):
         check_kvp(kvp)
         spec = parse_rod_spec(rods)
-        ct, _ = read_ct(phantom_scan, series_uid)
+        ct = read_ct(phantom_scan, series_uid)
         profile = make_profile(ct, spec, model=model, kvp=kvp)
         path = save_profile(profile, out)
     typer.echo(f"rods: {len(profile.rods)}; sigma_CT {profile.sigma_ct:.4f} HU per mg/cm³ "

@@ -24,7 +24,9 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Literal, Mapping
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -37,13 +39,45 @@ EXIT_PACS_NOT_FOUND = 8
 EXIT_PACS_REFUSED = 9
 
 
+#: A parameter named in an error's reason: ```name``` (a Python identifier between backticks).
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def parameter_text(reason: str, style: Literal["python", "cli"] = "python",
+                   flags: Mapping[str, str] | None = None) -> str:
+    """Write the parameters named in ``reason`` as Python names or as command-line flags.
+
+    Library code names a parameter between backticks, by its Python name (```label_map```), so the
+    same error reads right from the Python API (``label_map``) and from the CLI (``--label-map``).
+
+    Parameters
+    ----------
+    reason : str
+        The text, with parameters between backticks.
+    style : {"python", "cli"}
+        ``python`` drops the backticks; ``cli`` writes ``--name-with-dashes``.
+    flags : mapping of str to str, optional
+        Flags whose name is not the parameter's (``{"mapping": "--map"}``), for ``style="cli"``.
+
+    Returns
+    -------
+    str
+    """
+    if style == "python":
+        return _PARAMETER.sub(r"\1", reason)
+    flags = flags or {}
+    return _PARAMETER.sub(lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")), reason)
+
+
 class CtbmdError(Exception):
     """Base class of all expected ctbmd failures.
 
     Parameters
     ----------
     reason : str
-        One line saying what is wrong, in the user's terms.
+        One line saying what is wrong, in the user's terms. A parameter of the call is named by its Python
+        name between backticks (```levels```): ``str(error)`` shows ``levels``, the CLI ``--levels``
+        (:func:`parameter_text`).
     path : str or Path, optional
         The file or folder the reason is about.
     """
@@ -55,9 +89,18 @@ class CtbmdError(Exception):
         self.path = None if path is None else str(path)
         super().__init__(self.one_line())
 
-    def one_line(self) -> str:
-        """Return ``"<path>: <reason>"`` (or just the reason) on one line."""
-        text = self.reason if self.path is None else f"{self.path}: {self.reason}"
+    def one_line(self, style: Literal["python", "cli"] = "python", flags: Mapping[str, str] | None = None) -> str:
+        """Return ``"<path>: <reason>"`` (or just the reason) on one line.
+
+        Parameters
+        ----------
+        style : {"python", "cli"}
+            How parameters named in the reason are written (:func:`parameter_text`).
+        flags : mapping of str to str, optional
+            Flags whose name is not the parameter's, for ``style="cli"``.
+        """
+        reason = parameter_text(self.reason, style, flags)
+        text = reason if self.path is None else f"{self.path}: {reason}"
         return " ".join(text.split())
 
 

@@ -120,7 +120,7 @@ class Orthanc:
                                        self.url) from None
         if r.status_code in (401, 403):
             hint = ("forbidden for this user" if r.status_code == 403
-                    else f"credentials refused (give --user and set {PASSWORD_ENV})")
+                    else f"credentials refused (give `user` and set {PASSWORD_ENV})")
             raise PacsRefusedError(f"the PACS refused to {what} (HTTP {r.status_code}: {hint})", self.url)
         if r.status_code == 404:
             raise not_found(f"not found on the PACS while trying to {what} (HTTP 404)", self.url)
@@ -289,7 +289,7 @@ def pull_analyse_push(url: str, series_uid: str, out_dir: str | Path, *, push: b
     from ctbmd.io import check_output_dir
 
     if push and deidentify:
-        raise UsageError("--push stores the results in the source study; it cannot be combined with --deidentify")
+        raise UsageError("`push` stores the results in the source study; it cannot be combined with `deidentify`")
     out_dir = check_output_dir(out_dir, OUTPUT_FILES + DICOM_FILES)  # before the download, not after the analysis
     pacs = Orthanc(url, user, password)
     pacs.system()
@@ -298,7 +298,7 @@ def pull_analyse_push(url: str, series_uid: str, out_dir: str | Path, *, push: b
         raise InvalidInputError(f"series {series_uid} is not CT (Modality {series.modality or 'missing'})", url)
     with tempfile.TemporaryDirectory(prefix="ctbmd-pacs-") as tmp:
         pacs.download_series(series, tmp)
-        ct, _ = read_ct(Path(tmp) / "dicom", series_uid)
+        ct = read_ct(Path(tmp) / "dicom", series_uid)
         # the outputs name the series by its PACS resource, not by the temporary folder it was read from
         ct = replace(ct, info=replace(ct.info, path=f"{pacs.url}/series/{series.orthanc_id}"))
         result = run(ct, out_dir, deidentify=deidentify, **options)

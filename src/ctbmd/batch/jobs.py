@@ -190,7 +190,7 @@ def run_job(job: ScanJob, options: AnalysisOptions, out_dir: str) -> ScanOutcome
     if done_with(out_dir, job):
         return outcome(EXIT_OK)
     try:
-        ct, _ = read_ct(job.source, job.series_uid, job.files)
+        ct = read_ct(job.source, job.series_uid, job.files)
         model = _model(options.model) if options.model else None
         res = analyse(ct, segmenter=options.segmenter, labels=job.labels, label_map=options.label_map,
                       levels=options.levels, kvp=job.kvp if job.kvp is not None else options.kvp,
@@ -214,7 +214,7 @@ def run_job(job: ScanJob, options: AnalysisOptions, out_dir: str) -> ScanOutcome
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except CtbmdError as exc:
-        return outcome(exc.exit_code, exc.one_line())
+        return outcome(exc.exit_code, exc.one_line('cli'))
     except Exception as exc:  # noqa: BLE001 - a bug in one scan is recorded; the batch goes on
         detail = " ".join(str(exc).split())[:300]
         return outcome(EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {detail}")

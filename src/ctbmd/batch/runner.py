@@ -145,7 +145,7 @@ def check_out_dir(out_dir: str | Path, options: AnalysisOptions) -> None:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise UsageError("--out is a file, not a folder", out)
+        raise UsageError("`out_dir` is a file, not a folder", out)
     _check_record(out, options, write=False)
 
 
@@ -161,7 +161,7 @@ def _check_record(out: Path, options: AnalysisOptions, write: bool = True) -> No
         if have is not None and {k: have.get(k) for k in wanted} != wanted:
             diff = [k for k, v in wanted["options"].items() if (have.get("options") or {}).get(k) != v]
             what = ("options " + ", ".join(diff)) if diff else "ctbmd version " + str(have.get("ctbmd_version"))
-            raise UsageError(f"this folder holds a batch made with other {what}: use another --out, "
+            raise UsageError(f"this folder holds a batch made with other {what}: use another `out_dir`, "
                              "so one cohort table never mixes two methods", out)
     if write:
         write_atomic(record, lambda p: p.write_text(json.dumps(wanted, indent=2)))
@@ -253,7 +253,7 @@ def run_batch(discovery: Discovery, out_dir: str | Path, options: AnalysisOption
         options, or the scheduler cannot be reached; ``workers`` < 1.
     """
     if workers is not None and workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
+        raise UsageError(f"`workers` must be at least 1, got {workers}")
     start = time.perf_counter()
     out = Path(out_dir)
     check_out_dir(out, options)

@@ -42,14 +42,14 @@ def parse_levels(text: str) -> tuple[str, ...]:
     for item in filter(None, (p.strip().upper() for p in text.split(","))):
         ends = [e.strip() for e in item.split("-")]
         if len(ends) > 2 or any(e not in MEASURABLE_LEVELS for e in ends):
-            raise UsageError(f"--levels item {item!r} is not a level or a range of levels from T1 to L5 "
+            raise UsageError(f"`levels` item {item!r} is not a level or a range of levels from T1 to L5 "
                              "(e.g. T11-L5 or L1,L2)")
         a, b = MEASURABLE_LEVELS.index(ends[0]), MEASURABLE_LEVELS.index(ends[-1])
         if b < a:
-            raise UsageError(f"--levels range {item!r} runs upward; write it cranial to caudal (e.g. T4-T12)")
+            raise UsageError(f"`levels` range {item!r} runs upward; write it cranial to caudal (e.g. T4-T12)")
         out += [lv for lv in MEASURABLE_LEVELS[a:b + 1] if lv not in out]
     if not out:
-        raise UsageError("--levels names no level")
+        raise UsageError("`levels` names no level")
     return tuple(sorted(out, key=LEVEL_ORDER.index))
 
 
