@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctbmd.errors import BackendUnavailableError
+from ctbmd.errors import BackendUnavailableError, require_optional
 from ctbmd.segment.labelmaps import TOTAL_LEVELS, to_verse
 from ctbmd.types import CTVolume
 
@@ -35,11 +35,7 @@ def weights_dir() -> Path:
 
 def check_available() -> None:
     """Raise :class:`BackendUnavailableError` unless the package and its weights are installed."""
-    try:
-        import totalsegmentator.python_api  # noqa: F401
-    except ImportError:
-        raise BackendUnavailableError(
-            "the totalsegmentator backend needs TotalSegmentator: pip install 'ctbmd[totalseg]'") from None
+    require_optional(("totalsegmentator",), "the totalsegmentator backend", "pip install 'ctbmd[totalseg]'")
     folder = weights_dir()
     if not folder.is_dir() or not any(p.name.startswith("Dataset") for p in folder.iterdir()):
         raise BackendUnavailableError(
