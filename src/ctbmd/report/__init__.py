@@ -244,7 +244,7 @@ def write_files(res: Result, out_dir: str | Path, deidentify: bool = False) -> d
     out_dir : str or Path
     deidentify : bool
         De-identify the DICOM objects (DICOM PS3.15 Basic Profile,
-        :func:`ctbmd.report.dicom.deidentify`), and leave the input's path,
+        :func:`ctbmd.report.deidentify.deidentify`), and leave the input's path,
         patient ID and series UID out of ``result.json``, the picture's title and
         ``report.html``.
 

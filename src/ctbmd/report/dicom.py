@@ -43,6 +43,7 @@ import numpy as np
 
 from ctbmd import __version__
 from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3, NORMAL, OSTEOPENIA, OSTEOPOROSIS
+from ctbmd.report.deidentify import deidentify
 from ctbmd.types import LEVEL_ORDER, VERSE_LABELS, VERSE_NAMES
 
 #: The files :func:`ctbmd.report.write_files` writes for a DICOM input: the SEG, SR and SC, in that order.
@@ -250,68 +251,12 @@ def build_sr(result: dict, headers: list, seg, segments: dict):
               "effective_energy_kev": str(cal["effective_energy_kev"]), "kvp": str(cal["kvp"])}
     algorithm = hd.sr.AlgorithmIdentification(name="ctbmd", version=__version__,
                                               parameters=[f"{k}={v}" for k, v in params.items()])
-    bmd_name = private_code("BMD-TRAB-K2HPO4", "Trabecular bone mineral density (K2HPO4-equivalent, QCT)")
-    hu_name, hu_unit = codes.DCM.AttenuationCoefficient, codes.UCUM.HounsfieldUnit
-    mg = codes.UCUM.MilligramsPerCubicCentimeter
-    flag_name = private_code("QC-FLAG", "ctbmd quality flag")
-    used_name = private_code("USED-PATIENT", "Level used for the patient value")
-    yes, no = codes.SCT.Yes, codes.SCT.No
-    source_series = hd.sr.SourceSeriesForSegmentation(headers[0].SeriesInstanceUID)
-    groups = []
-    for lv in result["levels"]:
-        level = lv["level"]
-        region = f"{level} trabecular ROI" if f"{level} trabecular ROI" in segments else level
-        number = segments.get(region)
-        if number is None:
-            continue
-        site = [hd.sr.FindingSite(vertebra_code(level))]
-        measurements = []
-        for key, derivation in (("trabecular_hu_mean", codes.SCT.Mean), ("trabecular_hu_median", codes.SCT.Median),
-                                ("trabecular_hu_sd", codes.SCT.StandardDeviation)):
-            if lv[key] is not None:
-                measurements.append(hd.sr.Measurement(name=hu_name, value=lv[key], unit=hu_unit, derivation=derivation))
-        if lv["bmd_mg_cm3"] is not None:
-            measurements.append(hd.sr.Measurement(name=bmd_name, value=lv["bmd_mg_cm3"], unit=mg, derivation=codes.SCT.Mean,
-                                                  method=method, algorithm_id=algorithm))
-            if lv["bmd_ci95_mg_cm3"]:
-                for value, which in zip(lv["bmd_ci95_mg_cm3"], ("LOW", "HIGH")):
-                    measurements.append(hd.sr.Measurement(
-                        name=private_code(f"BMD-CI95-{which}", f"BMD 95% interval, {which.lower()} limit (K2HPO4)"),
-                        value=value, unit=mg, method=method, algorithm_id=algorithm))
-        evaluations = [hd.sr.QualitativeEvaluation(flag_name, private_code(*FLAG_CODES.get(f, (f[:16].upper(), f))))
-                       for f in lv["flags"]]
-        evaluations.append(hd.sr.QualitativeEvaluation(used_name, yes if lv["used_for_patient"] else no))
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=hd.UID(), identifier=region if region != level else f"{level} vertebra (no trabecular ROI)"),
-            referenced_segment=hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
-                                                       segment_number=number, source_series=source_series),
-            finding_type=codes.SCT.BoneTissue, finding_sites=site, measurements=measurements or None,
-            qualitative_evaluations=evaluations))
-    p = result["patient"]
-    measurements, evaluations = [], []
-    if p["bmd_mg_cm3"] is not None:
-        used = "+".join(p["levels_used"])
-        measurements.append(hd.sr.Measurement(
-            name=private_code("BMD-PATIENT", f"Patient trabecular BMD, mean of {used} (K2HPO4)"),
-            value=p["bmd_mg_cm3"], unit=mg, method=method, algorithm_id=algorithm))
-        for value, which in zip(p["bmd_ci95_mg_cm3"] or (), ("LOW", "HIGH")):
-            measurements.append(hd.sr.Measurement(
-                name=private_code(f"BMD-PAT-CI-{which}", f"Patient BMD 95% interval, {which.lower()} limit (K2HPO4)"),
-                value=value, unit=mg, method=method, algorithm_id=algorithm))
-    if p["category"] is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(private_code("ACR-QCT-CAT", "ACR-QCT BMD category"),
-                                                       private_code(*CATEGORY_CODES[p["category"]])))
-        evaluations.append(hd.sr.QualitativeEvaluation(
-            private_code("CAT-CERTAIN", "Category certain (95% interval within one category)"),
-            yes if p["category_certain"] else no))
-    if measurements or evaluations:
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="patient"),
-            finding_sites=[hd.sr.FindingSite(codes.SCT.LumbarSpine)] if all(
-                lv.startswith("L") for lv in p["levels_used"]) and p["levels_used"] else None,
-            method=method, algorithm_id=algorithm, measurements=measurements or None,
-            qualitative_evaluations=evaluations or None))
+    terms = _SrTerms(method=method, algorithm=algorithm, seg=seg,
+                     source_series=hd.sr.SourceSeriesForSegmentation(headers[0].SeriesInstanceUID))
+    groups = [g for g in (_level_group(lv, segments, terms) for lv in result["levels"]) if g is not None]
+    patient = _patient_group(result["patient"], terms)
+    if patient is not None:
+        groups.append(patient)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -325,6 +270,89 @@ def build_sr(result: dict, headers: list, seg, segments: dict):
         series_description="ctbmd trabecular BMD report (research use only)")
     sr.CodingSchemeIdentificationSequence = [coding_scheme_item()]
     return sr
+
+
+@dataclass(frozen=True)
+class _SrTerms:
+    """What every content group of one SR shares: the calibration method, the algorithm and the SEG."""
+
+    method: object
+    algorithm: object
+    seg: object
+    source_series: object
+
+
+def _level_group(lv: dict, segments: dict, terms: _SrTerms):
+    """The TID 1411 group of one level (``result.json``'s level dict), or None when it has no segment."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    level = lv["level"]
+    region = f"{level} trabecular ROI" if f"{level} trabecular ROI" in segments else level
+    number = segments.get(region)
+    if number is None:
+        return None
+    mg = codes.UCUM.MilligramsPerCubicCentimeter
+    measurements = []
+    for key, derivation in (("trabecular_hu_mean", codes.SCT.Mean), ("trabecular_hu_median", codes.SCT.Median),
+                            ("trabecular_hu_sd", codes.SCT.StandardDeviation)):
+        if lv[key] is not None:
+            measurements.append(hd.sr.Measurement(name=codes.DCM.AttenuationCoefficient, value=lv[key],
+                                                  unit=codes.UCUM.HounsfieldUnit, derivation=derivation))
+    if lv["bmd_mg_cm3"] is not None:
+        bmd_name = private_code("BMD-TRAB-K2HPO4", "Trabecular bone mineral density (K2HPO4-equivalent, QCT)")
+        measurements.append(hd.sr.Measurement(name=bmd_name, value=lv["bmd_mg_cm3"], unit=mg, derivation=codes.SCT.Mean,
+                                              method=terms.method, algorithm_id=terms.algorithm))
+        if lv["bmd_ci95_mg_cm3"]:
+            for value, which in zip(lv["bmd_ci95_mg_cm3"], ("LOW", "HIGH")):
+                measurements.append(hd.sr.Measurement(
+                    name=private_code(f"BMD-CI95-{which}", f"BMD 95% interval, {which.lower()} limit (K2HPO4)"),
+                    value=value, unit=mg, method=terms.method, algorithm_id=terms.algorithm))
+    flag_name = private_code("QC-FLAG", "ctbmd quality flag")
+    evaluations = [hd.sr.QualitativeEvaluation(flag_name, private_code(*FLAG_CODES.get(f, (f[:16].upper(), f))))
+                   for f in lv["flags"]]
+    evaluations.append(hd.sr.QualitativeEvaluation(private_code("USED-PATIENT", "Level used for the patient value"),
+                                                   codes.SCT.Yes if lv["used_for_patient"] else codes.SCT.No))
+    seg = terms.seg
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=region if region != level else f"{level} vertebra (no trabecular ROI)"),
+        referenced_segment=hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+                                                   segment_number=number, source_series=terms.source_series),
+        finding_type=codes.SCT.BoneTissue, finding_sites=[hd.sr.FindingSite(vertebra_code(level))],
+        measurements=measurements or None, qualitative_evaluations=evaluations)
+
+
+def _patient_group(p: dict, terms: _SrTerms):
+    """The TID 1501 group of the patient value and ACR-QCT category (``result.json``'s patient), or None."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    mg = codes.UCUM.MilligramsPerCubicCentimeter
+    measurements, evaluations = [], []
+    if p["bmd_mg_cm3"] is not None:
+        used = "+".join(p["levels_used"])
+        measurements.append(hd.sr.Measurement(
+            name=private_code("BMD-PATIENT", f"Patient trabecular BMD, mean of {used} (K2HPO4)"),
+            value=p["bmd_mg_cm3"], unit=mg, method=terms.method, algorithm_id=terms.algorithm))
+        for value, which in zip(p["bmd_ci95_mg_cm3"] or (), ("LOW", "HIGH")):
+            measurements.append(hd.sr.Measurement(
+                name=private_code(f"BMD-PAT-CI-{which}", f"Patient BMD 95% interval, {which.lower()} limit (K2HPO4)"),
+                value=value, unit=mg, method=terms.method, algorithm_id=terms.algorithm))
+    if p["category"] is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(private_code("ACR-QCT-CAT", "ACR-QCT BMD category"),
+                                                       private_code(*CATEGORY_CODES[p["category"]])))
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            private_code("CAT-CERTAIN", "Category certain (95% interval within one category)"),
+            codes.SCT.Yes if p["category_certain"] else codes.SCT.No))
+    if not (measurements or evaluations):
+        return None
+    lumbar = p["levels_used"] and all(lv.startswith("L") for lv in p["levels_used"])
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="patient"),
+        finding_sites=[hd.sr.FindingSite(codes.SCT.LumbarSpine)] if lumbar else None,
+        method=terms.method, algorithm_id=terms.algorithm, measurements=measurements or None,
+        qualitative_evaluations=evaluations or None)
 
 
 def coding_scheme_item():
@@ -369,89 +397,6 @@ def build_sc(header, rgb: np.ndarray, identifying_text: bool):
 
 #: Attributes ctbmd writes itself (not copied from the source): kept by :func:`deidentify` under the
 #: Clean Descriptors option (PS3.15 E.3.5), since their text is ctbmd's own.
-OWN_DESCRIPTORS = ("SeriesDescription", "ContentDescription", "ContentLabel", "ImageComments", "ContentCreatorName",
-                   "DeviceSerialNumber")
-
-
-def _basic_profile_tables() -> tuple[set, set]:
-    """(remove, empty): the tags whose Basic Profile action is X (or X/Z, X/D, X/Z/D) and Z, from the PS3.15
-    Table E.1-1 as tabulated by KitwareMedical dicom-anonymizer (edition 2026c). Z/D tags (dates and times
-    such as Content Date, type 1 in the SEG and SR) are left to dicognito, which replaces them (D)."""
-    from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table
-
-    remove = set(table.X_TAGS) | set(table.X_Z_TAGS) | set(table.X_D_TAGS) | set(table.X_Z_D_TAGS)
-    return remove, set(table.Z_TAGS)
-
-
-def deidentify(datasets: list) -> list:
-    """``datasets`` with the DICOM PS3.15 Annex E Basic Profile applied, with consistent new UIDs.
-
-    Two maintained libraries, each for what it does well:
-
-    1. dicognito (``dicognito.anonymizer.Anonymizer``) replaces UIDs, names,
-       IDs, addresses and institution data and shifts dates, through one
-       mapping shared by ``datasets``, so the SR's and SC's references to the
-       SEG and the source series still resolve (options 113107, modified dates);
-    2. then every top-level attribute left that the Basic Profile table
-       (PS3.15 Table E.1-1, as tabulated by dicom-anonymizer) says to remove (X)
-       is deleted and every one it says to empty (Z) is emptied: the free text
-       highdicom copies from the source's Patient and Study modules (Study
-       Description, Patient Comments, Additional Patient History, age, size,
-       weight, ...). ctbmd's own descriptors (:data:`OWN_DESCRIPTORS`) are kept
-       (Clean Descriptors option, 113105). Private tags are removed.
-
-    PatientIdentityRemoved is set to YES and DeidentificationMethodCodeSequence
-    lists 113100, 113105 and 113107 (PS3.15 E.1.1, PS3.16 CID 7050). Each
-    dataset is written and read back first (pydicom), since dicognito expects
-    values as read from a file (dates as strings).
-
-    Returns
-    -------
-    list of pydicom.Dataset
-        New datasets (as read from bytes), in the order given.
-    """
-    import warnings
-
-    import pydicom
-    from dicognito.anonymizer import Anonymizer
-    from pydicom.dataset import Dataset
-    from pydicom.tag import Tag
-
-    remove, empty = _basic_profile_tables()
-    own = {Tag(k) for k in OWN_DESCRIPTORS}
-    anonymizer = Anonymizer()
-    out = []
-    for original in datasets:
-        buf = _io.BytesIO()
-        original.save_as(buf, enforce_file_format=True)
-        ds = pydicom.dcmread(_io.BytesIO(buf.getvalue()))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # pydicom's note on an unknown keyword dicognito probes
-            anonymizer.anonymize(ds)
-        kept = {t: ds[t].value for t in own if t in ds}
-        # an attribute already empty tells nothing and may be required (type 2): only values are removed
-        for tag in [t for t in ds.keys() if (t.group, t.element) in remove and not ds[t].is_empty]:
-            del ds[tag]
-        for tag in [t for t in ds.keys() if (t.group, t.element) in empty and ds[t].VR != "SQ" and not ds[t].is_empty]:
-            ds[tag].value = None
-        ds.remove_private_tags()
-        for t, value in kept.items():
-            ds[t] = pydicom.DataElement(t, pydicom.datadict.dictionary_VR(t), value)
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "PS3.15 Basic Profile (dicognito + Table E.1-1)"  # LO: 64 characters
-        codes = []
-        for value, meaning in (("113100", "Basic Application Confidentiality Profile"),
-                               ("113105", "Clean Descriptors Option"),
-                               ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")):
-            code = Dataset()
-            code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
-            codes.append(code)
-        ds.DeidentificationMethodCodeSequence = codes
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        out.append(ds)
-    return out
-
-
 def build_seg_and_sr(result: dict, files: tuple[str, ...], vert_zyx: np.ndarray, roi_zyx: np.ndarray,
                      labeller: str) -> DicomObjects:
     """The SEG and SR of one analysis (``sc`` is None; see :func:`with_secondary_capture`).
