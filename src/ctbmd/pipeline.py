@@ -30,7 +30,7 @@ from ctbmd.roi import measure_levels
 from ctbmd.segment import segment
 from ctbmd.segment.builtin import REPORTED_LEVELS
 from ctbmd.segment.orientation import check_superior_inferior
-from ctbmd.types import CTVolume
+from ctbmd.types import Calibration, CTVolume, LevelMeasurement, PatientClassification, SpineSegmentation
 
 #: The stages a run reports through ``progress``: :func:`analyse` ticks the first five, the model
 #: step (:mod:`ctbmd.api`) and the writing of the files the last two.
@@ -110,6 +110,69 @@ def analyse(source: str | Path | CTVolume, segmenter: str = "builtin", labels: s
     """
     tick = progress or (lambda _stage: None)
     check_kvp(kvp)
+    rod_spec, profile = _calibration_inputs(rods, scanner_profile)
+    tick("read")
+    ct = source if isinstance(source, CTVolume) else read_ct(source, series_uid)
+    kvp_used, kvp_source = (ct.info.kvp, "header") if kvp is None else (float(kvp), "option")
+    if profile is not None:
+        from ctbmd.calibrate.rods import check_profile
+
+        check_profile(profile, _with_kvp(ct, kvp_used).info)  # a kVp or kernel mismatch fails here, before segmenting
+    tick("segment")
+    check_superior_inferior(ct)  # a header flipped head to foot is refused before any level is named
+    seg = segment(ct, segmenter, labels, label_map, levels)
+    tick("roi")
+    # the reference tissues are sampled in a second thread while the ROIs are measured: both only
+    # read the scan and the labels, and their numpy and scipy work releases the GIL
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sampling = pool.submit(reference_tissues, ct, seg)
+        measured, roi_labels = (rois := measure_levels(ct, seg)).levels, rois.roi_labels
+        tick("calibrate")
+        sample = sampling.result()
+    phase = detect_contrast_phase(ct.info, sample.tissues)
+    if rod_spec is not None or profile is not None:
+        calibration = _rod_calibration(ct, sample, rod_spec, profile, kvp_used, kvp_source)
+    else:
+        calibration = fit_calibration(sample, phase, kvp_used, kvp_source)
+    tick("classify")
+    patient = classify_patient(measured, calibration, phase)
+    return Result(ct=ct, seg=seg, levels=tuple(measured), roi_labels=roi_labels, calibration=calibration,
+                  phase=phase, patient=patient,
+                  warnings=merge_warnings(ct, kvp, seg, calibration, patient, tuple(measured)))
+
+
+def merge_warnings(ct: CTVolume, kvp: float | None, seg: SpineSegmentation, calibration: Calibration,
+                   patient: PatientClassification, measured: tuple[LevelMeasurement, ...]) -> tuple[str, ...]:
+    """Every stage's warnings, in the order the stages ran: the one place they are merged.
+
+    Parameters
+    ----------
+    ct : CTVolume
+        Its ``info.notes`` (the read's remarks).
+    kvp : float or None
+        The tube voltage given by the caller, noted when it overrides a different header value.
+    seg, calibration, patient, measured :
+        The stages' results: the labeller's warnings, the calibration's failure reason and QC flags, the
+        patient's notes, and each level's flags.
+
+    Returns
+    -------
+    tuple of str
+    """
+    warnings = list(ct.info.notes)
+    if kvp is not None and ct.info.kvp is not None and abs(ct.info.kvp - kvp) > 1.0:
+        warnings.append(f"--kvp {kvp:g} overrides the header's KVP {ct.info.kvp:g}")
+    warnings += list(seg.warnings)
+    if not calibration.ok:
+        warnings.append(calibration.reason)
+    warnings += [f"calibration: {q}" for q in calibration.qc_flags]
+    warnings += list(patient.notes)
+    warnings += [f"{m.level}: {', '.join(m.flags)}" for m in measured if m.flags]
+    return tuple(warnings)
+
+
+def _calibration_inputs(rods: str | None, scanner_profile: str | Path | None):
+    """(rod spec or None, scanner profile or None), parsed and read; both at once is a usage error."""
     if rods is not None and scanner_profile is not None:
         raise UsageError("give a rod spec or a scanner profile, not both")
     rod_spec = profile = None
@@ -121,59 +184,23 @@ def analyse(source: str | Path | CTVolume, segmenter: str = "builtin", labels: s
         from ctbmd.calibrate.rods import load_profile
 
         profile = load_profile(scanner_profile)
-    tick("read")
-    if isinstance(source, CTVolume):
-        ct, warnings = source, list(source.info.notes)  # the read's remarks, kept with the scan
-    else:
-        ct, warnings = read_ct(source, series_uid)
-    kvp_used, kvp_source = ct.info.kvp, "header"
-    if kvp is not None:
-        if ct.info.kvp is not None and abs(ct.info.kvp - kvp) > 1.0:
-            warnings.append(f"--kvp {kvp:g} overrides the header's KVP {ct.info.kvp:g}")
-        kvp_used, kvp_source = float(kvp), "option"
-    if profile is not None:
-        from ctbmd.calibrate.rods import check_profile
+    return rod_spec, profile
 
-        check_profile(profile, _with_kvp(ct, kvp_used).info)  # a kVp or kernel mismatch fails here, before segmenting
-    tick("segment")
-    check_superior_inferior(ct)  # a header flipped head to foot is refused before any level is named
-    seg = segment(ct, segmenter, labels, label_map, levels)
-    warnings += list(seg.warnings)
-    tick("roi")
-    # the reference tissues are sampled in a second thread while the ROIs are measured: both only
-    # read the scan and the labels, and their numpy and scipy work releases the GIL
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        sampling = pool.submit(reference_tissues, ct, seg)
-        measured, roi_labels = measure_levels(ct, seg)
-        tick("calibrate")
-        sample = sampling.result()
-    phase = detect_contrast_phase(ct.info, sample.tissues)
-    if rod_spec is not None or profile is not None:
-        from ctbmd.calibrate.rods import find_rods, fit_rods, profile_calibration, rod_calibration
 
-        if rod_spec is not None:
-            found = find_rods(ct, rod_spec)
-            calibration = rod_calibration(fit_rods(found, rod_spec), found, _with_kvp(ct, kvp_used))
-        else:
-            calibration = profile_calibration(profile, _with_kvp(ct, kvp_used), sample.dw_cm)
-        # the same record as a phantomless calibration: the tissues (measured, not used) and the size
-        dw = round(sample.dw_cm, 1) if np.isfinite(sample.dw_cm) else None
-        tissues = {n: replace(t, used_in_fit=False) for n, t in sample.tissues.items()}
-        source_kvp = kvp_source if kvp_used is not None else calibration.kvp_source
-        calibration = replace(calibration, dw_cm=dw, tissues=tissues, kvp_source=source_kvp)
+def _rod_calibration(ct: CTVolume, sample, rod_spec, profile, kvp_used: float | None, kvp_source: str) -> Calibration:
+    """The calibration from rods in the scan (synchronous) or a scanner profile (asynchronous), with the
+    reference tissues (measured, not used in the fit) and the body size recorded as a phantomless one would."""
+    from ctbmd.calibrate.rods import find_rods, fit_rods, profile_calibration, rod_calibration
+
+    if rod_spec is not None:
+        found = find_rods(ct, rod_spec)
+        calibration = rod_calibration(fit_rods(found, rod_spec), found, _with_kvp(ct, kvp_used))
     else:
-        calibration = fit_calibration(sample, phase, kvp_used, kvp_source)
-    if not calibration.ok:
-        warnings.append(calibration.reason)
-    warnings += [f"calibration: {q}" for q in calibration.qc_flags]
-    tick("classify")
-    patient = classify_patient(measured, calibration, phase)
-    warnings += list(patient.notes)
-    for m in measured:
-        if m.flags:
-            warnings.append(f"{m.level}: {', '.join(m.flags)}")
-    return Result(ct=ct, seg=seg, levels=tuple(measured), roi_labels=roi_labels, calibration=calibration,
-                  phase=phase, patient=patient, warnings=tuple(warnings))
+        calibration = profile_calibration(profile, _with_kvp(ct, kvp_used), sample.dw_cm)
+    dw = round(sample.dw_cm, 1) if np.isfinite(sample.dw_cm) else None
+    tissues = {n: replace(t, used_in_fit=False) for n, t in sample.tissues.items()}
+    source_kvp = kvp_source if kvp_used is not None else calibration.kvp_source
+    return replace(calibration, dw_cm=dw, tissues=tissues, kvp_source=source_kvp)
 
 
 def check_kvp(kvp: float | None) -> None:
