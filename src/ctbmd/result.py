@@ -51,7 +51,7 @@ class Result:
     patient : PatientClassification
         The patient's BMD (mean of the levels used) and ACR-QCT category.
     warnings : tuple of str
-        Every warning of every stage, merged in one place (:func:`ctbmd.pipeline.analyse`).
+        Every warning of every stage, merged in one place (:func:`ctbmd.pipeline.merge_warnings`).
     dl : ModelOutput or None
         A learned model's per-level values, when one was applied
         (:func:`ctbmd.model.store.add_model`).

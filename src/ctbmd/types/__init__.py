@@ -18,13 +18,14 @@ The types live in three modules, re-exported here: :mod:`ctbmd.types.volume` (th
 calibration, contrast phase, the patient, a model's values).
 """
 
-from ctbmd.types.measure import (EXCLUDING_FLAGS, Calibration, ContrastPhase, LevelMeasurement, LevelPrediction,
-                                 ModelOutput, PatientClassification, PickhardtFlag, ReferenceTissue)
+from ctbmd.types.measure import (EXCLUDING_FLAGS, Calibration, CalibrationMethod, ContrastPhase, LevelMeasurement,
+                                 LevelPrediction, ModelOutput, PatientClassification, PhaseName, PickhardtFlag, QcFlag,
+                                 ReferenceTissue)
 from ctbmd.types.spine import (LEVEL_ORDER, VERSE_LABELS, VERSE_NAMES, AnchorRecord, LabellingRecord,
                                SpineSegmentation, VertebraRecord, level_index)
 from ctbmd.types.volume import CTVolume, Grid, ScanInfo
 
 __all__ = ["EXCLUDING_FLAGS", "LEVEL_ORDER", "VERSE_LABELS", "VERSE_NAMES", "AnchorRecord", "CTVolume", "Calibration",
-           "ContrastPhase", "Grid", "LabellingRecord", "LevelMeasurement", "LevelPrediction", "ModelOutput",
-           "PatientClassification", "PickhardtFlag", "ReferenceTissue", "ScanInfo", "SpineSegmentation",
+           "CalibrationMethod", "ContrastPhase", "Grid", "LabellingRecord", "LevelMeasurement", "LevelPrediction", "ModelOutput",
+           "PatientClassification", "PhaseName", "PickhardtFlag", "QcFlag", "ReferenceTissue", "ScanInfo", "SpineSegmentation",
            "VertebraRecord", "level_index"]

@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:  # annotations only: classify imports this module
     from ctbmd.classify import Category
 
+#: A level's QC flag (:func:`ctbmd.roi.measure_level`).
+QcFlag = Literal["partial", "metal", "suspected_fracture", "hyperdense_focus", "too_small"]
 #: QC flags that keep a level out of the patient-level BMD.
-EXCLUDING_FLAGS: tuple[str, ...] = ("partial", "too_small", "metal", "suspected_fracture")
+EXCLUDING_FLAGS: tuple[QcFlag, ...] = ("partial", "too_small", "metal", "suspected_fracture")
+#: How BMD was calibrated: internal (reference tissues), rods in the scan, or a scanner's rod profile.
+CalibrationMethod = Literal["phantomless", "rods", "scanner_profile"]
+#: The contrast phase (:func:`ctbmd.classify.detect_contrast_phase`).
+PhaseName = Literal["native", "portal_venous", "arterial", "contrast", "unknown"]
 
 
 
@@ -58,7 +64,7 @@ class LevelMeasurement:
     hu_mean: float | None
     hu_sd: float | None
     heights_mm: dict[str, float]
-    flags: tuple[str, ...]
+    flags: tuple[QcFlag, ...]
     genant_grade: int | None = None
     deformity: str | None = None
     height_ratios: dict[str, float] = field(default_factory=dict)
@@ -96,9 +102,6 @@ class ReferenceTissue:
     hu_iqr: float
     n_voxels: int
     used_in_fit: bool = True
-
-
-CalibrationMethod = Literal["phantomless", "rods", "scanner_profile"]
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ class ContrastPhase:
         One line saying how the phase was decided.
     """
 
-    phase: str
+    phase: PhaseName
     aorta_hu: float | None
     dicom_contrast_agent: str | None
     evidence: str
@@ -290,7 +293,7 @@ class PatientClassification:
     hu_mean: float | None
     levels_used: tuple[str, ...]
     category: Category | None
-    category_system: str
+    category_system: Literal["ACR-QCT"]
     pickhardt: PickhardtFlag
     notes: tuple[str, ...] = ()
     bmd_ci95_mg_cm3: tuple[float, float] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class AnchorRecord:
     """An anatomical anchor in view: ``kind`` (``sacrum``, ``lowest_rib``, ``first_rib``), the name it
     implies for its vertebra in standard anatomy, the name given there, and whether they agree."""
 
-    kind: str
+    kind: Literal["sacrum", "lowest_rib", "first_rib"]
     implies: str
     named: str | None
     agrees: bool
