@@ -44,6 +44,8 @@ excluded as hyperdense).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -59,6 +61,58 @@ MIN_ROI_MM3 = 2000.0
 MIN_ROI_VOXELS = 20
 METAL_HU = 2500.0
 HYPERDENSE_FLAG_FRACTION = 0.10
+
+
+@dataclass(frozen=True)
+class TrabecularROI:
+    """The trabecular ROI of a vertebral body (:func:`trabecular_roi`).
+
+    Attributes
+    ----------
+    mask : numpy.ndarray
+        bool, the shape of the body mask it was made from ``(nx, ny, nz)``: the ROI.
+    excluded_fraction : float
+        Fraction (0-1) of the deep core (>= 8 mm inside the body; the eroded body when that
+        is too small) removed as hyperdense; 0 when the eroded body is empty.
+    """
+
+    mask: np.ndarray
+    excluded_fraction: float
+
+
+@dataclass(frozen=True)
+class LevelROI:
+    """One level measured by :func:`measure_level`.
+
+    Attributes
+    ----------
+    measurement : LevelMeasurement
+        ROI statistics, heights, Genant grade and QC flags.
+    roi : numpy.ndarray
+        bool, the ROI on the crop, shape of ``ct.hu[crop]``.
+    crop : tuple of slice
+        Where the crop lies in ``ct.hu`` (axes L, P, S): the vertebra's bounding box plus 2 voxels.
+    """
+
+    measurement: LevelMeasurement
+    roi: np.ndarray
+    crop: tuple[slice, ...]
+
+
+@dataclass(frozen=True)
+class LevelROIs:
+    """Every level of a segmentation measured by :func:`measure_levels`.
+
+    Attributes
+    ----------
+    levels : tuple of LevelMeasurement
+        In the order of ``seg.levels`` (cranial to caudal).
+    roi_labels : numpy.ndarray
+        uint8 ROI map on the CT grid, VerSe numbering, shape ``ct.hu.shape`` (Fortran order, x fastest).
+    """
+
+    levels: tuple[LevelMeasurement, ...]
+    roi_labels: np.ndarray
 
 
 def vertebral_body(vertebra: np.ndarray, spacing_mm: tuple[float, float, float],
@@ -115,7 +169,7 @@ def _depth_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.nd
 
 
 def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, float, float],
-                   slice_thickness_mm: float | None = None) -> tuple[np.ndarray, float]:
+                   slice_thickness_mm: float | None = None) -> TrabecularROI:
     """Trabecular ROI of a vertebral body (steps 2-3 of the module method).
 
     Parameters
@@ -131,11 +185,8 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
 
     Returns
     -------
-    roi : numpy.ndarray
-        Boolean ROI mask.
-    excluded_fraction : float
-        Fraction of the deep core (>= 8 mm inside the body; the eroded body when
-        that is too small) removed as hyperdense.
+    TrabecularROI
+        The ROI mask (bool, shape of ``body``) and the fraction of the deep core removed as hyperdense.
     """
     depth = _depth_mm(body, spacing_mm)
     core = depth >= CORTEX_EROSION_MM
@@ -145,7 +196,7 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
         # distance to the body surface along z alone (in-plane steps made prohibitively long)
         core &= _depth_mm(body, (1e6, 1e6, spacing_mm[2])) >= z_margin
     if not core.any():
-        return core, 0.0
+        return TrabecularROI(core, 0.0)
     values = hu[core]
     med = float(np.median(values))
     robust_sd = 1.4826 * float(np.median(np.abs(values - med)))
@@ -155,11 +206,11 @@ def trabecular_roi(body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, fl
     # endplate bone, which is excluded but is not a focus.
     deep = depth >= 2 * CORTEX_EROSION_MM
     region = deep if deep.sum() >= MIN_ROI_VOXELS else core
-    return roi, 1.0 - (roi & region).sum() / region.sum()
+    return TrabecularROI(roi, 1.0 - (roi & region).sum() / region.sum())
 
 
 def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
-                  heights: dict[str, BodyHeights] | None = None) -> tuple[LevelMeasurement, np.ndarray, tuple]:
+                  heights: dict[str, BodyHeights] | None = None) -> LevelROI:
     """Measure the trabecular ROI, the body heights and the Genant grade of one level.
 
     All work is done on the vertebra's bounding box (``seg.boxes``, plus 2
@@ -180,11 +231,8 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
 
     Returns
     -------
-    measurement : LevelMeasurement
-    roi : numpy.ndarray
-        Boolean ROI mask of the crop.
-    crop : tuple of slice
-        Where the crop lies in ``ct.hu``.
+    LevelROI
+        The measurement, the ROI mask of the crop (bool) and the crop (where it lies in ``ct.hu``).
 
     Raises
     ------
@@ -204,7 +252,8 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
     if touches_edge(seg, value) and "partial" not in flags:
         flags.append("partial")
     body = seg.body[crop] == value if seg.body is not None else vertebral_body(vertebra, spacing)
-    roi, excluded = trabecular_roi(body, hu, spacing, ct.info.slice_thickness_mm)
+    trabecular = trabecular_roi(body, hu, spacing, ct.info.slice_thickness_mm)
+    roi = trabecular.mask
     if np.count_nonzero(hu[vertebra] > METAL_HU) >= 3:
         flags.append("metal")
     if heights is None or level not in heights:
@@ -212,7 +261,7 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
     grade = grade_level(level, heights, max(float(ct.info.slice_thickness_mm or 0.0), spacing[2]))
     if grade is not None and grade.grade >= FRACTURE_MIN_GRADE:
         flags.append("suspected_fracture")
-    if excluded > HYPERDENSE_FLAG_FRACTION:
+    if trabecular.excluded_fraction > HYPERDENSE_FLAG_FRACTION:
         flags.append("hyperdense_focus")
     n = int(roi.sum())
     volume = float(n * np.prod(spacing))
@@ -228,24 +277,30 @@ def measure_level(ct: CTVolume, seg: SpineSegmentation, level: str,
         flags=tuple(flags), genant_grade=None if grade is None else grade.grade,
         deformity=None if grade is None else grade.kind,
         height_ratios={} if grade is None else dict(grade.ratios))
-    return measurement, roi, crop
+    return LevelROI(measurement, roi, crop)
 
 
-def measure_levels(ct: CTVolume, seg: SpineSegmentation) -> tuple[list[LevelMeasurement], np.ndarray]:
-    """Measure every level of ``seg``.
+def measure_levels(ct: CTVolume, seg: SpineSegmentation) -> LevelROIs:
+    """Measure every level of ``seg`` (:func:`measure_level`), the heights once for all.
+
+    Parameters
+    ----------
+    ct : CTVolume
+        Canonical HU volume.
+    seg : SpineSegmentation
+        Labels on the same grid.
 
     Returns
     -------
-    measurements : list of LevelMeasurement
-        Cranial to caudal.
-    roi_labels : numpy.ndarray
-        uint8 ROI map on the CT grid, VerSe numbering, shape ``ct.hu.shape``.
+    LevelROIs
+        The measurements, in the order of ``seg.levels`` (cranial to caudal), and the uint8 ROI map on
+        the CT grid (VerSe numbering).
     """
     roi_labels = np.zeros(ct.hu.shape, np.uint8, order="F")  # x fastest, as the CT array
     heights = level_heights(ct, seg, seg.levels)
     out = []
     for level in seg.levels:
-        m, roi, crop = measure_level(ct, seg, level, heights)
-        roi_labels[crop][roi] = VERSE_LABELS[level]
-        out.append(m)
-    return out, roi_labels
+        one = measure_level(ct, seg, level, heights)
+        roi_labels[one.crop][one.roi] = VERSE_LABELS[level]
+        out.append(one.measurement)
+    return LevelROIs(tuple(out), roi_labels)

@@ -29,6 +29,7 @@ import csv
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,6 +66,23 @@ class EnergyPrior:
     dw_cm: float
 
 
+class TableEnergy(NamedTuple):
+    """The effective energy of the committed table at one kVp and Dw (:func:`effective_energy_kev`).
+
+    A tuple ``(mean_kev, sd_family_kev)``, so ``effective_energy_kev(kvp, dw)[0]`` is the energy.
+
+    Attributes
+    ----------
+    mean_kev : float
+        Effective energy (keV) of the table's median filtration.
+    sd_family_kev : float
+        Its spread (SD, keV) across the family of tube filtrations.
+    """
+
+    mean_kev: float
+    sd_family_kev: float
+
+
 @lru_cache(maxsize=1)
 def _table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rows = [r for r in csv.DictReader(line for line in TABLE.read_text().splitlines() if not line.startswith("#"))]
@@ -85,14 +103,26 @@ def _interp2(kvps, dws, grid, kvp, dw) -> float:
     return float(np.interp(kvp, kvps, along_dw))
 
 
-def effective_energy_kev(kvp: float, dw_cm: float) -> tuple[float, float]:
+def effective_energy_kev(kvp: float, dw_cm: float) -> TableEnergy:
     """Table effective energy and its filtration-family SD (keV) at ``kvp`` (kV) and ``dw_cm`` (cm).
 
     Bilinear interpolation in the committed table; values outside 70-150 kVp
     or 10-50 cm are clipped to the edge.
+
+    Parameters
+    ----------
+    kvp : float
+        Tube voltage (kV).
+    dw_cm : float
+        Water-equivalent diameter (cm, AAPM Report 220).
+
+    Returns
+    -------
+    TableEnergy
+        ``(mean_kev, sd_family_kev)``.
     """
     kvps, dws, e, sd = _table()
-    return _interp2(kvps, dws, e, kvp, dw_cm), _interp2(kvps, dws, sd, kvp, dw_cm)
+    return TableEnergy(_interp2(kvps, dws, e, kvp, dw_cm), _interp2(kvps, dws, sd, kvp, dw_cm))
 
 
 def energy_prior(kvp: float | None, dw_cm: float, kvp_source: str = "header") -> EnergyPrior:
@@ -106,6 +136,11 @@ def energy_prior(kvp: float | None, dw_cm: float, kvp_source: str = "header") ->
         Water-equivalent diameter (cm), :func:`water_equivalent_diameter_cm`.
     kvp_source : str
         Where the kVp came from, recorded in the prior.
+
+    Returns
+    -------
+    EnergyPrior
+        Normal prior (mean, SD in keV) with the kVp, its source and Dw it was made for.
     """
     if kvp is None:
         mean, _ = effective_energy_kev(DEFAULT_KVP, dw_cm)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -219,7 +220,24 @@ def reference_tissues(ct: CTVolume, seg: SpineSegmentation) -> TissueSample:
     return TissueSample(out, dw_cm)
 
 
-def qct_pro_line_at(energy_kev: float) -> tuple[float, float]:
+class CalibrationLine(NamedTuple):
+    """The QCT Pro calibration line ``HU = sigma_ct * BMD + beta_ct`` at one energy (:func:`qct_pro_line_at`).
+
+    A tuple ``(sigma_ct, beta_ct)``, like :func:`ctbmd.materials.qct_pro_line`.
+
+    Attributes
+    ----------
+    sigma_ct : float
+        Slope, HU per mg/cm^3 K2HPO4 (QCT PRO User Guide v5.0 convention).
+    beta_ct : float
+        Intercept, HU.
+    """
+
+    sigma_ct: float
+    beta_ct: float
+
+
+def qct_pro_line_at(energy_kev: float) -> CalibrationLine:
     """``(sigma_CT, beta_CT)`` of :func:`ctbmd.materials.qct_pro_line` at any energy, from its grid.
 
     Between the points of the committed attenuation grid (0.25 keV,
@@ -235,17 +253,16 @@ def qct_pro_line_at(energy_kev: float) -> tuple[float, float]:
 
     Returns
     -------
-    sigma_ct : float
-        Slope, HU per mg/cm^3 K2HPO4 (QCT PRO User Guide v5.0 convention).
-    beta_ct : float
-        Intercept, HU.
+    CalibrationLine
+        ``(sigma_ct, beta_ct)``: slope (HU per mg/cm^3 K2HPO4, QCT PRO User Guide v5.0
+        convention) and intercept (HU).
     """
     e = float(energy_kev)
     if not TABLE_ENERGIES_KEV[0] <= e <= TABLE_ENERGIES_KEV[-1]:
-        return tuple(float(v) for v in qct_pro_line(e))
+        return CalibrationLine(*(float(v) for v in qct_pro_line(e)))
     sigma, beta = _grid_line()
     log_sigma = np.interp(np.log(e), np.log(TABLE_ENERGIES_KEV), np.log(sigma))
-    return float(np.exp(log_sigma)), float(np.interp(e, TABLE_ENERGIES_KEV, beta))
+    return CalibrationLine(float(np.exp(log_sigma)), float(np.interp(e, TABLE_ENERGIES_KEV, beta)))
 
 
 @lru_cache(maxsize=1)
