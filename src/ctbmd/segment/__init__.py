@@ -106,7 +106,10 @@ def segment(ct: CTVolume, segmenter: str = "builtin", labels: str | Path | None 
     if segmenter == "labels":
         if labels is None:
             raise UsageError("the labels segmenter needs a label map file")
-        verse = to_verse(read_label_map(labels, ct), label_map)
+        try:
+            verse = to_verse(read_label_map(labels, ct), label_map)
+        except UsageError as exc:  # the map's numbering cannot be told: name the file
+            raise UsageError(exc.reason, labels) from None
         return _from_verse_labels(verse, "labels", str(labels), levels)
     from ctbmd.segment.totalseg import segment_totalsegmentator
 

@@ -6,10 +6,11 @@ Supported maps (``--label-map``):
   Intell 2023, doi 10.1148/ryai.230024): 25 sacrum, 26 S1, 27 L5 ... 31 L1,
   32 T12 ... 43 T1, 44 C7 ... 50 C1. Organ labels (1-24, 51+) are ignored.
 * ``verse``: VerSe 2019/2020 (Löffler et al. 2020): 1-7 C1-C7, 8-19 T1-T12,
-  20-24 L1-L5, 25 L6, 28 T13. TotalSegmentator's ``vertebrae_pp`` and
+  20-24 L1-L5, 25 L6, 26 sacrum, 27 coccyx, 28 T13. TotalSegmentator's ``vertebrae_pp`` and
   ``vertebrae_pp_refined`` maps use the same numbers for T12-L5 (19-24).
-* ``auto``: ``total`` when any label is 26, 27 or 29-50 (numbers VerSe does not
-  use); ``verse`` when every label is within 1-25 or 28.
+* ``auto``: ``total`` when any label is above 28 (numbers VerSe does not use);
+  ``verse`` when every label is within 1-25; refused when 26, 27 or 28 (read
+  differently by the two maps) appear without a label above 28.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ TOTAL_LEVELS: dict[int, str] = {
 
 
 def detect_label_map(values: np.ndarray) -> str:
-    """Guess the label map from the label values present.
+    """Guess the label map from the label values present, only where no value can be read two ways.
+
+    VerSe uses 1-28 (26 sacrum, 27 coccyx, 28 T13); TotalSegmentator ``total`` gives 25 the sacrum, 26 S1,
+    27-50 L5-C1 and 51-117 other structures (ribs, hips, muscles), so a ``total`` map of any trunk holds
+    values above 28. Hence: a value above 28 means ``total``; values within 1-25 only mean ``verse``; a map
+    with 26, 27 or 28 and nothing above 28 could be either (read the wrong way, VerSe's T13 would be named
+    L4), and is refused.
 
     Parameters
     ----------
     values : numpy.ndarray
-        Distinct non-zero label values.
+        Distinct label values (0, background, is ignored).
 
     Returns
     -------
@@ -45,16 +52,20 @@ def detect_label_map(values: np.ndarray) -> str:
     Raises
     ------
     UsageError
-        If the values fit neither map; pass ``--label-map`` explicitly.
+        If the values fit neither map, or both; the caller must name the map (``label_map``).
     """
     vals = {int(v) for v in values if v > 0}
-    total_only = {26, 27, *range(29, 51)}
-    if vals & total_only:
+    if any(v > 28 for v in vals):
         return "total"
-    if vals and vals <= {*range(1, 26), 28}:
+    both = sorted(vals & {26, 27, 28})
+    if both:
+        raise UsageError(f"cannot tell the label map from its values: {', '.join(map(str, both))} "
+                         f"{'is' if len(both) == 1 else 'are'} VerSe's sacrum (26), coccyx (27) or T13 (28) but "
+                         "TotalSegmentator total's S1 (26), L5 (27) or L4 (28), and no value above 28 shows a "
+                         "total map; give `label_map` verse or total")
+    if vals:
         return "verse"
-    raise UsageError(f"cannot tell the label map from its values {sorted(vals)[:12]}; "
-                     "give --label-map total or --label-map verse")
+    raise UsageError("cannot tell the label map: it holds no label; give `label_map` verse or total")
 
 
 def to_verse(labels: np.ndarray, label_map: str = "auto") -> np.ndarray:

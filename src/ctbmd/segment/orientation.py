@@ -37,6 +37,8 @@ HU alone needs an organ model ctbmd does not have (see the README's limits).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -84,7 +86,20 @@ def _outline(hu: np.ndarray) -> np.ndarray:
     return body | plane_holes(body)
 
 
-def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+class LungMask(NamedTuple):
+    """Lungs and trunk outline of a scan (:func:`lung_mask`).
+
+    Attributes
+    ----------
+    lungs, outline : numpy.ndarray
+        bool, shape of the HU volume: the lungs, and the filled body outline.
+    """
+
+    lungs: np.ndarray
+    outline: np.ndarray
+
+
+def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> LungMask:
     """Lungs and trunk outline of a canonical (L, P, S) HU volume.
 
     Parameters
@@ -96,8 +111,8 @@ def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> tuple[n
 
     Returns
     -------
-    lungs, outline : numpy.ndarray
-        bool, shape as ``hu``: the air regions of at least :data:`MIN_LUNG_ML`
+    LungMask
+        ``(lungs, outline)``, bool, shape as ``hu``: the air regions of at least :data:`MIN_LUNG_ML`
         whose median HU is within :data:`LUNG_MEDIAN_HU`, with at least
         :data:`MIN_POSTERIOR_SHARE` of their voxels in the posterior half of
         the trunk and :data:`MIN_LATERAL_SHARE` away from the midline;
@@ -108,7 +123,7 @@ def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> tuple[n
     lab, n = ndi.label(air)
     lungs = np.zeros_like(air)
     if n == 0:
-        return lungs, outline
+        return LungMask(lungs, outline)
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     # per slice, the outline's centre: behind it is the posterior half, beside it the midline
     count = np.maximum(outline.sum(axis=(0, 1)), 1)
@@ -130,7 +145,7 @@ def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> tuple[n
     keep = keep[keep > 0]
     if keep.size:
         lungs = np.isin(lab, keep)
-    return lungs, outline
+    return LungMask(lungs, outline)
 
 
 def airway_share(hu: np.ndarray, outline: np.ndarray, spacing_mm: tuple[float, float, float],

@@ -7,14 +7,16 @@ and sources:
 
 1. :mod:`.grid` - resample the CT to a 2 mm working grid;
 2. :mod:`.column` - track the spinal canal, straighten the column along it and
-   follow the vertebral bodies;
-3. :mod:`.discs` - find the intervertebral discs;
+   follow the vertebral bodies (:mod:`.body`);
+3. :mod:`.discs` - find the intervertebral discs (the chain of candidates,
+   plain data: :mod:`.chain`);
 4. :mod:`.segments` - cut the column into vertebrae and draw their masks;
 5. :mod:`.evidence` - ribs (matched to vertebrae in order), lung, sacral alae, size;
-6. :mod:`.naming` - score every labelling (each offset, standard and transitional
-   anatomy) and name the column only when the best is standard, clear of the
-   runner-up, supported by an anchor in view, contradicted by none, and
-   consistent level by level.
+6. :mod:`.scoring` - score every labelling (each offset, standard and transitional
+   anatomy) from that evidence, as plain data;
+7. :mod:`.naming` - name the column only when the best labelling is standard,
+   clear of the runner-up, supported by an anchor in view, contradicted by none,
+   and consistent level by level.
 
 A column refused because a disc was missed (an end left unsplit, or a segment
 as tall as two vertebrae) gets a second look with a disc added there
@@ -159,7 +161,7 @@ def _split_and_name(work, col, levels: tuple[str, ...], source: str | None):
 
 
 def observations(evidence: ColumnEvidence) -> tuple[Observation, ...]:
-    """The naming input: one :class:`~.naming.Observation` per segment, caudal to cranial."""
+    """The naming input: one :class:`~.scoring.Observation` per segment, caudal to cranial."""
     return tuple(Observation(rib_left=e.rib_left, rib_right=e.rib_right, lung=e.lung, sacral=e.sacral,
                              width_mm=e.segment.width_mm, height_mm=e.segment.height_mm,
                              complete=e.segment.complete, closed_above=e.segment.closed_above,

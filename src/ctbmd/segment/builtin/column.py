@@ -36,18 +36,20 @@ Method (working grid, 2 mm isotropic, axes L, P, S; see :mod:`.grid`):
 6. **Body track.** In each plane the body's posterior wall, anterior cortex and
    width are read on five sagittal lines (``u`` = -8..8 mm); the shallowest line
    is kept, so an enhanced aorta touching the body on one side does not carry
-   the edge (:func:`body_track`).
+   the edge (:func:`.body.body_track`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ctbmd.errors import NoSpineError
+from ctbmd.segment.builtin.body import body_track
 from ctbmd.segment.builtin.grid import WORK_THREADS, WorkGrid
 
 #: Arc-length step (mm) of the centre line and the straightened column.
@@ -76,10 +78,6 @@ MAX_DRIFT, DRIFT_WINDOW = 0.8, 9
 EDGE_EXTENSION_MM = 30.0
 #: Shortest column (mm of arc length) worth labelling: about two vertebrae.
 MIN_COLUMN_MM = 40.0
-#: Smallest body depth as a fraction of its width (see :func:`body_track`).
-MIN_DEPTH_PER_WIDTH = 0.65
-#: Bone threshold (HU) for the posterior wall of the body.
-WALL_HU = 150.0
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,23 @@ def canal_score(work: WorkGrid) -> np.ndarray:
     return score
 
 
-def track_canal(score: np.ndarray) -> tuple[int, np.ndarray]:
+class CanalPath(NamedTuple):
+    """The canal track of :func:`track_canal`.
+
+    Attributes
+    ----------
+    z0 : int
+        First slice of the path.
+    path : numpy.ndarray
+        int, shape ``(n, 2)``: the ``(x, y)`` working index of the canal in slices
+        ``z0 .. z0 + n - 1``.
+    """
+
+    z0: int
+    path: np.ndarray
+
+
+def track_canal(score: np.ndarray) -> CanalPath:
     """Best canal path through the axial slices (step 2 of the module method).
 
     A local alignment (Smith and Waterman, J Mol Biol 1981;147:195) over slices: the
@@ -252,11 +266,8 @@ def track_canal(score: np.ndarray) -> tuple[int, np.ndarray]:
 
     Returns
     -------
-    z0 : int
-        First slice of the path.
-    path : numpy.ndarray
-        int, shape ``(n, 2)``: the ``(x, y)`` working index of the canal in slices
-        ``z0 .. z0 + n - 1``.
+    CanalPath
+        ``(z0, path)``: the first slice and the canal's ``(x, y)`` per slice.
     """
     nx, ny, nz = score.shape
     offsets = [(dx, dy) for dx in range(-MAX_STEP_LR, MAX_STEP_LR + 1) for dy in range(-MAX_STEP_AP, MAX_STEP_AP + 1)]
@@ -292,7 +303,7 @@ def track_canal(score: np.ndarray) -> tuple[int, np.ndarray]:
         dx, dy = offsets[back[k, x, y]]
         x, y, k = x + dx, y + dy, k - 1
         rows.append((x, y))
-    return k, np.array(rows[::-1], int)
+    return CanalPath(k, np.array(rows[::-1], int))
 
 
 def spine_run(path: np.ndarray) -> slice:
@@ -375,82 +386,6 @@ def straighten(hu: np.ndarray, centre_ijk: np.ndarray, frames: np.ndarray, sp: f
     with ThreadPoolExecutor(max_workers=WORK_THREADS) as pool:
         list(pool.map(sample, range(0, len(centre_ijk), STRAIGHTEN_CHUNK)))
     return out
-
-
-def body_track(straight: np.ndarray, u_mm: np.ndarray, v_mm: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre ``v``, depth and width (mm) of the vertebral body along the column (step 6 of the module method).
-
-    On five sagittal lines (``u`` = -8..8 mm) of each plane: the posterior wall is
-    the first bone (> :data:`WALL_HU`) 1-25 mm in front of the canal centre; the
-    anterior cortex is the most anterior bone 10-60 mm in front of the wall that
-    has soft tissue or fat (< 100 HU on average) 2-10 mm further forward. Only the
-    cortex is needed, so hollow-looking osteoporotic bodies are measured like
-    dense ones. The shallowest line is kept: a vessel that touches the body can
-    only deepen a line. The width is the left-right extent of bone at mid-depth
-    around the centre line. Disc planes are filled from their neighbours, and
-    everything is median-filtered over 25 mm of ``s``. A body is at least 0.65
-    times as deep as wide (0.7-0.8, Panjabi 1991/1992): a shallower edge is
-    marrow as faint as soft tissue behind a thin cortex, and the depth is raised.
-
-    Returns
-    -------
-    body_v_mm, depth_mm, width_mm : numpy.ndarray
-        float, shape ``(ns,)`` each. Width is clipped to 15-70 mm (an upper bound
-        where ribs or transverse processes touch the body).
-    """
-    ns = straight.shape[2]
-    step = float(v_mm[1] - v_mm[0])
-    iv0 = int(np.argmin(np.abs(v_mm)))
-    lines = [int(np.argmin(np.abs(u_mm - x))) for x in (-8.0, -4.0, 0.0, 4.0, 8.0)]
-    n = lambda mm: int(round(mm / step))  # noqa: E731
-    wall = np.full(ns, np.nan)
-    edge = np.full(ns, np.nan)
-    width = np.full(ns, np.nan)
-    for k in range(ns):
-        plane = straight[:, :, k]
-        walls, fronts = [], []
-        for i in lines:
-            p = plane[i, :iv0 + 1][::-1]  # v = 0, -1, -2 ... mm
-            hits = np.nonzero(p[n(1):n(25)] > WALL_HU)[0]
-            if len(hits) == 0:
-                continue
-            w = n(1) + int(hits[0])
-            ahead = ndi.uniform_filter1d(p, n(8) + 1, mode="nearest")  # mean of the next 2-10 mm
-            cand = np.arange(w + n(10), min(len(p) - n(10), w + n(60)))
-            ok = cand[(p[cand] > WALL_HU) & (ahead[np.minimum(cand + n(6), len(p) - 1)] < 100.0)]
-            if len(ok) == 0:
-                continue
-            walls.append(w * step)
-            fronts.append(ok[0] * step)
-        if len(fronts) >= 3:
-            wall[k] = float(np.median(walls))
-            edge[k] = float(min(fronts))
-            row = straight[:, iv0 - int(round((wall[k] + edge[k]) / 2.0 / step)), k] > WALL_HU
-            lab, _ = ndi.label(ndi.binary_closing(row, iterations=3))
-            c = lab[len(u_mm) // 2]
-            if c > 0:
-                across = np.nonzero(lab == c)[0]
-                width[k] = (across[-1] - across[0] + 1) * float(u_mm[1] - u_mm[0])
-    wall = _fill_nan(wall, 8.0)
-    edge = _fill_nan(edge, wall + 25.0)
-    width = _fill_nan(width, 40.0)
-    wall = ndi.median_filter(wall, 25, mode="nearest")
-    width = np.clip(ndi.median_filter(width, 25, mode="nearest"), 15.0, 70.0)
-    # A body is at least about 0.65 times as deep as it is wide (0.7-0.8 from C7 to L5,
-    # Panjabi 1991/1992); a shallower edge is marrow as dense as soft tissue, not the cortex.
-    edge = np.maximum(ndi.median_filter(edge, 25, mode="nearest"), wall + MIN_DEPTH_PER_WIDTH * width)
-    edge = np.clip(edge, wall + 10.0, wall + 55.0)
-    return -(wall + edge) / 2.0, edge - wall, width
-
-
-def _fill_nan(values: np.ndarray, default) -> np.ndarray:
-    """Interpolate NaNs from their neighbours; all-NaN input gives ``default``."""
-    ok = np.isfinite(values)
-    if not ok.any():
-        return np.broadcast_to(np.asarray(default, float), values.shape).copy()
-    idx = np.arange(len(values))
-    return np.interp(idx, idx[ok], values[ok])
 
 
 def _extend_at_top(s: np.ndarray, centre: np.ndarray, frames: np.ndarray, sp: float

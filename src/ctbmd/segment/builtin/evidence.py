@@ -46,7 +46,7 @@ doi 10.1148/radiol.10090897). The evidence below is what those counts rest on;
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import cc3d
 import numpy as np
@@ -189,15 +189,29 @@ class ColumnEvidence:
     overview_s_mm: np.ndarray
 
 
-def find_ribs(work: WorkGrid, col: Column) -> tuple[tuple[Rib, ...], np.ndarray, np.ndarray]:
-    """Find the ribs beside the column (see the module docstring).
+class RibScan(NamedTuple):
+    """The ribs beside a column and the overview they were found in (:func:`find_ribs`).
 
-    Returns
-    -------
+    Attributes
+    ----------
     ribs : tuple of Rib
         Per side, caudal to cranial.
     overview, overview_s_mm : numpy.ndarray
         See :class:`ColumnEvidence`.
+    """
+
+    ribs: tuple[Rib, ...]
+    overview: np.ndarray
+    overview_s_mm: np.ndarray
+
+
+def find_ribs(work: WorkGrid, col: Column) -> RibScan:
+    """Find the ribs beside the column (see the module docstring).
+
+    Returns
+    -------
+    RibScan
+        ``(ribs, overview, overview_s_mm)``.
     """
     sp = col.spacing_mm
     step = max(1, int(round(RIB_GRID_MM / (col.s_mm[1] - col.s_mm[0])))) if len(col.s_mm) > 1 else 1
@@ -222,7 +236,7 @@ def find_ribs(work: WorkGrid, col: Column) -> tuple[tuple[Rib, ...], np.ndarray,
             conf = float(np.clip((reach - RIB_REACH_MM[0]) / (RIB_REACH_MM[1] - RIB_REACH_MM[0]), 0.0, 1.0))
             if conf > 0.0 and section <= RIB_SECTION_MAX_MM2:
                 ribs.append(Rib(side=side, s_mm=s_end, medial_mm=medial, reach_mm=reach, confidence=conf))
-    return tuple(sorted(ribs, key=lambda r: (r.side, r.s_mm))), wide.max(axis=1), s
+    return RibScan(tuple(sorted(ribs, key=lambda r: (r.side, r.s_mm))), wide.max(axis=1), s)
 
 
 def _rib_ends(au: np.ndarray, ss: np.ndarray, vv: np.ndarray):
@@ -374,7 +388,24 @@ def lung_fraction(col: Column, seg: Segment) -> float:
     return max(fractions)
 
 
-def sacral_evidence(work: WorkGrid, col: Column, seg: Segment) -> tuple[float, float | None]:
+class AlaEvidence(NamedTuple):
+    """Sacral alae in a segment's upper part (:func:`sacral_evidence`).
+
+    Attributes
+    ----------
+    score : float
+        0-1: the shorter ala's reach mapped from :data:`ALA_REACH_MM` (0 at its low
+        end, 1 at its high end).
+    reach_mm : float or None
+        The shorter ala's reach from the mid-line (mm; 0 when none is found), None
+        when the segment has no disc above it.
+    """
+
+    score: float
+    reach_mm: float | None
+
+
+def sacral_evidence(work: WorkGrid, col: Column, seg: Segment) -> AlaEvidence:
     """Sacral-ala score (0-1) and the shorter ala reach (mm) of ``seg``'s upper part.
 
     Planes 8, 14 and 20 mm below the segment's upper disc are sampled +-120 mm
@@ -385,10 +416,13 @@ def sacral_evidence(work: WorkGrid, col: Column, seg: Segment) -> tuple[float, f
     of the transverse processes - and connected, within the band, to the body at
     the mid-line is measured out to each side.
 
-    Returns ``(0.0, None)`` when the segment has no disc above it.
+    Returns
+    -------
+    AlaEvidence
+        ``(score, reach_mm)``; ``(0.0, None)`` when the segment has no disc above it.
     """
     if not seg.closed_above:
-        return 0.0, None
+        return AlaEvidence(0.0, None)
     sp = col.spacing_mm
     u = np.arange(-120.0, 121.0, 2.0)
     v = np.arange(ALA_BAND_MM[0], ALA_BAND_MM[1] + 1.0, 2.0)
@@ -414,7 +448,7 @@ def sacral_evidence(work: WorkGrid, col: Column, seg: Segment) -> tuple[float, f
         if len(left) and len(right):
             reach = max(reach, float(min(left.max(), right.max())))
     score = float(np.clip((reach - ALA_REACH_MM[0]) / (ALA_REACH_MM[1] - ALA_REACH_MM[0]), 0.0, 1.0))
-    return score, reach
+    return AlaEvidence(score, reach)
 
 
 def sacrum_segment(sacral: list[bool]) -> int | None:

@@ -25,6 +25,7 @@ point, then projection on its frame):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cc3d
 import numpy as np
@@ -131,17 +132,45 @@ def split_column(col: Column, discs: Discs) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
-                       ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+class ColumnCoordinates(NamedTuple):
+    """Working voxels near the canal line and their column coordinates (:func:`column_coordinates`).
+
+    Attributes
+    ----------
+    voxels : tuple of numpy.ndarray
+        Index arrays ``(i, j, k)`` of the voxels covered, shape ``(n,)`` each.
+    s, u, v : numpy.ndarray
+        float, shape ``(n,)``: their arc length along the canal, left-right and
+        antero-posterior offsets from it (mm).
+    """
+
+    voxels: tuple[np.ndarray, np.ndarray, np.ndarray]
+    s: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+
+
+class VertebraMasks(NamedTuple):
+    """Label maps of the named segments on the working grid (:func:`vertebra_masks`).
+
+    Attributes
+    ----------
+    vertebrae, bodies : numpy.ndarray
+        uint8, shape of ``work.hu``: whole vertebrae, and their bodies only
+        (label values as given).
+    """
+
+    vertebrae: np.ndarray
+    bodies: np.ndarray
+
+
+def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0) -> ColumnCoordinates:
     """Column coordinates ``(s, u, v)`` (mm) of the working voxels within ``reach_mm`` of the canal line.
 
     Returns
     -------
-    voxels : tuple of numpy.ndarray
-        Index arrays ``(i, j, k)`` of the voxels covered.
-    s, u, v : numpy.ndarray
-        float, their arc length along the canal, left-right and antero-posterior
-        offsets from it (mm).
+    ColumnCoordinates
+        ``(voxels, s, u, v)``.
     """
     sp = col.spacing_mm
     lo = np.maximum(np.floor(col.centre_ijk.min(axis=0) - reach_mm / sp), 0).astype(int)
@@ -158,7 +187,7 @@ def column_coordinates(work: WorkGrid, col: Column, reach_mm: float = 70.0
     s = col.s_mm[k] + np.einsum("ij,ij->i", rel, f[:, 0])
     u = np.einsum("ij,ij->i", rel, f[:, 1])
     v = np.einsum("ij,ij->i", rel, f[:, 2])
-    return (grid[:, 0], grid[:, 1], grid[:, 2]), s, u, v
+    return ColumnCoordinates((grid[:, 0], grid[:, 1], grid[:, 2]), s, u, v)
 
 
 def _straight_bone(col: Column) -> np.ndarray:
@@ -184,7 +213,7 @@ def _straight_bone(col: Column) -> np.ndarray:
 
 def vertebra_masks(work: WorkGrid, col: Column, segments: tuple[Segment, ...], values: dict[int, int],
                    ribbed: frozenset[int] = frozenset(), slopes: dict[int, float] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   ) -> VertebraMasks:
     """Label maps of the named segments on the working grid.
 
     Parameters
@@ -207,13 +236,14 @@ def vertebra_masks(work: WorkGrid, col: Column, segments: tuple[Segment, ...], v
 
     Returns
     -------
-    vertebrae, bodies : numpy.ndarray
-        uint8, shape of ``work.hu``: whole vertebrae, and their bodies only.
+    VertebraMasks
+        ``(vertebrae, bodies)``, uint8, shape of ``work.hu``: whole vertebrae, and
+        their bodies only.
     """
     vertebrae = np.zeros(work.hu.shape, np.uint8)
     bodies = np.zeros(work.hu.shape, np.uint8)
     if not values:
-        return vertebrae, bodies
+        return VertebraMasks(vertebrae, bodies)
     bone = _straight_bone(col)
     (i, j, k), s, u, v = column_coordinates(work, col)
     iu = np.rint((u - col.u_mm[0]) / STEP_MM).astype(int)
@@ -245,4 +275,4 @@ def vertebra_masks(work: WorkGrid, col: Column, segments: tuple[Segment, ...], v
         margin = ENDPLATE_MARGIN * seg.height_mm
         sel &= in_body & (s >= seg.s_lo_mm + margin) & (s < seg.s_hi_mm - margin)
         bodies[i[sel], j[sel], k[sel]] = value
-    return vertebrae, bodies
+    return VertebraMasks(vertebrae, bodies)
