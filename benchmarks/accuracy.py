@@ -112,7 +112,7 @@ def make_profiles(work: Path, seed: int) -> dict[int, str]:
                                                           energy_offset_kev=offsets[kvp], seed=seed + kvp)))
         folder = work / f"scanner_{kvp}"
         write_phantom(ph, folder)
-        ct, _ = read_ct(folder / "ct.nii.gz")
+        ct = read_ct(folder / "ct.nii.gz")
         profile = make_profile(ct, _default_rods(), model=f"phantom scanner {kvp} kV", kvp=float(kvp))
         out[kvp] = str(save_profile(profile, work / f"profile_{kvp}.json"))
     return out

@@ -39,7 +39,7 @@ def shifted_levels(shifts: list[float], segmenter: str = "builtin") -> dict[floa
     from ctbmd.simulate import shift_trabecular_hu
     from ctbmd.types import VERSE_LABELS
 
-    ct, _ = read_ct(DATA / "ct.nii.gz")
+    ct = read_ct(DATA / "ct.nii.gz")
     body = read_label_map(DATA / "vertebral_body_and_discs.nii.gz", ct) == 1
     levels = to_verse(read_label_map(DATA / "vertebrae_total.nii.gz", ct), "total")
     bodies = body & np.isin(levels, [VERSE_LABELS[lv] for lv in LEVELS])

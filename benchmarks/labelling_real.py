@@ -115,7 +115,7 @@ def real_scans() -> list[dict]:
         if not path.exists():
             rows.append({"scan": name, "status": "missing", "detail": str(path)})
             continue
-        ct, _ = read_ct(path)
+        ct = read_ct(path)
         refs = reference_centroids(ct, ref_path, numbering)
         t = time.perf_counter()
         try:
@@ -195,7 +195,7 @@ def run_phantom(args: tuple[str, dict, str]) -> dict:
     ph = simulate_phantom(PhantomSpec(**spec_d))
     folder = Path(tempfile.mkdtemp(dir=work))
     write_phantom(ph, folder)
-    ct, _ = read_ct(folder / "ct.nii.gz")
+    ct = read_ct(folder / "ct.nii.gz")
     truth = {lv["level"]: np.asarray(lv["label_centroid_lps_mm"]) for lv in ph.truth["levels"]
              if lv.get("label_centroid_lps_mm") is not None}
     # a level cut by the scan's edge is reported missing by design, never guessed: it counts

@@ -198,7 +198,7 @@ def run_fuzz(n: int, workdir: Path, dicom_src: Path, nifti_src: Path, seed: int 
     workdir.mkdir(parents=True, exist_ok=True)
     base = {}
     for kind, src in (("dicom", dicom_src), ("nifti", nifti_src)):
-        ct, _ = read_ct(src)
+        ct = read_ct(src)
         base[kind] = (ct, _input_facts(ct), _answer(analyse(ct)))
     counts, failures = Counter(), []
     for i, v in enumerate(draw_variants(n, seed)):
@@ -212,7 +212,7 @@ def run_fuzz(n: int, workdir: Path, dicom_src: Path, nifti_src: Path, seed: int 
         ct0, facts0, answer0 = base[v.kind]
         outcome, detail = "", ""
         try:
-            ct, notes = read_ct(dst)
+            ct = read_ct(dst)
             if _input_facts(ct) == facts0 and np.array_equal(ct.hu, ct0.hu):
                 outcome = "same_input"
             else:

@@ -35,7 +35,7 @@ def test_analyse_returns_the_levels_and_bmd_of_ctbmd_run(example_builtin):
 def test_analyse_accepts_a_ct_already_read_and_a_level_string():
     from ctbmd.io import read_ct
 
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     a = ctbmd.analyse(ct, levels="L1-L2").to_dict()
     assert [lv["level"] for lv in a["levels"]] == ["L1", "L2"]
     b = ctbmd.analyse(EXAMPLE / "ct.nii.gz", levels=("L1", "L2")).to_dict()

@@ -267,11 +267,11 @@ def test_the_chest_ct_flipped_head_to_foot_is_refused_and_upright_passes():
     from ctbmd.io import read_ct
     from ctbmd.segment.orientation import check_superior_inferior, lung_mask
 
-    ct, _ = read_ct(DATA / "lidc_idri_0001_chest" / "dicom")
+    ct = read_ct(DATA / "lidc_idri_0001_chest" / "dicom")
     check_superior_inferior(ct)
     with pytest.raises(InvalidInputError, match="superior/inferior axis looks flipped"):
         check_superior_inferior(replace(ct, hu=np.ascontiguousarray(ct.hu[:, :, ::-1])))
-    check_superior_inferior(read_ct(EXAMPLE / "ct.nii.gz")[0])
+    check_superior_inferior(read_ct(EXAMPLE / "ct.nii.gz"))
     # a neck-and-chest scan that ends at the lung bases: lungs at the inferior edge, and 60 mm of shoulders
     # (its top slice repeated, 0.82 of the chest's cross-section) above them; the trachea says neck
     lungs, _ = lung_mask(ct.hu, ct.spacing_mm)
@@ -336,7 +336,7 @@ def test_lung_like_gas_on_one_side_at_the_inferior_edge_is_no_verdict():
     from ctbmd.io import read_ct
     from ctbmd.segment.orientation import check_superior_inferior
 
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     pelvis = np.ascontiguousarray(ct.hu[:, :, :40])  # the lower 120 mm: no lung
     grid = ct.grid
     ys = np.nonzero((pelvis > -400).any(axis=(0, 2)))[0]

@@ -23,7 +23,7 @@ def _sitk_nearest(labels, src_grid, dst_grid):
 def test_working_grid_labels_return_to_the_ct_grid_as_simpleitk_puts_them():
     # random labels on the working grid of two real scans: every CT voxel takes the same value
     for path in (EXAMPLE / "ct.nii.gz", LIDC):
-        ct, _ = read_ct(path)
+        ct = read_ct(path)
         work = to_working_grid(ct)
         labels = np.random.default_rng(0).integers(0, 30, work.hu.shape).astype(np.uint8)
         ours = labels_to_ct_grid(labels, work.grid, ct)
@@ -43,7 +43,7 @@ def test_working_grid_labels_return_to_the_ct_grid_as_simpleitk_puts_them():
 def test_labels_go_back_to_the_stored_grid_exactly():
     # the example is stored RAS, the LIDC series LPS: both come back voxel for voxel
     for path in (EXAMPLE / "ct.nii.gz", LIDC):
-        ct, _ = read_ct(path)
+        ct = read_ct(path)
         labels = np.random.default_rng(1).integers(0, 30, ct.hu.shape).astype(np.uint8)
         ours = labels_on_input_grid(labels, ct)
         ref = grid_reference_image(ct.info.input_grid, sitk.sitkUInt8)
@@ -71,7 +71,7 @@ def test_resampling_matrix_smooths_then_interpolates():
 
 
 def test_working_grid_of_a_thin_slice_ct_stays_close_to_gaussian_then_linear():
-    ct, _ = read_ct(LIDC)  # 0.70 x 0.70 x 2.5 mm: smoothed in-plane, interpolated along z
+    ct = read_ct(LIDC)  # 0.70 x 0.70 x 2.5 mm: smoothed in-plane, interpolated along z
     work = to_working_grid(ct)
     sigma = [max(0.0, (2.0 - s) / 2.0) for s in ct.grid.spacing_mm]
     image = sitk.SmoothingRecursiveGaussian(array_to_image(ct.hu, ct.grid), [max(s, 1e-3) for s in sigma])
@@ -83,7 +83,7 @@ def test_working_grid_of_a_thin_slice_ct_stays_close_to_gaussian_then_linear():
 
 
 def test_distance_and_boxes_agree_with_scipy():
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     body = ct.hu > -400
     d = distance_mm(body, ct.spacing_mm)
     assert np.allclose(d, ndi.distance_transform_edt(body, sampling=ct.spacing_mm), atol=1e-4)
@@ -95,13 +95,14 @@ def test_distance_and_boxes_agree_with_scipy():
 
 
 def test_measure_level_in_its_box_equals_the_whole_volume_result():
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     ref = sitk.ReadImage(str(EXAMPLE / "vertebrae_pp_refined.nii.gz"))
     ref = sitk.Resample(ref, array_to_image(ct.hu, ct.grid), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     labels = image_to_array(ref).astype(np.uint8)
     labels = np.where(labels == 20, 20, 0).astype(np.uint8)  # L1 in the pp_refined map is 20 = L1 (VerSe)
     seg = SpineSegmentation(labels=labels, body=None, levels=("L1",), backend="labels")
-    m, roi, crop = measure_level(ct, seg, "L1")
+    one = measure_level(ct, seg, "L1")
+    m, roi, crop = one.measurement, one.roi, one.crop
     full = labels == 20
     idx = np.nonzero(full)
     assert np.allclose(m.centroid_lps_mm, ct.index_to_lps(np.array([i.mean() for i in idx])), atol=0.01)
@@ -111,7 +112,7 @@ def test_measure_level_in_its_box_equals_the_whole_volume_result():
 
 def test_working_grid_of_a_thick_slice_ct_is_simpleitk_linear_resampling():
     # 3 mm: no smoothing; every working voxel, edges and outside-the-CT air included, as SimpleITK gives it
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     work = to_working_grid(ct)
     ref = image_to_array(sitk.Resample(array_to_image(ct.hu, ct.grid), grid_reference_image(work.grid, sitk.sitkFloat32),
                                        sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32))
@@ -128,7 +129,7 @@ def test_prominent_peaks_are_scipy_find_peaks():
     rng = np.random.default_rng(3)
     signals = [np.round(np.cumsum(rng.normal(size=n)), 1) for n in rng.integers(3, 400, 200)]
     signals += [np.array([1.0, 1.0, 2.0, 2.0, 2.0, 1.0, 3.0, 3.0]), np.zeros(5), np.array([0.0, 1.0])]
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     profile = disc_profiles(find_column(to_working_grid(ct))).signal
     signals.append(np.nan_to_num(profile, nan=float(np.nanmin(profile))))
     for sig in signals:
@@ -175,7 +176,7 @@ def test_labels_go_back_to_every_stored_orientation(tmp_path):
             image.SetSpacing((1.7, 1.9, 2.5))
             image.SetOrigin((10.0, -20.0, 30.0))
             sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
-            ct, _ = read_ct(tmp_path / "ct.nii.gz")
+            ct = read_ct(tmp_path / "ct.nii.gz")
             labels = rng.integers(0, 30, ct.hu.shape).astype(np.uint8)
             ours = labels_on_input_grid(labels, ct)
             ref = sitk.Resample(array_to_image(labels, ct.grid),
@@ -204,6 +205,6 @@ def test_builtin_segmentation_knows_the_boxes_of_its_labels():
     from ctbmd.segment import segment
 
     for path in (EXAMPLE / "ct.nii.gz", LIDC):
-        ct, _ = read_ct(path)
+        ct = read_ct(path)
         seg = segment(ct)
         assert seg.known_boxes is not None and seg.known_boxes == label_boxes(seg.labels)

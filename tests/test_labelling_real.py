@@ -47,7 +47,7 @@ def test_lidc_chest_ct_names_t1_to_l2_right(lidc_run):
     """Acceptance 1: the DICOM chest CT is named from T1 down, T11-L1 measured, no level misnamed."""
     rc, _, se, out = lidc_run
     assert rc == 0, se
-    ct, _ = read_ct(LIDC / "dicom")
+    ct = read_ct(LIDC / "dicom")
     reference = centroids(read_label_map(LIDC / "segmentation_total.nii.gz", ct), ct, TOTAL)
     named = assert_named_right(out, ct, reference)
     assert {f"T{i}" for i in range(1, 13)} | {"L1", "L2"} <= set(named)
@@ -81,7 +81,7 @@ def test_lidc_levels_option_measures_thoracic_levels(tmp_path):
 
 def test_example_names_t12_to_l5_and_the_sacrum(example_builtin):
     """Acceptance 2 (names): T12-L5 right, both anchors in view and agreeing."""
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     reference = centroids(read_label_map(EXAMPLE / "vertebrae_total.nii.gz", ct), ct, TOTAL)
     named = assert_named_right(example_builtin, ct, reference)
     assert {"T12", "L1", "L2", "L3", "L4", "L5"} <= set(named)
@@ -104,7 +104,7 @@ def test_example_resampled_to_full_resolution_is_named_right(tmp_path):
     out = tmp_path / "out"
     rc, _, se = run_cli("run", tmp_path / "ct.nii.gz", "--out", out, "--quiet")
     assert rc == 0, se
-    ct, _ = read_ct(tmp_path / "ct.nii.gz")
+    ct = read_ct(tmp_path / "ct.nii.gz")
     reference = centroids(read_label_map(EXAMPLE / "vertebrae_total.nii.gz", ct), ct, TOTAL)
     assert {"T12", "L1", "L2", "L3", "L4", "L5"} <= set(assert_named_right(out, ct, reference))
 
@@ -153,7 +153,7 @@ def label_phantom(tmp_path, **spec):
 
     ph = simulate_phantom(PhantomSpec(**FAST, **spec))
     write_phantom(ph, tmp_path)
-    ct, _ = read_ct(tmp_path / "ct.nii.gz")
+    ct = read_ct(tmp_path / "ct.nii.gz")
     truth = {lv["level"]: np.asarray(lv["label_centroid_lps_mm"]) for lv in ph.truth["levels"]
              if lv["label_centroid_lps_mm"] is not None}
     try:
@@ -215,7 +215,7 @@ def _simulate(tmp_path, spec):
 
     ph = simulate_phantom(PhantomSpec(**spec))
     write_phantom(ph, tmp_path)
-    ct, _ = read_ct(tmp_path / "ct.nii.gz")
+    ct = read_ct(tmp_path / "ct.nii.gz")
     truth = {lv["level"]: np.asarray(lv["label_centroid_lps_mm"]) for lv in ph.truth["levels"]
              if lv["label_centroid_lps_mm"] is not None}
     return ct, truth

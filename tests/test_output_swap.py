@@ -100,7 +100,7 @@ def test_the_fallback_without_an_exchange_is_restored_after_a_kill_between_its_r
     (out / "result.json").write_text("earlier")
     staging = ctio.staging_dir(out)
     (staging / "result.json").write_text("new")
-    monkeypatch.setattr(ctio, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(ctio.output, "_exchange", lambda a, b: False)  # where replace_dir looks it up
     real_rename, calls = os.rename, []
 
     def crash_on_second(a, b):
@@ -121,7 +121,7 @@ def test_the_fallback_without_an_exchange_is_restored_after_a_kill_between_its_r
     # without a crash, the fallback replaces the folder whole
     staging = ctio.staging_dir(out)
     (staging / "result.json").write_text("new")
-    monkeypatch.setattr(ctio, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(ctio.output, "_exchange", lambda a, b: False)  # where replace_dir looks it up
     ctio.replace_dir(staging, out)
     assert (out / "result.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.ctbmd-")] == [".out.ctbmd-lock"]

@@ -16,7 +16,7 @@ FILES = ("result.json", "levels.csv", "vertebrae.nii.gz", "roi.nii.gz", "report.
 
 @pytest.fixture(scope="module")
 def reference_centroids():
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     ref = read_label_map(EXAMPLE / "vertebrae_total.nii.gz", ct)
     return {n: ct.index_to_lps(np.array(ndi.center_of_mass(ref == v))) for n, v in TOTAL.items() if (ref == v).any()}
 

@@ -43,12 +43,13 @@ def test_alike_series_are_chosen_by_a_stated_rule_and_the_others_named(tmp_path)
     folder = tmp_path / "study"
     _copy(folder, "a", _set(SeriesInstanceUID=UID_A, SeriesNumber=5))
     _copy(folder, "b", _set(SeriesInstanceUID=UID_B, SeriesNumber=3))
-    ct, notes = read_ct(folder)
+    ct = read_ct(folder)
+    notes = ct.info.notes
     assert ct.info.series_uid == UID_B
     tie = [n for n in notes if "alike" in n]
     assert tie and "chose " + UID_B + " by the lower SeriesNumber" in tie[0] and UID_A in tie[0], notes
     assert "--series-uid" in tie[0]
-    assert read_ct(folder, UID_A)[0].info.series_uid == UID_A
+    assert read_ct(folder, UID_A).info.series_uid == UID_A
 
 
 def test_two_reconstructions_in_one_uid_are_split_not_merged(tmp_path):
@@ -59,11 +60,12 @@ def test_two_reconstructions_in_one_uid_are_split_not_merged(tmp_path):
     _copy(folder, "b", _set(SeriesInstanceUID=UID_A, SeriesNumber=2, SliceThickness=1.0))
     keys = sorted(s.key for s in scan_dicom_folder(folder))
     assert keys == [UID_A + "#1", UID_A + "#2"]
-    ct, notes = read_ct(folder)
+    ct = read_ct(folder)
+    notes = ct.info.notes
     assert ct.hu.shape[2] == 20 and ct.info.slice_thickness_mm == 1.0
     assert any("holds 2 reconstructions" in n for n in notes), notes
     assert any("by the thinner slices" in n for n in notes), notes
-    parts = [read_ct(folder, k)[0] for k in keys]  # each part can be chosen by its key
+    parts = [read_ct(folder, k) for k in keys]  # each part can be chosen by its key
     assert sorted(c.info.slice_thickness_mm for c in parts) == [1.0, 3.0]
     assert all(c.hu.shape[2] == 20 for c in parts)
 
@@ -78,7 +80,8 @@ def test_a_scout_without_the_localizer_type_is_set_apart_by_its_geometry(tmp_pat
     scout.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     scout.save_as(folder / "scout.dcm")
-    ct, notes = read_ct(folder)
+    ct = read_ct(folder)
+    notes = ct.info.notes
     assert ct.hu.shape[2] == 20
     assert any("1 coronal images" in n for n in notes), notes
 
@@ -108,7 +111,7 @@ def test_a_batch_reads_a_split_series_from_its_own_files(tmp_path):
     _copy(folder, "b", _set(SeriesInstanceUID=UID_A, SliceThickness=1.0))
     chosen = choose_series(scan_dicom_folder(folder, keep_headers=False), folder)
     assert chosen.key.startswith(UID_A + "#")
-    ct, _ = read_ct(folder, chosen.key, files=chosen.files)
+    ct = read_ct(folder, chosen.key, files=chosen.files)
     assert ct.hu.shape[2] == 20 and np.isclose(ct.info.slice_thickness_mm, chosen.slice_thickness_mm)
 
 
@@ -121,7 +124,7 @@ def test_the_plain_uid_of_a_split_series_reads_its_best_part(tmp_path):
     scout.SOPInstanceUID = UID_A + ".99"
     scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     scout.save_as(folder / "scout.dcm")
-    ct, _ = read_ct(folder, UID_A)
+    ct = read_ct(folder, UID_A)
     assert ct.hu.shape[2] == 20
 
 
