@@ -114,7 +114,7 @@ def figures(oof: list[dict], value: str) -> dict:
 
     pred = np.array([float(r[value]) for r in oof])
     ref = np.array([float(r["reference_bmd_mg_cm3"]) for r in oof])
-    out = {"vertebra": agreement(pred, ref)}
+    out = {"vertebra": agreement(pred, ref).to_dict()}
     pids = sorted({r["patient_id"] for r in oof})
     # patient value: mean of L1 and L2 (ACR-QCT), as ctbmd reports a patient
     pp, pr = [], []
@@ -125,7 +125,7 @@ def figures(oof: list[dict], value: str) -> dict:
             pp.append(np.mean([o[0] for o in own]))
             pr.append(np.mean([o[1] for o in own]))
     pp, pr = np.array(pp), np.array(pr)
-    out["patient"] = agreement(pp, pr)
+    out["patient"] = agreement(pp, pr).to_dict()
     porotic = pr < 80.0
     out["auc_osteoporosis"] = float(roc_auc_score(porotic, -pp)) if 0 < porotic.sum() < len(pr) else float("nan")
     out["acr_accuracy"] = float(np.mean((np.digitize(pp, [80.0, 120.0 + 1e-9])) == np.digitize(pr, [80.0, 120.0 + 1e-9])))

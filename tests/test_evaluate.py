@@ -73,7 +73,7 @@ def test_diagnosis_equals_sklearn_with_known_flips():
         pred_cat[i] = c
     centre = {"normal": 160.0, "osteopenia": 100.0, "osteoporosis": 55.0}
     bmd = np.array([centre[c] for c in pred_cat]) + rng.normal(0, 12, len(pred_cat))
-    d = ev.diagnosis(ref_cat, pred_cat, bmd)
+    d = ev.diagnosis(ref_cat, pred_cat, bmd).to_dict()
     _close(d["accuracy"], (60 - len(flips)) / 60)
     _close(d["accuracy"], skm.accuracy_score(ref_cat, pred_cat))
     assert d["confusion"] == skm.confusion_matrix(ref_cat, pred_cat, labels=list(CATS)).tolist()

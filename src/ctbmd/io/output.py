@@ -128,7 +128,7 @@ def output_lock(path: str | Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError("another ctbmd run is writing into this folder; wait for it or give another "
-                             "--out", path) from None
+                             "`out_dir`", path) from None
         yield path
     finally:
         os.close(fd)  # closing releases the lock
