@@ -148,7 +148,7 @@ def test_scan_without_rods_is_refused(phantoms):
 def test_real_scan_with_a_table_is_refused():
     from ctbmd.io import read_ct
 
-    ct, _ = read_ct(EXAMPLE_CT)
+    ct = read_ct(EXAMPLE_CT)
     with pytest.raises(InvalidInputError, match="calibration rods not found") as info:
         find_rods(ct, DEFAULT_ROD_SPEC)
     assert info.value.exit_code == 3

@@ -115,7 +115,7 @@ def test_real_anatomy_hu_shift_is_recovered(tmp_path):
     from ctbmd.io import array_to_image, read_ct, read_label_map, write_image_atomic
     from ctbmd.segment.labelmaps import to_verse
 
-    ct, _ = read_ct(EXAMPLE / "ct.nii.gz")
+    ct = read_ct(EXAMPLE / "ct.nii.gz")
     body = read_label_map(EXAMPLE / "vertebral_body_and_discs.nii.gz", ct) == 1
     levels = to_verse(read_label_map(EXAMPLE / "vertebrae_total.nii.gz", ct), "total")
     bodies = body & np.isin(levels, [VERSE_LABELS[lv] for lv in ("L1", "L2", "L3", "L4")])

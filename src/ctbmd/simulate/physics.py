@@ -52,6 +52,8 @@ K2HPO4, iodine mg/mL.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import xraydb
 
@@ -110,12 +112,19 @@ def realistic_tissues(seed: int) -> dict[str, float]:
             "blood_hu_70kev": BLOOD_HU_MEAN + float(np.clip(rng.normal(0, 1), -2, 2)) * BLOOD_HU_SD}
 
 
-def fat_mu(lipid_fraction: float, energy: float) -> tuple[float, float]:
+class FatMu(NamedTuple):
+    """Attenuation (``mu``, 1/cm) and density (``density``, g/cm^3) of a fat (:func:`fat_mu`)."""
+
+    mu: float
+    density: float
+
+
+def fat_mu(lipid_fraction: float, energy: float) -> FatMu:
     """mu (1/cm) and density (g/cm^3) of a triolein-water mixture with ``lipid_fraction`` by mass."""
     rho = 1.0 / (lipid_fraction / 0.915 + (1.0 - lipid_fraction) / 1.0)
     mu = rho * (lipid_fraction * float(mass_attenuation("lipid", energy))
                 + (1.0 - lipid_fraction) * float(mass_attenuation("water", energy)))
-    return mu, rho
+    return FatMu(mu, rho)
 
 
 def cupping_fraction(body_width_mm: float) -> float:
@@ -123,44 +132,61 @@ def cupping_fraction(body_width_mm: float) -> float:
     return CUPPING_PER_MM * max(0.0, body_width_mm - 250.0)
 
 
-def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str], rng: np.random.Generator):
-    """mu (1/cm) of every material id at ``energy``, and the per-level trabecular truth.
+class MaterialTable(NamedTuple):
+    """The attenuation of a phantom's materials (:func:`material_table`).
 
-    Returns
-    -------
+    Attributes
+    ----------
     table : dict
         ``mu``: float32 (256,) indexed by material id; ``mu_water``, ``mu_air``;
         ``trabecular``: level -> {``hu_native``, ``hu``, ``qct_equivalent_mg_cm3``}.
     scan : dict
         The drawn tissue properties, iodine and cupping, for the truth file.
     """
-    def mu(material, density=None):
-        return float(linear_attenuation(material, energy, density))
 
-    def mu_at(material, e):
-        return float(linear_attenuation(material, e))
+    table: dict
+    scan: dict
 
-    mu_w, mu_a = mu("water"), mu("air")
+
+class _SoftTissues(NamedTuple):
+    """mu (1/cm) of the soft tissues before contrast."""
+
+    fat: float
+    muscle: float
+    blood: float
+    organ: float
+
+
+def _mu(material: str, energy: float, density: float | None = None) -> float:
+    return float(linear_attenuation(material, energy, density))
+
+
+def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str],
+                   rng: np.random.Generator) -> MaterialTable:
+    """mu (1/cm) of every material id at ``energy``, and the per-level trabecular truth.
+
+    Parameters
+    ----------
+    energy : float
+        Effective energy, keV.
+    spec : ctbmd.simulate.spec.PhantomSpec
+        Tissue model and spread, marrow fat, phase, pixel size (for the cortical shell) and seed.
+    bmd : dict
+        Level -> K2HPO4 mg/cm^3.
+    levels : list of str
+        The phantom's levels, top to bottom (material ``TRABECULAR_BASE + i`` is level ``i``).
+    rng : numpy.random.Generator
+        Draws the tissue variation (:func:`spec_variation`), then the blood iodine of a contrast phase.
+
+    Returns
+    -------
+    MaterialTable
+    """
+    mu_w, mu_a = _mu("water", energy), _mu("air", energy)
     mu_i = float(mass_attenuation("iodine", energy)) * 1e-3  # per mg/mL
     var = spec_variation(rng, spec.tissue_spread)
-    if spec.tissue_model == "realistic":
-        real = realistic_tissues(spec.seed)
-        fat, fat_rho = fat_mu(real["lipid_fraction"], energy)
-        fat70, _ = fat_mu(real["lipid_fraction"], 70.0)
-        m70, fat70_hu = float(hu_from_mu(mu_at("muscle", 70.0), 70.0)), float(hu_from_mu(fat70, 70.0))
-        infil = float(np.clip((m70 - real["muscle_hu_70kev"]) / (m70 - fat70_hu), 0.0, 0.5))
-        muscle = (1.0 - infil) * mu("muscle") + infil * fat
-        b70 = float(hu_from_mu(mu_at("blood", 70.0), 70.0))
-        blood = mu("blood", 1.06 * (1000.0 + real["blood_hu_70kev"]) / (1000.0 + b70))
-        organ = mu("soft_tissue")
-        var = {**var, **{k: v for k, v in real.items()}, "fat_density_g_cm3": fat_rho,
-               "muscle_fat_infiltration": infil}
-    else:
-        fat = mu("adipose", 0.95 * var["fat_density_factor"])
-        muscle = mu("muscle", 1.05 * var["muscle_density_factor"])
-        blood = mu("blood", var["blood_density_g_cm3"])
-        organ = mu("soft_tissue", 1.06 * var["muscle_density_factor"])
-    marrow = (1.0 - spec.marrow_fat_fraction) * mu_w + spec.marrow_fat_fraction * mu("adipose")
+    soft, var = _soft_tissues(spec, energy, var)
+    marrow = (1.0 - spec.marrow_fat_fraction) * mu_w + spec.marrow_fat_fraction * _mu("adipose", energy)
     iodine_blood = 0.0
     if spec.phase != "native":
         lo, hi = (200.0, 320.0) if spec.phase == "arterial" else (100.0, 160.0)
@@ -171,35 +197,10 @@ def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str]
     def plus_iodine(base, tissue):
         return base + iodine_blood * share[tissue] * mu_i
 
-    shell_mm = an.shell_thickness_mm(spec.pixel_mm)
-    cort = mu("cortical_bone")
-    table = np.zeros(256, np.float32)
-    table[an.AIR] = mu_a
-    table[an.GAS] = mu_a
-    table[an.SUBCUT_FAT] = fat
-    table[an.VISCERAL_FAT] = fat
-    table[an.MUSCLE_WALL] = plus_iodine(muscle, "muscle")
-    table[an.ORGAN] = plus_iodine(organ, "organ")
-    table[an.LUNG] = mu("lung")
-    infil = var["paraspinal_fat_infiltration"]
-    table[an.PARASPINAL] = plus_iodine((1 - infil) * muscle + infil * fat, "muscle")
-    table[an.PSOAS] = plus_iodine(muscle, "muscle")
-    table[an.AORTA] = blood + iodine_blood * mu_i
-    table[an.IVC] = plus_iodine(blood, "ivc")
-    table[an.DISC] = plus_iodine(mu("cartilage", DISC_DENSITY), "disc")
-    table[an.CANAL] = mu_w
     marrow_c = plus_iodine(marrow, "marrow")
-    table[an.CORTICAL_SHELL] = (0.55 / shell_mm) * cort + (1 - 0.55 / shell_mm) * marrow_c
-    table[an.POSTERIOR_BONE] = 0.4 * cort + 0.6 * marrow_c
-    table[an.RIB] = 0.35 * cort + 0.65 * marrow_c
-    table[an.ILIUM] = 0.3 * cort + 0.7 * marrow_c
-    table[an.METAL] = mu("titanium")
-    table[an.CARTILAGE] = plus_iodine(mu("cartilage", COSTAL_CARTILAGE_DENSITY), "disc")
-    table[an.FLAT_BONE] = 0.3 * cort + 0.7 * marrow_c
-    table[an.MYOCARDIUM] = plus_iodine(muscle, "organ")
-    table[an.AIRWAY] = mu_a
-    table[an.STENT_WIRE] = table[an.AORTA]  # set by stent_attenuation once the wire is drawn
-    table[an.STENT_GRAFT] = table[an.AORTA]
+    table = _fill_table(spec, energy, soft, var, mu_a, mu_w, marrow_c, plus_iodine,
+                        soft.blood + iodine_blood * mu_i)
+    cort = _mu("cortical_bone", energy)
     k2 = float(mass_attenuation("k2hpo4", energy))
 
     def trabecular(c_mg, with_iodine=True):
@@ -218,11 +219,69 @@ def material_table(energy: float, spec, bmd: dict[str, float], levels: list[str]
     scan = {"iodine_blood_mg_ml": round(iodine_blood, 3),
             "aortic_hu": round(float(hu_from_mu(table[an.AORTA], energy)), 1),
             "sigma_ct_hu_per_mg_cm3": round(sigma_ct, 5), "beta_ct_hu": round(beta_ct, 3),
-            "fat_hu": round(float(hu_from_mu(fat, energy)), 1), "muscle_hu": round(float(hu_from_mu(muscle, energy)), 1),
-            "blood_hu": round(float(hu_from_mu(blood, energy)), 1),
+            "fat_hu": round(float(hu_from_mu(soft.fat, energy)), 1),
+            "muscle_hu": round(float(hu_from_mu(soft.muscle, energy)), 1),
+            "blood_hu": round(float(hu_from_mu(soft.blood, energy)), 1),
             **{k: round(float(v), 4) for k, v in var.items()}}
     out = {"mu": table, "mu_water": mu_w, "mu_air": mu_a, "trabecular": per_level}
-    return out, scan
+    return MaterialTable(out, scan)
+
+
+def _soft_tissues(spec, energy: float, var: dict) -> tuple[_SoftTissues, dict]:
+    """Fat, muscle, blood and organ mu of the tissue model, and ``var`` with the realistic model's draws added."""
+    if spec.tissue_model == "realistic":
+        real = realistic_tissues(spec.seed)
+        fat, fat_rho = fat_mu(real["lipid_fraction"], energy)
+        fat70, _ = fat_mu(real["lipid_fraction"], 70.0)
+        m70, fat70_hu = float(hu_from_mu(_mu("muscle", 70.0), 70.0)), float(hu_from_mu(fat70, 70.0))
+        infil = float(np.clip((m70 - real["muscle_hu_70kev"]) / (m70 - fat70_hu), 0.0, 0.5))
+        muscle = (1.0 - infil) * _mu("muscle", energy) + infil * fat
+        b70 = float(hu_from_mu(_mu("blood", 70.0), 70.0))
+        blood = _mu("blood", energy, 1.06 * (1000.0 + real["blood_hu_70kev"]) / (1000.0 + b70))
+        organ = _mu("soft_tissue", energy)
+        var = {**var, **{k: v for k, v in real.items()}, "fat_density_g_cm3": fat_rho,
+               "muscle_fat_infiltration": infil}
+    else:
+        fat = _mu("adipose", energy, 0.95 * var["fat_density_factor"])
+        muscle = _mu("muscle", energy, 1.05 * var["muscle_density_factor"])
+        blood = _mu("blood", energy, var["blood_density_g_cm3"])
+        organ = _mu("soft_tissue", energy, 1.06 * var["muscle_density_factor"])
+    return _SoftTissues(fat, muscle, blood, organ), var
+
+
+def _fill_table(spec, energy: float, soft: _SoftTissues, var: dict, mu_a: float, mu_w: float, marrow_c: float,
+                plus_iodine, aorta: float) -> np.ndarray:
+    """float32 (256,) mu by material id, trabecular bone and sacrum left at 0."""
+    fat, muscle, organ = soft.fat, soft.muscle, soft.organ
+    shell_mm = an.shell_thickness_mm(spec.pixel_mm)
+    cort = _mu("cortical_bone", energy)
+    table = np.zeros(256, np.float32)
+    table[an.AIR] = mu_a
+    table[an.GAS] = mu_a
+    table[an.SUBCUT_FAT] = fat
+    table[an.VISCERAL_FAT] = fat
+    table[an.MUSCLE_WALL] = plus_iodine(muscle, "muscle")
+    table[an.ORGAN] = plus_iodine(organ, "organ")
+    table[an.LUNG] = _mu("lung", energy)
+    infil = var["paraspinal_fat_infiltration"]
+    table[an.PARASPINAL] = plus_iodine((1 - infil) * muscle + infil * fat, "muscle")
+    table[an.PSOAS] = plus_iodine(muscle, "muscle")
+    table[an.AORTA] = aorta
+    table[an.IVC] = plus_iodine(soft.blood, "ivc")
+    table[an.DISC] = plus_iodine(_mu("cartilage", energy, DISC_DENSITY), "disc")
+    table[an.CANAL] = mu_w
+    table[an.CORTICAL_SHELL] = (0.55 / shell_mm) * cort + (1 - 0.55 / shell_mm) * marrow_c
+    table[an.POSTERIOR_BONE] = 0.4 * cort + 0.6 * marrow_c
+    table[an.RIB] = 0.35 * cort + 0.65 * marrow_c
+    table[an.ILIUM] = 0.3 * cort + 0.7 * marrow_c
+    table[an.METAL] = _mu("titanium", energy)
+    table[an.CARTILAGE] = plus_iodine(_mu("cartilage", energy, COSTAL_CARTILAGE_DENSITY), "disc")
+    table[an.FLAT_BONE] = 0.3 * cort + 0.7 * marrow_c
+    table[an.MYOCARDIUM] = plus_iodine(muscle, "organ")
+    table[an.AIRWAY] = mu_a
+    table[an.STENT_WIRE] = table[an.AORTA]  # set by stent_attenuation once the wire is drawn
+    table[an.STENT_GRAFT] = table[an.AORTA]
+    return table
 
 
 def spec_variation(rng: np.random.Generator, spread: float) -> dict[str, float]:
@@ -241,7 +300,14 @@ def _mixture_mu(composition: tuple[dict[str, float], float], energy: float) -> f
     return density * sum(w * float(xraydb.mu_elam(el, energy * 1000.0)) for el, w in fractions.items())
 
 
-def stent_attenuation(energy: float, wire_fill: float, graft_fill: float, blood_mu: float) -> tuple[float, float]:
+class StentMu(NamedTuple):
+    """mu (1/cm) of a stent-wire voxel (``wire``) and a graft-fabric voxel (``graft``)."""
+
+    wire: float
+    graft: float
+
+
+def stent_attenuation(energy: float, wire_fill: float, graft_fill: float, blood_mu: float) -> StentMu:
     """mu (1/cm) of a stent-wire voxel and a graft-fabric voxel.
 
     Parameters
@@ -252,7 +318,11 @@ def stent_attenuation(energy: float, wire_fill: float, graft_fill: float, blood_
         Volume fraction (0-1) of nitinol in a wire voxel and of PET in a fabric voxel.
     blood_mu : float
         mu of the blood (with iodine) that fills the rest of those voxels.
+
+    Returns
+    -------
+    StentMu
     """
     wire = wire_fill * _mixture_mu(NITINOL, energy) + (1.0 - wire_fill) * blood_mu
     graft = graft_fill * _mixture_mu(PET, energy) + (1.0 - graft_fill) * blood_mu
-    return wire, graft
+    return StentMu(wire, graft)

@@ -29,14 +29,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from ctbmd.calibrate.rods import DEFAULT_ROD_SPEC, RodSpec
+from ctbmd.calibrate.rod_spec import DEFAULT_ROD_SPEC, RodSpec
 from ctbmd.errors import UsageError
 from ctbmd.materials import hu_from_mu, linear_attenuation, mass_attenuation, qct_pro_line
-from ctbmd.simulate import Phantom
+from ctbmd.simulate.spec import Phantom
 
 #: Second seed word of the noise drawn for the rod phantom's region.
 ROD_NOISE_STREAM = 31
@@ -122,6 +123,52 @@ def add_rod_phantom(phantom: Phantom, spec: RodSpec | None = None, energy_kev: f
         (exit 2) Settings out of range, or the rods do not fit in the image's width.
     """
     spec = DEFAULT_ROD_SPEC if spec is None else spec
+    _check_settings(phantom, spec, spacing_mm, gap_mm, block_height_mm)
+    energy = float(phantom.truth["scan"]["effective_energy_kev"] if energy_kev is None else energy_kev)
+    settings = phantom.truth.get("settings", {})
+    noise = float(settings.get("noise_hu", 0.0))
+    psf = float(settings.get("psf_fwhm_mm", 0.0))
+    seed = int(settings.get("seed", 0))
+
+    lay = _layout(phantom, spec, spacing_mm, gap_mm, block_height_mm, margin_mm)
+    nx, ny, nz = phantom.hu.shape
+    sx, sy, _ = (float(v) for v in phantom.grid.spacing_mm)
+    oy = float(phantom.grid.origin_lps_mm[1])
+    y = oy + sy * np.arange(lay.j_start, lay.ny_new)
+    picture, hu_block, rods_truth = _picture(lay, spec, y, sx, energy, block_density_g_cm3, psf)
+
+    out = np.empty((nx, lay.ny_new, nz), np.int16)
+    out[:, :ny] = phantom.hu
+    region = np.repeat(picture[:, :, None], nz, axis=2).astype(np.float32)
+    if noise > 0:
+        rng = np.random.default_rng([seed, ROD_NOISE_STREAM])
+        region += rng.normal(0.0, noise, size=region.shape).astype(np.float32)
+    out[:, lay.j_start:] = np.clip(np.round(region), -1024, 3071).astype(np.int16)
+
+    labels = np.zeros((nx, lay.ny_new, nz), phantom.labels.dtype)
+    labels[:, :ny] = phantom.labels
+    grid = replace(phantom.grid, size=(nx, lay.ny_new, nz))  # same origin: rows were added at the posterior end
+    truth = copy.deepcopy(phantom.truth)
+    sigma_ct, beta_ct = qct_pro_line(energy)
+    truth["rod_phantom"] = {
+        "rods": rods_truth,
+        "rod_order": "increasing LPS x",
+        "diameter_mm": spec.diameter_mm,
+        "spacing_mm": None if spec.centres_lps_mm is not None else spacing_mm,
+        "spec": spec.to_text(),
+        "block": {"material": "water", "density_g_cm3": block_density_g_cm3, "hu": round(hu_block, 4),
+                  "x_range_mm": [round(v, 3) for v in lay.block_x], "y_range_mm": [round(v, 3) for v in lay.block_y]},
+        "gap_mm": gap_mm,
+        "effective_energy_kev": energy,
+        "qct_pro_line": {"sigma_ct": round(float(sigma_ct), 6), "beta_ct": round(float(beta_ct), 6)},
+        "noise_hu": noise, "psf_fwhm_mm": psf, "noise_seed": [seed, ROD_NOISE_STREAM],
+    }
+    return Phantom(hu=out, grid=grid, labels=labels, truth=truth)
+
+
+def _check_settings(phantom: Phantom, spec: RodSpec, spacing_mm: float, gap_mm: float,
+                    block_height_mm: float) -> None:
+    """Refuse settings out of range and a phantom whose direction is not the identity (UsageError)."""
     if not 2.0 <= gap_mm <= 20.0:
         raise UsageError("rod phantom gap must be 2-20 mm")
     if block_height_mm < spec.diameter_mm + 10.0:
@@ -131,12 +178,24 @@ def add_rod_phantom(phantom: Phantom, spec: RodSpec | None = None, energy_kev: f
     d = phantom.grid.direction
     if not np.allclose(np.asarray(d, float).reshape(3, 3), np.eye(3)):
         raise UsageError("add_rod_phantom needs a phantom with identity direction")
-    energy = float(phantom.truth["scan"]["effective_energy_kev"] if energy_kev is None else energy_kev)
-    settings = phantom.truth.get("settings", {})
-    noise = float(settings.get("noise_hu", 0.0))
-    psf = float(settings.get("psf_fwhm_mm", 0.0))
-    seed = int(settings.get("seed", 0))
 
+
+class _Layout(NamedTuple):
+    """Where the block and rods go (LPS mm) and the image rows they take."""
+
+    x: np.ndarray                       # LPS x (mm) of the image's columns
+    rod_x: np.ndarray                   # rod centres' x (mm)
+    rod_y: float                        # rod centres' y (mm): the block's mid-height
+    radius: float                       # rod radius (mm)
+    block_x: tuple[float, float]
+    block_y: tuple[float, float]
+    ny_new: int                         # rows of the extended image
+    j_start: int                        # first row rewritten (the middle of the air gap)
+
+
+def _layout(phantom: Phantom, spec: RodSpec, spacing_mm: float, gap_mm: float, block_height_mm: float,
+            margin_mm: float) -> _Layout:
+    """Place the block behind the patient's back, centred on the patient in x, and the rods at its mid-height."""
     hu = phantom.hu
     nx, ny, nz = hu.shape
     sx, sy, _ = (float(v) for v in phantom.grid.spacing_mm)
@@ -163,17 +222,22 @@ def add_rod_phantom(phantom: Phantom, spec: RodSpec | None = None, energy_kev: f
     block_y = (float(y_back + gap_mm), float(y_back + gap_mm + block_height_mm))
     rod_y = 0.5 * (block_y[0] + block_y[1])
     ny_new = max(ny, int(math.ceil((block_y[1] + margin_mm - oy) / sy)) + 1)
-
-    # the region rewritten: from the middle of the air gap to the new edge
     j_start = int(math.ceil((y_back + gap_mm / 2.0 - oy) / sy))
-    y = oy + sy * np.arange(j_start, ny_new)
+    return _Layout(x, rod_x, rod_y, r, block_x, block_y, ny_new, j_start)
+
+
+def _picture(lay: _Layout, spec: RodSpec, y: np.ndarray, sx: float, energy: float, block_density_g_cm3: float,
+             psf: float) -> tuple[np.ndarray, float, list[dict]]:
+    """Noise-free HU of the rewritten rows (partial-volume block and rods, blurred by the PSF), the block's HU
+    and the rods' truth."""
+    x, rod_y, r, block_x, block_y = lay.x, lay.rod_y, lay.radius, lay.block_x, lay.block_y
     f_block = _coverage(x, y, sx, lambda X, Y: (X >= block_x[0]) & (X <= block_x[1])
                         & (Y >= block_y[0]) & (Y <= block_y[1]))
     mu_block = float(linear_attenuation("water", energy, block_density_g_cm3))
     hu_block = float(hu_from_mu(mu_block, energy))
     picture = -1000.0 * (1.0 - f_block) + hu_block * f_block
     rods_truth = []
-    for rod, cx in zip(spec.rods, rod_x):
+    for rod, cx in zip(spec.rods, lay.rod_x):
         f_rod = _coverage(x, y, sx, lambda X, Y, cx=cx: (X - cx) ** 2 + (Y - rod_y) ** 2 <= r * r)
         h = rod_hu(rod.k2hpo4_mg_cm3, rod.water_mg_cm3, energy)
         picture += (h - hu_block) * f_rod
@@ -184,31 +248,4 @@ def add_rod_phantom(phantom: Phantom, spec: RodSpec | None = None, energy_kev: f
     sigma_px = psf / 2.3548 / sx
     if sigma_px > 0.05:
         picture = ndi.gaussian_filter(picture, sigma=sigma_px, mode="nearest")
-
-    out = np.empty((nx, ny_new, nz), np.int16)
-    out[:, :ny] = hu
-    region = np.repeat(picture[:, :, None], nz, axis=2).astype(np.float32)
-    if noise > 0:
-        rng = np.random.default_rng([seed, ROD_NOISE_STREAM])
-        region += rng.normal(0.0, noise, size=region.shape).astype(np.float32)
-    out[:, j_start:] = np.clip(np.round(region), -1024, 3071).astype(np.int16)
-
-    labels = np.zeros((nx, ny_new, nz), phantom.labels.dtype)
-    labels[:, :ny] = phantom.labels
-    grid = replace(phantom.grid, size=(nx, ny_new, nz))  # same origin: rows were added at the posterior end
-    truth = copy.deepcopy(phantom.truth)
-    sigma_ct, beta_ct = qct_pro_line(energy)
-    truth["rod_phantom"] = {
-        "rods": rods_truth,
-        "rod_order": "increasing LPS x",
-        "diameter_mm": spec.diameter_mm,
-        "spacing_mm": None if spec.centres_lps_mm is not None else spacing_mm,
-        "spec": spec.to_text(),
-        "block": {"material": "water", "density_g_cm3": block_density_g_cm3, "hu": round(hu_block, 4),
-                  "x_range_mm": [round(v, 3) for v in block_x], "y_range_mm": [round(v, 3) for v in block_y]},
-        "gap_mm": gap_mm,
-        "effective_energy_kev": energy,
-        "qct_pro_line": {"sigma_ct": round(float(sigma_ct), 6), "beta_ct": round(float(beta_ct), 6)},
-        "noise_hu": noise, "psf_fwhm_mm": psf, "noise_seed": [seed, ROD_NOISE_STREAM],
-    }
-    return Phantom(hu=out, grid=grid, labels=labels, truth=truth)
+    return picture, hu_block, rods_truth

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ctbmd.simulate import anatomy as an
+from ctbmd.simulate import spine
 from ctbmd.types import VERSE_LABELS
 
 #: Body heights (mm, along the sacral curve) of S1-S5 and the scale of each segment's body
@@ -152,7 +153,7 @@ def _paint_alae_and_canal(canvas, anat, segs, reach):
 
 def _paint_ilia(canvas, anat, s1, reach, ala):
     """Sacroiliac joints (cartilage) and the ilia: an auricular block lateral of each ala, then the
-    iliac wing (:func:`ctbmd.simulate.anatomy.paint_iliac_wing`)."""
+    iliac wing (:func:`ctbmd.simulate.spine.paint_iliac_wing`)."""
     sl, u, v, w, lateral, bottom = ala
     centre, frame, b, h = s1["centre"], s1["frame"], s1["half_depth"], s1["height"]
     auric = (w <= h / 2.0 + 10.0) & (w >= bottom - 8.0) & (v >= -0.3 * b) & (v <= b + 26.0)
@@ -160,7 +161,7 @@ def _paint_ilia(canvas, anat, s1, reach, ala):
     canvas.paint(sl, joint, an.CARTILAGE, 0)
     canvas.paint(sl, (np.abs(u) > lateral + SI_JOINT_MM) & (np.abs(u) <= lateral + 22.0) & auric, an.ILIUM, 0)
     for side in (-1, 1):
-        an.paint_iliac_wing(canvas, centre + frame[0] * side * (reach + 14.0) + frame[1] * (b + 10.0), side,
+        spine.paint_iliac_wing(canvas, centre + frame[0] * side * (reach + 14.0) + frame[1] * (b + 10.0), side,
                             anat.vertebrae[-1].centre[2], start_mm=-8.0, spare=(an.SACRUM, an.CARTILAGE))
 
 
