@@ -34,7 +34,8 @@ def synthetic_samples(n_patients=30, levels=3, size=16, seed=0, test_patients=0)
 
 def test_folds_never_share_a_patient_and_are_seeded():
     s = synthetic_samples(n_patients=40, test_patients=5)
-    folds, test = patient_folds(s, 5, seed=3, target="bmd_mg_cm3")
+    split = patient_folds(s, 5, seed=3, target="bmd_mg_cm3")
+    folds, test = split.folds, split.test
     test_p = set(s.patient[test])
     assert test_p == {f"p{i:02d}" for i in range(5)}
     seen_validation = set()
@@ -48,8 +49,8 @@ def test_folds_never_share_a_patient_and_are_seeded():
         # every vertebra of a validation patient is in the validation part
         assert set(np.nonzero(np.isin(s.patient, list(val)))[0]) == set(f.validation)
     assert seen_validation == set(s.patient) - test_p
-    again, _ = patient_folds(s, 5, seed=3, target="bmd_mg_cm3")
-    other, _ = patient_folds(s, 5, seed=4, target="bmd_mg_cm3")
+    again = patient_folds(s, 5, seed=3, target="bmd_mg_cm3").folds
+    other = patient_folds(s, 5, seed=4, target="bmd_mg_cm3").folds
     assert all(np.array_equal(a.validation, b.validation) and np.array_equal(a.fit, b.fit) for a, b in zip(folds, again))
     assert not all(np.array_equal(a.validation, b.validation) for a, b in zip(folds, other))
 
@@ -59,7 +60,8 @@ def test_external_sites_are_in_no_training_early_stopping_or_validation_fold():
     site = {f"p{i:02d}": "external" for i in range(30, 35)} | {f"p{i:02d}": "external_2" for i in range(35, 40)}
     s.split = np.array([site.get(p, x) for p, x in zip(s.patient, s.split)], dtype=object)
     external = set(site)
-    folds, test = patient_folds(s, 5, seed=2, target="bmd_mg_cm3")
+    split = patient_folds(s, 5, seed=2, target="bmd_mg_cm3")
+    folds, test = split.folds, split.test
     assert not set(s.patient[test]) & external
     for f in folds:
         for part in (f.fit, f.stop, f.validation):
@@ -75,10 +77,10 @@ def test_too_few_patients_for_the_folds():
 
 def test_same_seed_same_first_epoch_loss():
     s = synthetic_samples(n_patients=12)
-    folds, _ = patient_folds(s, 2, seed=0, target="bmd_mg_cm3")
+    folds = patient_folds(s, 2, seed=0, target="bmd_mg_cm3").folds
     cfg = TrainConfig(arch="densenet_small", epochs=1, batch_size=8, seed=5, device="cpu")
-    runs = [train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3")[2][0] for _ in range(2)]
-    other = train_member(s, folds[0].fit, folds[0].stop, TrainConfig(**{**cfg.__dict__, "seed": 6}), "bmd_mg_cm3")[2][0]
+    runs = [train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3").history[0] for _ in range(2)]
+    other = train_member(s, folds[0].fit, folds[0].stop, TrainConfig(**{**cfg.__dict__, "seed": 6}), "bmd_mg_cm3").history[0]
     assert runs[0]["train_loss"] == runs[1]["train_loss"] and runs[0]["stop_loss"] == runs[1]["stop_loss"]
     assert other["train_loss"] != runs[0]["train_loss"]
 
@@ -88,7 +90,7 @@ def test_crops_of_the_real_example_are_centred_on_the_trabecular_roi():
     from ctbmd.pipeline import analyse
 
     res = analyse(EXAMPLE / "ct.nii.gz")
-    crops, skipped = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase)
+    crops = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase).crops
     by = {c.level: c for c in crops}
     assert {"L1", "L2", "L3", "L4"} <= set(by)
     lo, hi = HU_WINDOW
@@ -212,6 +214,43 @@ def test_an_external_site_is_predicted_by_the_ensemble_and_evaluated_on_its_own(
     assert whole["splits"]["external"]["level"]["n"] == 4 and whole["splits"]["out-of-fold"]["level"]["n"] == 16
 
 
+
+def test_figures_of_a_one_patient_set_are_null_with_a_reason_not_nan(tiny_model, tmp_path):
+    """A test set of one patient has no patient r² and no AUC: config.json holds null and the reason from
+    ``ctbmd evaluate`` (valid JSON, never NaN), and the summary says ``not computed (...)``, never ``nan``."""
+    from ctbmd.model.evaluation import out_of_fold_lines
+
+    with open(tiny_model / "manifest.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    body = [[r[0], str(tiny_model / r[1]), str(tiny_model / r[2])] + r[3:] + ["cv"] for r in rows[1:]]
+    # q0's scan once more, as a fifth patient held out as the test set (its crops come from the cache)
+    held = [["t0"] + r[1:-1] + ["test"] for r in body if r[0] == "q0"]
+    manifest = tmp_path / "manifest_test.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows([rows[0] + ["split"]] + body + held)
+    rc, so, se = _train_tiny(tiny_model, tmp_path, manifest=manifest)
+    assert rc == 0, se
+
+    def strict(path):
+        return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path}"))
+
+    for path in (tmp_path / "model").rglob("*.json"):
+        strict(path)
+    cfg = strict(tmp_path / "model" / "config.json")
+    for name in ("model", "calibration"):
+        test = cfg["training"]["out_of_fold"][name]["test"]
+        assert test["vertebra"]["n"] == 4 and test["vertebra"]["r2"] is not None
+        assert test["patient"]["r2"] is None and test["auc_osteoporosis"] is None
+        assert test["not_computed"] == {"patient.r2": "needs at least 3 patients, got 1",
+                                        "auc_osteoporosis": "needs at least 2 patients, got 1"}
+        assert "not_computed" not in cfg["training"]["out_of_fold"][name]["out-of-fold"]
+    lines = out_of_fold_lines(cfg)
+    assert not [line for line in lines if "nan" in line]
+    held_lines = [line for line in lines if " test " in line]
+    assert len(held_lines) == 2
+    assert all(line.endswith("AUC osteoporosis not computed (needs at least 2 patients, got 1)") for line in held_lines)
+    assert "nan" not in so and all(line in so for line in lines)  # what ctbmd train printed
+
 @pytest.mark.parametrize("dims", ["sagittal", "sagittal3"])
 def test_sagittal_input_trains_applies_and_shows_its_slices(tiny_model, tmp_path, dims):
     from PIL import Image
@@ -313,8 +352,8 @@ def test_muscle_crop_of_the_real_example_holds_the_paraspinal_muscle():
     from ctbmd.pipeline import analyse
 
     res = analyse(EXAMPLE / "ct.nii.gz")
-    crops, _ = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase,
-                             vertebra_labels=res.seg.labels)
+    crops = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase,
+                          vertebra_labels=res.seg.labels).crops
     lo, hi = MUSCLE_HU_WINDOW
     p_mm = (np.arange(64) - 31.5) * MUSCLE_SPACING_MM + MUSCLE_POSTERIOR_MM
     for c in crops:
@@ -336,8 +375,8 @@ def test_muscle_mask_leaves_out_a_low_density_vertebral_body(tiny_model):
     q0 = tiny_model / "q0"
     res = analyse(q0 / "ct.nii.gz", segmenter="labels", labels=q0 / "labels.nii.gz", label_map="verse")
     args = (res.ct, res.roi_labels, res.levels, res.calibration, res.phase)
-    with_labels = {c.level: c.muscle for c in extract_crops(*args, vertebra_labels=res.seg.labels)[0]}
-    without = {c.level: c.muscle for c in extract_crops(*args)[0]}
+    with_labels = {c.level: c.muscle for c in extract_crops(*args, vertebra_labels=res.seg.labels).crops}
+    without = {c.level: c.muscle for c in extract_crops(*args).crops}
     body = np.s_[25:39, 16:28]  # within the body: L -16..+16 mm, P -14..+14 mm of its centre
     for level in ("L1", "L2"):
         assert without[level][1][body].sum() > 40, level  # the body itself passes the HU range
@@ -386,7 +425,7 @@ def test_manifest_kvp_reaches_the_calibration_of_a_nifti(tiny_model, tmp_path):
     assert scan.kvp == 80.0
 
     def error(s):
-        crops, _ = scan_crops(s, CropSpec(), None)
+        crops = scan_crops(s, CropSpec(), None).crops
         return np.mean([abs(c.bmd_calibrated_mg_cm3 - truth[c.level]) for c in crops if c.level in ("L1", "L2", "L3")])
 
     with_kvp, without = error(scan), error(replace(scan, kvp=None))  # measured 15.7 and 79.2 mg/cm³
@@ -402,8 +441,9 @@ def test_binary_thresholds_by_protocol_and_target():
     plain = TrainConfig(task="binary")
     assert binary_threshold(plain, "t_score") == -1.0 and binary_threshold(plain, "bmd_mg_cm3") == 120.0
     assert binary_threshold(TrainConfig(task="binary", protocol="huang2025", threshold=-2.0), "t_score") == -2.0
-    with pytest.raises(ValueError, match="needs --threshold"):
+    with pytest.raises(ValueError, match="needs threshold") as info:
         binary_threshold(huang, "tbs")
+    assert "needs --threshold" in info.value.one_line("cli")  # the CLI writes the parameter as its flag
 
 
 def test_binary_agreement_of_known_predictions():
@@ -515,13 +555,13 @@ def test_run_with_a_folder_that_is_not_a_model(tmp_path):
 
 def test_resumed_training_continues_exactly(tmp_path):
     s = synthetic_samples(n_patients=12)
-    folds, _ = patient_folds(s, 2, seed=0, target="bmd_mg_cm3")
+    folds = patient_folds(s, 2, seed=0, target="bmd_mg_cm3").folds
     cfg = TrainConfig(arch="densenet_small", epochs=2, batch_size=8, seed=2, device="cpu", patience=5)
-    _, _, straight = train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3", checkpoint=tmp_path / "a.pt")
+    straight = train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3", checkpoint=tmp_path / "a.pt").history
     # "interrupted" after one epoch, then resumed from the checkpoint
     first = TrainConfig(**{**cfg.__dict__, "epochs": 1})
     train_member(s, folds[0].fit, folds[0].stop, first, "bmd_mg_cm3", checkpoint=tmp_path / "b.pt")
-    _, _, resumed = train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3", checkpoint=tmp_path / "b.pt")
+    resumed = train_member(s, folds[0].fit, folds[0].stop, cfg, "bmd_mg_cm3", checkpoint=tmp_path / "b.pt").history
     assert [h["epoch"] for h in resumed] == [0, 1]
     assert resumed[1]["train_loss"] == pytest.approx(straight[1]["train_loss"], rel=1e-5)
     assert resumed[1]["stop_loss"] == pytest.approx(straight[1]["stop_loss"], rel=1e-5)

@@ -35,6 +35,8 @@ ACR_LEVELS = ("L1", "L2", "L3", "L4")
 #: WHO T-score thresholds (WHO Technical Report Series 843, 1994): <= -2.5 osteoporosis, < -1 osteopenia.
 WHO_OSTEOPOROSIS_T = -2.5
 WHO_OSTEOPENIA_T = -1.0
+#: T-scores are reported to one decimal (DXA reports; WHO TRS 843): "at or below -2.5" is "below -2.45".
+T_SCORE_STEP = 0.1
 
 
 def detect_contrast_phase(info: ScanInfo, tissues: dict[str, ReferenceTissue]) -> ContrastPhase:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pydicom
 
 from ctbmd.batch.jobs import ScanJob, ScanOutcome
-from ctbmd.errors import EXIT_INVALID_INPUT, InvalidInputError, UsageError
+from ctbmd.errors import EXIT_INVALID_INPUT, InvalidInputError, UsageError, parameter_text
 from ctbmd.io import choose_series, scan_dicom_folder, volume_format
 
 #: A scan ID a manifest may give: a safe folder name.
@@ -151,7 +151,7 @@ def _series_jobs(folder: Path, jobs: list, failures: list, notes: list, phi: dic
             chosen = choose_series(members, root, notes=tie)
         except InvalidInputError as exc:
             uids = ";".join(sorted(s.key for s in members))
-            failures.append(_failure(root, exc.reason, uids))
+            failures.append(_failure(root, parameter_text(exc.reason, "cli"), uids))
             continue
         source = os.path.commonpath([os.path.dirname(f) for f in chosen.files])
         job = ScanJob(scan_id_for(source, chosen.key), os.path.abspath(source), chosen.key,

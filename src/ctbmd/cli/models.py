@@ -155,47 +155,17 @@ def _train_config(ctx: typer.Context, values: dict, protocol: str | None, manife
         return TrainConfig(**{**resolve(protocol, given), "protocol": protocol,
                               **{k: v for k, v in values.items() if k in ("seed", "device") and k not in given}})
     except ValueError as exc:  # refused like a bad manifest: one line, exit 3, nothing written
-        raise InvalidInputError(str(exc), manifest) from None
-
-
-def _number(value, spec: str) -> str:
-    """``value`` formatted with ``spec``, or ``n/a`` when it was not computed (None or NaN)."""
-    if value is None or value != value:
-        return "n/a"
-    return format(value, spec)
+        raise InvalidInputError(getattr(exc, "reason", str(exc)), manifest) from None
 
 
 def _print_training(config: dict, out: Path) -> None:
-    """The summary ``ctbmd train`` prints: the cohort, then the out-of-fold figures of each evaluation."""
+    """The summary ``ctbmd train`` prints: the cohort, then the out-of-fold figures of each evaluation
+    (:func:`ctbmd.model.evaluation.out_of_fold_lines`; a figure not computed says why)."""
+    from ctbmd.model.evaluation import out_of_fold_lines
+
     t = config["training"]
     typer.echo(f"trained on {t['n_patients']} patients, {t['n_vertebrae']} vertebrae ({t['data']}); "
                f"{t['failed_scans']} scans failed (see failed.csv)")
-    for name, figures in t["out_of_fold"].items():
-        if config.get("task") == "binary":
-            for unit in ("vertebra", "patient"):
-                m = figures[unit]
-
-                def cell(key: str) -> str:
-                    v = m[key]
-                    if v["value"] is None:
-                        return f"{key} n/a"
-                    ci = f" ({v['ci95'][0]:.3f}-{v['ci95'][1]:.3f})" if v["ci95"] else ""
-                    return f"{key} {v['value']:.3f}{ci}"
-
-                typer.echo(f"{name:11s} {unit:9s}: n {m['n']} ({m['n_low']} low, below {figures['threshold']:g}); "
-                           + ", ".join(cell(k) for k in ("auc", "f1", "recall", "precision", "specificity",
-                                                         "accuracy")))
-        elif config["target"] == "bmd_mg_cm3":
-            for split, m in figures.items():
-                v = m["vertebra"]
-                typer.echo(f"{name:11s} {split:11s}: vertebrae n {v['n']:.0f}, r² {_number(v['r2'], '.3f')}, "
-                           f"MAE {_number(v['mae'], '.2f')} mg/cm³, RMSE {_number(v['rmse'], '.2f')}; "
-                           f"AUC osteoporosis {_number(m['auc_osteoporosis'], '.3f')}")
-        else:
-            auc, r = figures["auc_osteoporosis"], figures["r"]
-            typer.echo(f"{name:11s}: patients n {figures['n_patients']}, r "
-                       + ("n/a" if r is None or r != r else f"{r:.3f}, r² {r * r:.3f}")
-                       + f", MAE {_number(figures['mae'], '.3f')}, RMSE {_number(figures['rmse'], '.3f')} "
-                       f"({config['target']})"
-                       + ("" if config["target"] != "t_score" else "; AUC osteoporosis " + _number(auc, ".3f")))
+    for line in out_of_fold_lines(config):
+        typer.echo(line)
     typer.echo(f"model: {out}")

@@ -7,14 +7,21 @@ Stages (one module each):
 * :mod:`ctbmd.model.cohort`: the manifest, the crop cache and the sample table;
 * :mod:`ctbmd.model.nets`: MONAI backbones (DenseNet-121 by default) with a
   feature head;
-* :mod:`ctbmd.model.train`: patient-grouped seeded folds and the training loop;
+* :mod:`ctbmd.model.targets`: the training settings, targets, tasks,
+  patient-grouped seeded folds and devices;
+* :mod:`ctbmd.model.train`: the training loop and prediction;
+* :mod:`ctbmd.model.evaluation`: the out-of-fold evaluation and summary;
 * :mod:`ctbmd.model.workflow`: ``ctbmd train`` end to end;
 * :mod:`ctbmd.model.store`: the model folder, :func:`load_model` and prediction.
+
+Bad settings raise :class:`ctbmd.model.errors.ModelSettingsError` (a
+:class:`ctbmd.errors.UsageError`); bad input files
+:class:`ctbmd.errors.InvalidInputError`.
 
 PyTorch and MONAI are needed only here (``pip install torch==2.13.0`` first,
 then ``pip install 'ctbmd[dl]'``); the rest of ctbmd does not import them.
 """
 
-from ctbmd.model.crops import CropSpec, VertebraCrop, extract_crops
+from ctbmd.model.crops import CropSpec, ScanCrops, VertebraCrop, extract_crops
 
-__all__ = ["CropSpec", "VertebraCrop", "extract_crops"]
+__all__ = ["CropSpec", "ScanCrops", "VertebraCrop", "extract_crops"]

@@ -48,7 +48,8 @@ import numpy as np
 
 from ctbmd import evaluate as ev
 from ctbmd.errors import CtbmdError, InvalidInputError
-from ctbmd.model.crops import FEATURES, MUSCLE_SIZE, CropSpec, VertebraCrop, extract_crops, input_hash, load_crops, save_crops
+from ctbmd.model.crops import (FEATURES, MUSCLE_SIZE, CropSpec, ScanCrops, VertebraCrop, extract_crops, input_hash,
+                               load_crops, save_crops)
 from ctbmd.segment.labelmaps import LABEL_MAPS
 
 #: The targets with a reference of their own in ``ctbmd evaluate`` (QCT per level, DXA T-score per patient).
@@ -161,8 +162,8 @@ def read_manifest(path: str | Path, target: str | None = None) -> Cohort:
         file and row.
     """
     path = Path(path)
-    header, rows = ev._read_csv(path)
-    ev._require(header, ("patient_id", "ct"), path)
+    header, rows = ev.read_csv_table(path)
+    ev.require_columns(header, ("patient_id", "ct"), path)
     values: dict[str, float] = {}
     if target is not None and target not in BUILTIN_TARGETS:
         reference = None
@@ -171,7 +172,7 @@ def read_manifest(path: str | Path, target: str | None = None) -> Cohort:
         reference = ev.read_reference(path)
         kind = "bmd_mg_cm3" if reference.kind == "qct" else "t_score"
         if target is not None and target != kind:
-            raise InvalidInputError(f"--target {target} does not match the manifest, whose reference is "
+            raise InvalidInputError(f"`target` {target} does not match the manifest, whose reference is "
                                     f"{'per level (bmd_mg_cm3)' if kind == 'bmd_mg_cm3' else 'per patient (t_score)'}",
                                     path)
     if reference is not None and reference.kind == "dxa" and not any(p.t_score is not None for p in reference.patients):
@@ -233,7 +234,7 @@ def _column_values(path: Path, header: list[str], rows: list[dict], column: str)
     import math
 
     if column not in header:
-        raise InvalidInputError(f"no column {column!r} for --target (columns found: {', '.join(header)})", path)
+        raise InvalidInputError(f"no column {column!r} for `target` (columns found: {', '.join(header)})", path)
     values: dict[str, float] = {}
     for i, r in enumerate(rows, start=2):
         text = (r.get(column) or "").strip()
@@ -253,7 +254,7 @@ def _column_values(path: Path, header: list[str], rows: list[dict], column: str)
     return values
 
 
-def scan_crops(scan: CohortScan, spec: CropSpec, cache_dir: Path | None) -> tuple[list[VertebraCrop], dict[str, str]]:
+def scan_crops(scan: CohortScan, spec: CropSpec, cache_dir: Path | None) -> ScanCrops:
     """Crops of one manifest CT, from the cache when present.
 
     Raises
@@ -270,12 +271,12 @@ def scan_crops(scan: CohortScan, spec: CropSpec, cache_dir: Path | None) -> tupl
     if cached is not None and cached.is_file():
         return load_crops(cached)
     res = analyse(scan.ct, segmenter=segmenter, labels=scan.labels, label_map=scan.label_map, kvp=scan.kvp)
-    crops, skipped = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase, spec,
-                                   vertebra_labels=res.seg.labels)
+    cut = extract_crops(res.ct, res.roi_labels, res.levels, res.calibration, res.phase, spec,
+                        vertebra_labels=res.seg.labels)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        save_crops(cached, crops, skipped, spec)
-    return crops, skipped
+        save_crops(cached, cut.crops, cut.skipped, spec)
+    return cut
 
 
 @dataclass
@@ -333,17 +334,18 @@ def build_samples(cohort: Cohort, spec: CropSpec = CropSpec(), cache_dir: Path |
     failed, skipped = [], []
     for n, scan in enumerate(cohort.scans, start=1):
         try:
-            crops, why = scan_crops(scan, spec, cache_dir)
+            cut = scan_crops(scan, spec, cache_dir)
         except CtbmdError as exc:
             failed.append((scan.patient_id, exc.one_line()))
-            crops, why = [], {}
-        by_level = {c.level: c for c in crops}
+            cut = ScanCrops(crops=[], skipped={})
+        by_level = {c.level: c for c in cut.crops}
         pid = scan.patient_id
         for level, value in targets.get(pid, {}).items():
             c = by_level.get(level)
             if c is None or not c.usable:
-                if crops:
-                    skipped.append((pid, level, why.get(level, "level not found" if c is None else "flagged by QC")))
+                if cut.crops:
+                    skipped.append((pid, level, cut.skipped.get(level, "level not found" if c is None
+                                                                else "flagged by QC")))
                 continue
             rows.append((c, value, pid, scan.split))
         if progress:

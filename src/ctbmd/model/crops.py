@@ -77,8 +77,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from ctbmd.io import array_to_image
-from ctbmd.types import VERSE_LABELS, Calibration, ContrastPhase, CTVolume, LevelMeasurement
+from ctbmd.errors import InvalidInputError
+from ctbmd.io import array_to_image, image_to_array, resample_labels
+from ctbmd.types import VERSE_LABELS, Calibration, ContrastPhase, CTVolume, Grid, LevelMeasurement
 
 #: HU window of channel 0: [low, high] maps to [-1, 1].
 HU_WINDOW: tuple[float, float] = (-250.0, 1250.0)
@@ -166,10 +167,32 @@ class VertebraCrop:
         return float(self.features[0])
 
 
-def _resample(image: sitk.Image, centre_lps: np.ndarray, spec: CropSpec, interpolator, default: float) -> np.ndarray:
+@dataclass(frozen=True)
+class ScanCrops:
+    """The crops of one scan (:func:`extract_crops`, :func:`load_crops`).
+
+    Attributes
+    ----------
+    crops : list of VertebraCrop
+        Cranial to caudal, for the levels that have a ROI.
+    skipped : dict of str to str
+        Level -> why no crop was cut (empty ROI, or no calibration).
+    """
+
+    crops: list[VertebraCrop]
+    skipped: dict[str, str]
+
+
+def _crop_grid(centre_lps: np.ndarray, spec: CropSpec) -> Grid:
+    """The LPS-aligned grid of the crop centred on ``centre_lps`` (``spec.size`` voxels of ``spec.spacing_mm``)."""
     origin = centre_lps - (spec.size - 1) / 2.0 * spec.spacing_mm
-    out = sitk.Resample(image, [spec.size] * 3, sitk.Transform(), interpolator, origin.tolist(),
-                        [spec.spacing_mm] * 3, [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], default)
+    return Grid((spec.size,) * 3, (spec.spacing_mm,) * 3, tuple(origin.tolist()), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+
+
+def _resample(image: sitk.Image, centre_lps: np.ndarray, spec: CropSpec, interpolator, default: float) -> np.ndarray:
+    grid = _crop_grid(centre_lps, spec)
+    out = sitk.Resample(image, list(grid.size), sitk.Transform(), interpolator, list(grid.origin_lps_mm),
+                        list(grid.spacing_mm), list(grid.direction), default)
     return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
 
 
@@ -207,8 +230,8 @@ def _muscle_crop(hu_img: sitk.Image, bone_img: sitk.Image | None, centre_lps: np
             & (p_mm >= -MUSCLE_ANTERIOR_LIMIT_MM) & (np.abs(l_mm) <= MUSCLE_LATERAL_LIMIT_MM)
             & (np.abs(l_mm) >= MUSCLE_MIDLINE_MM))
     if bone_img is not None:
-        bone = sitk.GetArrayFromImage(sitk.Resample(bone_img, size, sitk.Transform(), sitk.sitkNearestNeighbor,
-                                                    origin.tolist(), spacing, direction, 0)).transpose(2, 1, 0)
+        bone = image_to_array(resample_labels(bone_img, Grid(tuple(size), tuple(spacing), tuple(origin.tolist()),
+                                                             tuple(direction))))
         # the vertebra with its ring closed: the canal (cord and CSF read like muscle) is not muscle
         mask &= ~ndi.binary_fill_holes(ndi.binary_dilation(bone.any(axis=2), iterations=1))
     return np.stack([ch0, mask]).astype(np.float32)
@@ -219,11 +242,11 @@ def scan_features(calibration: Calibration, phase: ContrastPhase, ct: CTVolume) 
 
     Raises
     ------
-    ValueError
+    InvalidInputError
         If ``calibration.ok`` is False (the model builds on the calibrated scale).
     """
     if not calibration.ok:
-        raise ValueError(f"no calibration: {calibration.reason}")
+        raise InvalidInputError(f"no calibration: {calibration.reason}")
     t = calibration.tissues
 
     def hu(name):
@@ -239,7 +262,7 @@ def scan_features(calibration: Calibration, phase: ContrastPhase, ct: CTVolume) 
 
 def extract_crops(ct: CTVolume, roi_labels: np.ndarray, levels: list[LevelMeasurement], calibration: Calibration,
                   phase: ContrastPhase, spec: CropSpec = CropSpec(),
-                  vertebra_labels: np.ndarray | None = None) -> tuple[list[VertebraCrop], dict[str, str]]:
+                  vertebra_labels: np.ndarray | None = None) -> ScanCrops:
     """Cut one crop per measured level.
 
     Parameters
@@ -262,16 +285,16 @@ def extract_crops(ct: CTVolume, roi_labels: np.ndarray, levels: list[LevelMeasur
 
     Returns
     -------
-    crops : list of VertebraCrop
-        Cranial to caudal, for the levels that have a ROI, each with its muscle crop.
-    skipped : dict
-        Level -> why no crop was cut (empty ROI, or no calibration).
+    ScanCrops
+        The crops, cranial to caudal, for the levels that have a ROI, each with
+        its muscle crop; and for the other levels why no crop was cut (empty
+        ROI, or no calibration).
     """
     skipped: dict[str, str] = {}
     try:
         scan = scan_features(calibration, phase, ct)
-    except ValueError as exc:
-        return [], {m.level: str(exc) for m in levels}
+    except InvalidInputError as exc:
+        return ScanCrops(crops=[], skipped={m.level: exc.reason for m in levels})
     hu_img = array_to_image(ct.hu.astype(np.float32, copy=False), ct.grid)
     roi_img = array_to_image(roi_labels, ct.grid)
     bone_img = None if vertebra_labels is None else array_to_image((vertebra_labels > 0).astype(np.uint8), ct.grid)
@@ -285,7 +308,7 @@ def extract_crops(ct: CTVolume, roi_labels: np.ndarray, levels: list[LevelMeasur
             continue
         centre = ct.index_to_lps(idx.mean(0))
         hu = _resample(hu_img, centre, spec, sitk.sitkLinear, -1024.0)
-        mask = (_resample(roi_img, centre, spec, sitk.sitkNearestNeighbor, 0) == v).astype(np.float32)
+        mask = (image_to_array(resample_labels(roi_img, _crop_grid(centre, spec))) == v).astype(np.float32)
         ch0 = np.clip((hu - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
         ch1 = np.clip((calibration.slope * hu + calibration.intercept) / MG_CM3_SCALE, -1.0, 6.0)
         bmd = float(calibration.to_mg_cm3(m.hu_median))
@@ -294,7 +317,7 @@ def extract_crops(ct: CTVolume, roi_labels: np.ndarray, levels: list[LevelMeasur
         crops.append(VertebraCrop(level=m.level, image=np.stack([ch0, ch1, mask]).astype(np.float32),
                                   features=np.array([feats[f] for f in FEATURES], np.float32),
                                   usable=m.usable, muscle=_muscle_crop(hu_img, bone_img, centre)))
-    return crops, skipped
+    return ScanCrops(crops=crops, skipped=skipped)
 
 
 def input_hash(paths: list[str | Path], spec: CropSpec, extra: str = "") -> str:
@@ -306,14 +329,14 @@ def input_hash(paths: list[str | Path], spec: CropSpec, extra: str = "") -> str:
 
     Raises
     ------
-    FileNotFoundError
+    InvalidInputError
         If a path does not exist.
     """
     h = hashlib.sha256(f"{spec.key()}|{extra}".encode())
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise FileNotFoundError(p)
+            raise InvalidInputError("does not exist", p)
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(f.name.encode())
@@ -342,7 +365,7 @@ def save_crops(path: Path, crops: list[VertebraCrop], skipped: dict[str, str], s
     write_atomic(path, writer)
 
 
-def load_crops(path: Path) -> tuple[list[VertebraCrop], dict[str, str]]:
+def load_crops(path: Path) -> ScanCrops:
     """Read crops written by :func:`save_crops`."""
     with np.load(path) as z:
         muscle = z["muscle"] if "muscle" in z.files and len(z["muscle"]) == len(z["levels"]) else None
@@ -350,4 +373,4 @@ def load_crops(path: Path) -> tuple[list[VertebraCrop], dict[str, str]]:
                               usable=bool(z["usable"][i]), muscle=None if muscle is None else muscle[i])
                  for i, lv in enumerate(z["levels"])]
         skipped = dict(s.split(":", 1) for s in z["skipped"])
-    return crops, skipped
+    return ScanCrops(crops=crops, skipped=skipped)

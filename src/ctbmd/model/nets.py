@@ -35,11 +35,19 @@ predicts exactly the baseline (see :mod:`ctbmd.model.train`).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
-ARCHS = ("densenet121", "densenet_small", "resnet18", "resnet50")
-DIMS = ("3d", "2d", "2.5d", "sagittal", "sagittal3")
+from ctbmd.model.errors import ModelSettingsError
+
+#: Backbones (see the module docstring).
+Arch = Literal["densenet121", "densenet_small", "resnet18", "resnet50"]
+ARCHS: tuple[Arch, ...] = get_args(Arch)
+#: Input modes (see the module docstring).
+Dims = Literal["3d", "2d", "2.5d", "sagittal", "sagittal3"]
+DIMS: tuple[Dims, ...] = get_args(Dims)
 EMBEDDING = 32
 #: Channels of the muscle crop (HU, muscle mask).
 MUSCLE_CHANNELS = 2
@@ -49,7 +57,7 @@ SLICES_SAGITTAL3 = 3
 STACKED = {"2d": 1, "2.5d": SLICES_25D, "sagittal": 1, "sagittal3": SLICES_SAGITTAL3}
 
 
-def to_input(images: torch.Tensor, dims: str) -> torch.Tensor:
+def to_input(images: torch.Tensor, dims: Dims) -> torch.Tensor:
     """Crops ``(n, c, L, P, S)`` -> the network input of mode ``dims`` (see the module docstring)."""
     if dims == "3d":
         return images
@@ -68,7 +76,7 @@ def to_input(images: torch.Tensor, dims: str) -> torch.Tensor:
     return sl.permute(0, 1, 4, 2, 3).reshape(images.shape[0], -1, images.shape[2], images.shape[3])
 
 
-def _backbone(arch: str, dims: str, in_channels: int) -> nn.Module:
+def _backbone(arch: Arch, dims: Dims, in_channels: int) -> nn.Module:
     from monai.networks import nets
 
     spatial = 3 if dims == "3d" else 2
@@ -80,7 +88,7 @@ def _backbone(arch: str, dims: str, in_channels: int) -> nn.Module:
                              growth_rate=8, block_config=(2, 4, 4))
     if arch in ("resnet18", "resnet50"):
         return getattr(nets, arch)(spatial_dims=spatial, n_input_channels=ch, num_classes=EMBEDDING)
-    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    raise ModelSettingsError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
 class BmdNet(nn.Module):
@@ -88,9 +96,9 @@ class BmdNet(nn.Module):
 
     Parameters
     ----------
-    arch : str
+    arch : Arch
         One of :data:`ARCHS`.
-    dims : str
+    dims : Dims
         One of :data:`DIMS`.
     in_channels : int
         Channels of a crop (3).
@@ -103,15 +111,15 @@ class BmdNet(nn.Module):
 
     Raises
     ------
-    ValueError
-        For an unknown ``arch`` or ``dims``.
+    ctbmd.model.errors.ModelSettingsError
+        For an unknown ``arch`` or ``dims`` (a :class:`ValueError` too).
     """
 
-    def __init__(self, arch: str, dims: str, in_channels: int, n_features: int, n_classes: int = 0,
+    def __init__(self, arch: Arch, dims: Dims, in_channels: int, n_features: int, n_classes: int = 0,
                  muscle: bool = False):
         super().__init__()
         if dims not in DIMS:
-            raise ValueError(f"unknown dims {dims!r}; choose one of {', '.join(DIMS)}")
+            raise ModelSettingsError(f"unknown dims {dims!r}; choose one of {', '.join(DIMS)}")
         self.dims = dims
         self.backbone = _backbone(arch, dims, in_channels)
         self.muscle_backbone = _backbone(arch, "2d", MUSCLE_CHANNELS) if muscle else None
@@ -128,12 +136,12 @@ class BmdNet(nn.Module):
 
         Raises
         ------
-        ValueError
-            A muscle net called without ``muscle``.
+        ctbmd.model.errors.ModelSettingsError
+            A muscle net called without ``muscle`` (a :class:`ValueError` too).
         """
         z = [self.backbone(to_input(images, self.dims))]
         if self.muscle_backbone is not None:
             if muscle is None:
-                raise ValueError("this network reads a muscle crop: pass muscle=(n, 2, 64, 64)")
+                raise ModelSettingsError("this network reads a muscle crop: pass muscle=(n, 2, 64, 64)")
             z.append(self.muscle_backbone(muscle))
         return self.head(torch.cat(z + [features], dim=1))

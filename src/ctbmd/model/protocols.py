@@ -35,8 +35,13 @@ Sources (abstracts in ``../shared/seeds``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from ctbmd.classify import ACR_OSTEOPOROSIS_MG_CM3
+from ctbmd.classify import ACR_OSTEOPOROSIS_MG_CM3, T_SCORE_STEP, WHO_OSTEOPOROSIS_T
+from ctbmd.model.errors import ModelSettingsError
+
+#: Names of the protocols (the keys of :data:`PROTOCOLS`, in the same order).
+ProtocolName = Literal["li2024", "peng2024", "jcat2023", "yasaka2020", "huang2025"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,11 @@ class Protocol:
 
     Attributes
     ----------
-    name : str
+    name : ProtocolName
     study : str
         Authors, year and DOI (or seed file).
     fixed : dict
-        :class:`~ctbmd.model.train.TrainConfig` fields that define the protocol; an
+        :class:`~ctbmd.model.targets.TrainConfig` fields that define the protocol; an
         option that sets one of them to another value is refused.
     defaults : dict
         TrainConfig fields the paper chose and a user may override.
@@ -58,14 +63,14 @@ class Protocol:
     thresholds : dict
         For a binary task without ``--threshold``: the paper's cut-off by target
         (``t_score``, ``bmd_mg_cm3``), used instead of
-        :data:`ctbmd.model.train.BINARY_THRESHOLDS`.
+        :data:`ctbmd.model.targets.BINARY_THRESHOLDS`.
     published : dict
         The paper's figures, by name (``"r2"``, ``"auc_internal"``, ...).
     notes : str
         How ctbmd's preset differs from the paper.
     """
 
-    name: str
+    name: ProtocolName
     study: str
     fixed: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
@@ -75,7 +80,7 @@ class Protocol:
     notes: str = ""
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+PROTOCOLS: dict[ProtocolName, Protocol] = {p.name: p for p in (
     Protocol("li2024", "Li et al. 2024, doi:10.1159/000542396 (seed 000)",
              fixed={"dims": "3d", "task": "regression"},
              defaults={"arch": "densenet121", "test_fraction": 0.2, "folds": 5},
@@ -105,7 +110,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              fixed={"dims": "2d", "muscle": True},
              defaults={"arch": "densenet121", "task": "binary", "folds": 5},
              needs=("muscle",),
-             thresholds={"t_score": -2.45, "bmd_mg_cm3": ACR_OSTEOPOROSIS_MG_CM3},
+             thresholds={"t_score": round(WHO_OSTEOPOROSIS_T + T_SCORE_STEP / 2, 2), "bmd_mg_cm3": ACR_OSTEOPOROSIS_MG_CM3},
              published={"auc": (0.827, 0.865), "f1_mean_external": 0.865},
              notes="Osteoporosis against the rest: a T-score of -2.5 or lower (coded as below -2.45, since "
                    "T-scores have one decimal; WHO), or for a QCT target below 80 mg/cm³ (ACR-QCT), from the "
@@ -117,12 +122,12 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 AVAILABLE_INPUTS: tuple[str, ...] = ("muscle",)
 
 
-def resolve(name: str, given: dict) -> dict:
+def resolve(name: ProtocolName, given: dict) -> dict:
     """The TrainConfig fields of protocol ``name`` with the options ``given`` on the command line.
 
     Parameters
     ----------
-    name : str
+    name : ProtocolName
         A key of :data:`PROTOCOLS`.
     given : dict
         TrainConfig fields the user set explicitly.
@@ -134,20 +139,21 @@ def resolve(name: str, given: dict) -> dict:
 
     Raises
     ------
-    KeyError
-        Unknown protocol.
-    ValueError
-        ``given`` contradicts a fixed setting, or the protocol needs an input this
-        version lacks; the message says which.
+    ctbmd.model.errors.ModelSettingsError
+        Unknown protocol, ``given`` contradicts a fixed setting, or the protocol
+        needs an input this version lacks; the message says which (a
+        :class:`ValueError` too).
     """
+    if name not in PROTOCOLS:
+        raise ModelSettingsError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[name]
     missing = [n for n in p.needs if n not in AVAILABLE_INPUTS]
     if missing:
-        raise ValueError(f"protocol {name} needs the {', '.join(missing)} input, which this version of ctbmd "
+        raise ModelSettingsError(f"protocol {name} needs the {', '.join(missing)} input, which this version of ctbmd "
                          "does not have yet")
     clash = {k: v for k, v in given.items() if k in p.fixed and v != p.fixed[k]}
     if clash:
         k, v = next(iter(clash.items()))
-        raise ValueError(f"protocol {name} cannot take --{k.replace('_', '-')} {v}: its {k} is {p.fixed[k]} "
+        raise ModelSettingsError(f"protocol {name} cannot take `{k}` {v}: its {k} is {p.fixed[k]} "
                          f"({p.study})")
     return {**p.defaults, **given, **p.fixed}

@@ -7,7 +7,7 @@ Model folder (``ctbmd train --out MODEL_DIR``)
     ``dims``, ``muscle``), the preprocessing the model expects (crop size and
     spacing, HU window, density scale, feature names, and the muscle crop's
     geometry for a ``--muscle`` model), one entry per ensemble member
-    (weights file and its :class:`~ctbmd.model.train.Normaliser`), and
+    (weights file and its :class:`~ctbmd.model.targets.Normaliser`), and
     ``training``: what the model was trained on (``data``, ``phantom_trained``,
     ``clinically_validated`` = false unless the user states otherwise), the
     cohort size, the settings and the out-of-fold metrics. It is written last:
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctbmd.classify import CATEGORIES
 from ctbmd.errors import InvalidInputError, UsageError
 from ctbmd.model.crops import FEATURES, HU_WINDOW, MG_CM3_SCALE, CropSpec, VertebraCrop, muscle_crop_record
 from ctbmd.result import Result
@@ -106,18 +107,17 @@ class BmdModel:
         muscle = None
         if self.config.get("muscle"):
             if any(c.muscle is None for c in crops):
-                raise InvalidInputError("the model reads the muscle crop (--muscle), which these crops lack", self.path)
+                raise InvalidInputError("the model reads the muscle crop (`muscle`), which these crops lack", self.path)
             muscle = np.stack([c.muscle for c in crops])
         values, probs = [], []
         for net, norm in self.members:
-            v, p = predict_arrays(net, norm, images, features, baseline, torch.device("cpu"), muscle=muscle)
-            values.append(v)
-            probs.append(p)
+            prediction = predict_arrays(net, norm, images, features, baseline, torch.device("cpu"), muscle=muscle)
+            values.append(prediction.values)
+            probs.append(prediction.probabilities)
         values = np.stack(values)
         mean_p = np.mean(probs, axis=0) if probs[0] is not None else None
-        names = ("normal", "osteopenia", "osteoporosis")
         return [LevelPrediction(c.level, float(values[:, i].mean()), float(values[:, i].std()),
-                                {n: float(mean_p[i, j]) for j, n in enumerate(names)} if mean_p is not None else None)
+                                {n: float(mean_p[i, j]) for j, n in enumerate(CATEGORIES)} if mean_p is not None else None)
                 for i, c in enumerate(crops)]
 
 
@@ -137,7 +137,8 @@ def load_model(path: str | Path) -> BmdModel:
     """
     import torch
 
-    from ctbmd.model.train import Normaliser, TrainConfig, build_net
+    from ctbmd.model.targets import Normaliser, TrainConfig
+    from ctbmd.model.train import build_net
 
     path = Path(path)
     cfg_path = path / "config.json"
@@ -145,7 +146,7 @@ def load_model(path: str | Path) -> BmdModel:
         raise UsageError("model folder not found", path)
     if not cfg_path.is_file():
         raise UsageError("no config.json: not a ctbmd model folder, or its training did not finish "
-                         "(rerun `ctbmd train ... --resume`)", path)
+                         "(rerun ctbmd train with `resume`)", path)
     try:
         config = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -205,9 +206,10 @@ def add_model(result: Result, model: BmdModel) -> Result:
     """
     from ctbmd.model.crops import extract_crops
 
-    crops, skipped = extract_crops(result.ct, result.roi_labels, result.levels, result.calibration,
-                                   result.phase, model.spec, vertebra_labels=result.seg.labels)
-    preds = model.predict(crops)
+    cut = extract_crops(result.ct, result.roi_labels, result.levels, result.calibration,
+                        result.phase, model.spec, vertebra_labels=result.seg.labels)
+    skipped = cut.skipped
+    preds = model.predict(cut.crops)
     described = model.describe()  # a binary model's value is the probability of low BMD ("p_low_bmd")
     dl = ModelOutput(model=described, target=described["target"], levels={p.level: p for p in preds},
                      skipped=skipped)

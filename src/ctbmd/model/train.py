@@ -1,42 +1,17 @@
-"""Training: patient-grouped k-fold cross-validation with early stopping.
+"""Training: the loop that fits one cross-validation member, with early stopping, and prediction.
 
-Splits (:func:`patient_folds`)
-------------------------------
-* Patients marked ``test`` in the manifest, or a seeded ``test_fraction`` of
-  them (:class:`sklearn.model_selection.GroupShuffleSplit`), are held out.
-* The rest are split into ``folds`` folds **by patient**
-  (:class:`sklearn.model_selection.StratifiedGroupKFold`, shuffled with the
-  seed, stratified by the patient's reference category so every fold holds
-  each class): all vertebrae of a patient are in one fold.
-* Inside each fold's training patients, a seeded 15% of patients
-  (``GroupShuffleSplit``) is the **early-stopping set**; the fold's own
-  validation patients are never used to choose an epoch, so the out-of-fold
-  predictions are honest.
+The settings, targets, tasks, patient splits and devices it uses are in
+:mod:`ctbmd.model.targets`; their names are re-exported here
+(``from ctbmd.model.train import TrainConfig, patient_folds`` keeps working).
 
-Targets
--------
-``bmd_mg_cm3`` (QCT): the network predicts the **residual** to the
-calibration-only BMD of the same vertebra, in units of ``TARGET_SCALE_MG_CM3``
-(20 mg/cm³); the prediction is ``baseline + 20 * output``. An untrained network
-therefore reproduces the phantomless calibration, and training learns what the
-calibration misses. ``t_score`` (DXA): the network predicts the standardised
-T-score directly. With ``classify`` an extra 3-class head (ACR-QCT categories
-of the target BMD, or WHO categories of the T-score) is trained with weight
-``CLASS_LOSS_WEIGHT``.
-
-Tasks (``TrainConfig.task``): ``regression`` (the above); ``categories``, the
-same with the 3-class head (``classify``); ``binary``, normal against low BMD as
-Peng et al. 2024 trained it: the single output is the logit of "low BMD"
-(reference below ``threshold``: :data:`BINARY_THRESHOLDS`, 120 mg/cm³ for QCT,
-the ACR-QCT upper limit of osteopenia; -1.0 for a T-score, WHO), trained with
-binary cross-entropy; the prediction is its probability.
-
-Loss: smooth L1 (Huber, beta 1) on the normalised target. Optimiser: AdamW
-(Loshchilov & Hutter, ICLR 2019). Augmentation (training only, MONAI):
-``RandAffine`` (rotation up to 10 degrees about each axis, shift up to 2
-voxels, scale +-5%), ``RandGaussianNoise`` (SD 0.02 of the normalised
-intensity, about 15 HU), ``RandShiftIntensity`` per channel (up to 0.03, about
-20 HU of HU jitter).
+Loss: smooth L1 (Huber, beta 1) on the normalised target (see
+:mod:`ctbmd.model.targets`), plus ``CLASS_LOSS_WEIGHT`` times the cross-entropy
+of the 3-class head with ``classify``; binary cross-entropy for the binary
+task. Optimiser: AdamW (Loshchilov & Hutter, ICLR 2019). Augmentation
+(training only, MONAI): ``RandAffine`` (rotation up to 10 degrees about each
+axis, shift up to 2 voxels, scale +-5%), ``RandGaussianNoise`` (SD 0.02 of the
+normalised intensity, about 15 HU), ``RandShiftIntensity`` per channel (up to
+0.03, about 20 HU of HU jitter).
 
 Offline expansion (``augment_copies``, Yasaka et al. 2020, who expanded each
 training image 60-fold by noise, parallel shift and rotation): every training
@@ -60,232 +35,32 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3, WHO_OSTEOPENIA_T, WHO_OSTEOPOROSIS_T
 from ctbmd.model.cohort import Samples
-from ctbmd.model.nets import BmdNet
+from ctbmd.model.errors import ModelSettingsError
+from ctbmd.model.nets import BmdNet, Dims
+from ctbmd.model.targets import (BINARY_THRESHOLDS, DEVICES, EARLY_STOP_FRACTION, RESUMABLE_CHANGES, TARGET_SCALE_MG_CM3,
+                                 TASKS, Device, Fold, Normaliser, Splits, Task, TrainConfig, binary_threshold,
+                                 categories, fit_normaliser, patient_folds, resolve_device, resume_mismatch)
 
-TARGET_SCALE_MG_CM3 = 20.0
-TASKS = ("regression", "binary", "categories")
-#: Default "low BMD" threshold of ``task="binary"``: below it is low. ACR-QCT 2018 (above 120 mg/cm³ is
-#: normal) and WHO 1994 (a T-score of -1.0 or above is normal); other targets need ``threshold``.
-BINARY_THRESHOLDS = {"bmd_mg_cm3": ACR_NORMAL_MG_CM3, "t_score": WHO_OSTEOPENIA_T}
+__all__ = [
+    # the training loop (this module)
+    "CLASS_LOSS_WEIGHT", "MemberPrediction", "TrainedMember", "augmented_copy", "build_net", "predict_arrays",
+    "train_member",
+    # settings, targets, splits and devices (ctbmd.model.targets)
+    "BINARY_THRESHOLDS", "DEVICES", "EARLY_STOP_FRACTION", "RESUMABLE_CHANGES", "TARGET_SCALE_MG_CM3", "TASKS",
+    "Device", "Fold", "Normaliser", "Splits", "Task", "TrainConfig", "binary_threshold", "categories",
+    "fit_normaliser", "patient_folds", "resolve_device", "resume_mismatch",
+]
+
+#: Weight of the 3-class head's cross-entropy beside the regression loss (``classify``).
 CLASS_LOSS_WEIGHT = 0.2
-EARLY_STOP_FRACTION = 0.15
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of ``ctbmd train``.
-
-    Attributes
-    ----------
-    arch, dims : str
-        Backbone and input mode (:data:`ctbmd.model.nets.ARCHS`, :data:`~ctbmd.model.nets.DIMS`).
-    folds : int
-        Cross-validation folds (>= 2).
-    test_fraction : float
-        Fraction of patients held out as a test split when the manifest marks none.
-    epochs, patience : int
-        Maximum epochs; stop after ``patience`` epochs without a lower early-stopping loss.
-    batch_size : int
-    lr, weight_decay : float
-        AdamW settings.
-    classify : bool
-        Add the 3-class head.
-    augment : bool
-        Use the MONAI augmentation.
-    seed : int
-    device : str
-        ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-    protocol : str or None
-        The seed study's protocol these settings came from (:mod:`ctbmd.model.protocols`).
-    augment_copies : int
-        Offline expansion: fixed augmented copies per training crop (0: none; see the module docstring).
-    task : str
-        One of :data:`TASKS` (see the module docstring); ``categories`` sets ``classify``.
-    threshold : float or None
-        With ``task="binary"``: a reference below it is "low BMD" (default
-        :data:`BINARY_THRESHOLDS` of the target).
-    target : str or None
-        The manifest column to train on (None: ``bmd_mg_cm3`` or ``t_score``, as
-        the manifest gives; another name: a numeric per-patient column such as
-        ``tbs``, see :func:`ctbmd.model.cohort.read_manifest`).
-    muscle : bool
-        Also read the axial muscle crop of each level with a second backbone
-        (:mod:`ctbmd.model.crops`, :class:`~ctbmd.model.nets.BmdNet`).
-    """
-
-    arch: str = "densenet121"
-    dims: str = "3d"
-    folds: int = 5
-    test_fraction: float = 0.0
-    epochs: int = 60
-    patience: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    classify: bool = False
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
-    target: str | None = None
-    task: str = "regression"
-    threshold: float | None = None
-    augment_copies: int = 0
-    muscle: bool = False
-    protocol: str | None = None
-
-
-@dataclass(frozen=True)
-class Fold:
-    """Indices into :class:`~ctbmd.model.cohort.Samples` for one fold.
-
-    ``fit`` + ``stop`` = the fold's training patients (``stop`` chooses the
-    epoch); ``validation`` = its out-of-fold patients.
-    """
-
-    fit: np.ndarray
-    stop: np.ndarray
-    validation: np.ndarray
-
-
-@dataclass(frozen=True)
-class Normaliser:
-    """Feature standardisation and target scaling of one trained member.
-
-    Attributes
-    ----------
-    feature_mean, feature_sd : tuple of float
-        Per feature, from the member's ``fit`` vertebrae (NaN features become 0
-        after standardising).
-    residual : bool
-        Target = baseline + scale * output (BMD) or mean + scale * output (T-score).
-    target_mean, target_scale : float
-    binary_threshold : float or None
-        For a binary member: the network output is the logit of "target below
-        this"; :meth:`encode` gives 0/1 and :meth:`decode` the probability.
-    """
-
-    feature_mean: tuple[float, ...]
-    feature_sd: tuple[float, ...]
-    residual: bool
-    target_mean: float
-    target_scale: float
-    binary_threshold: float | None = None
-
-    def features(self, f: np.ndarray) -> np.ndarray:
-        """Standardise ``(n, n_features)`` raw features."""
-        z = (f - np.asarray(self.feature_mean, np.float32)) / np.asarray(self.feature_sd, np.float32)
-        return np.nan_to_num(z, nan=0.0).astype(np.float32)
-
-    def encode(self, target: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-        """Target -> normalised network output (for a binary member: 1.0 below the threshold, else 0.0)."""
-        if self.binary_threshold is not None:
-            return (target < self.binary_threshold).astype(np.float32)
-        centre = baseline if self.residual else self.target_mean
-        return ((target - centre) / self.target_scale).astype(np.float32)
-
-    def decode(self, output: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-        """Normalised network output -> target units (for a binary member: the probability of low BMD)."""
-        if self.binary_threshold is not None:
-            return (1.0 / (1.0 + np.exp(-output.astype(np.float64)))).astype(np.float32)
-        centre = baseline if self.residual else self.target_mean
-        return (centre + self.target_scale * output).astype(np.float32)
-
-
-def fit_normaliser(samples: Samples, idx: np.ndarray, target: str, binary_threshold: float | None = None) -> Normaliser:
-    """Normaliser from the vertebrae ``idx`` (``target``: ``bmd_mg_cm3``, ``t_score`` or another column;
-    ``binary_threshold`` for a binary member)."""
-    f = samples.features[idx]
-    mean = np.nanmean(f, axis=0)
-    sd = np.nanstd(f, axis=0)
-    mean = np.where(np.isfinite(mean), mean, 0.0)
-    sd = np.where(np.isfinite(sd) & (sd > 1e-6), sd, 1.0)
-    if binary_threshold is not None:
-        return Normaliser(tuple(map(float, mean)), tuple(map(float, sd)), False, 0.0, 1.0, float(binary_threshold))
-    if target == "bmd_mg_cm3":
-        return Normaliser(tuple(map(float, mean)), tuple(map(float, sd)), True, 0.0, TARGET_SCALE_MG_CM3)
-    t = samples.target[idx]
-    return Normaliser(tuple(map(float, mean)), tuple(map(float, sd)), False, float(t.mean()),
-                      float(max(t.std(), 0.1)))
-
-
-def categories(values: np.ndarray, target: str) -> np.ndarray:
-    """Class index 0 normal, 1 osteopenia, 2 osteoporosis: ACR-QCT (120/80 mg/cm³) or WHO (-1/-2.5)."""
-    if target == "bmd_mg_cm3":
-        return np.where(values < ACR_OSTEOPOROSIS_MG_CM3, 2, np.where(values <= ACR_NORMAL_MG_CM3, 1, 0))
-    return np.where(values <= WHO_OSTEOPOROSIS_T, 2, np.where(values < WHO_OSTEOPENIA_T, 1, 0))
-
-
-def patient_folds(samples: Samples, n_folds: int, seed: int, target: str,
-                  test_fraction: float = 0.0) -> tuple[list[Fold], np.ndarray]:
-    """Patient-grouped, category-stratified, seeded folds (see the module docstring).
-
-    Returns
-    -------
-    folds : list of Fold
-    test : numpy.ndarray
-        Indices of the held-out test vertebrae (manifest ``test`` split or
-        ``test_fraction``). External sites (split ``external``, ``external_n``)
-        are in neither: only ``cv`` vertebrae enter the folds.
-
-    Raises
-    ------
-    ValueError
-        Fewer cross-validation patients than ``2 * n_folds``, or ``n_folds < 2``.
-    """
-    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
-
-    idx = np.arange(len(samples))
-    test = idx[samples.split == "test"]
-    cv = idx[samples.split == "cv"]
-    if not len(test) and test_fraction > 0:
-        gss = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-        keep, held = next(gss.split(cv, groups=samples.patient[cv]))
-        cv, test = cv[keep], cv[held]
-    patients = samples.patient[cv]
-    if n_folds < 2 or len(set(patients)) < 2 * n_folds:
-        raise ValueError(f"{len(set(patients))} cross-validation patients are too few for {n_folds} folds "
-                         f"(need at least {2 * n_folds})")
-    # stratify by the patient's category (of its mean target), repeated on each of its vertebrae
-    mean = {p: samples.target[cv][patients == p].mean() for p in set(patients)}
-    values = np.array([mean[p] for p in patients])
-    if target in ("bmd_mg_cm3", "t_score"):
-        strata = categories(values, target)
-    else:  # another per-patient target (TBS): its tertiles
-        strata = np.digitize(values, np.quantile(list(mean.values()), [1 / 3, 2 / 3])).astype(int)
-    counts = np.bincount(strata, minlength=3)
-    if (counts[counts > 0] < n_folds).any():
-        strata = np.zeros_like(strata)
-    skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    folds = []
-    for k, (tr, va) in enumerate(skf.split(cv, strata, groups=patients)):
-        gss = GroupShuffleSplit(n_splits=1, test_size=EARLY_STOP_FRACTION, random_state=seed * 1000 + k)
-        fit, stop = next(gss.split(tr, groups=patients[tr]))
-        folds.append(Fold(fit=cv[tr[fit]], stop=cv[tr[stop]], validation=cv[va]))
-    return folds, test
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU.
-
-    Raises
-    ------
-    ValueError
-        ``cuda`` asked for on a machine without CUDA, or an unknown name.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
 
 
 def _augmenter(seed: int):
@@ -301,7 +76,7 @@ def _augmenter(seed: int):
     return aug
 
 
-def augmented_copy(image: np.ndarray, seed: int, crop: int, copy: int, dims: str = "3d") -> np.ndarray:
+def augmented_copy(image: np.ndarray, seed: int, crop: int, copy: int, dims: Dims = "3d") -> np.ndarray:
     """Copy ``copy`` (>= 1) of training crop ``crop``: the Yasaka 2020 expansion (see the module docstring).
 
     ``image`` is float32 ``(c, L, P, S)``; the result has the same shape and is
@@ -338,43 +113,9 @@ def augmented_copy(image: np.ndarray, seed: int, crop: int, copy: int, dims: str
     return np.asarray(aug(image), dtype=np.float32)
 
 
-def binary_threshold(cfg: TrainConfig, target: str) -> float:
-    """The "low BMD" threshold of a binary task: ``cfg.threshold``, else the protocol's cut-off for this
-    target (:attr:`ctbmd.model.protocols.Protocol.thresholds`, Huang 2025's osteoporosis), else
-    :data:`BINARY_THRESHOLDS`.
-
-    Raises
-    ------
-    ValueError
-        A target without a default threshold (such as ``tbs``) and no ``cfg.threshold``.
-    """
-    if cfg.threshold is not None:
-        return float(cfg.threshold)
-    if cfg.protocol is not None:
-        from ctbmd.model.protocols import PROTOCOLS
-
-        if target in PROTOCOLS[cfg.protocol].thresholds:
-            return float(PROTOCOLS[cfg.protocol].thresholds[target])
-    if target not in BINARY_THRESHOLDS:
-        raise ValueError(f"--task binary with a {target} target needs --threshold (below it is 'low')")
-    return BINARY_THRESHOLDS[target]
-
-
 def build_net(cfg: TrainConfig, n_features: int) -> BmdNet:
     """A fresh :class:`~ctbmd.model.nets.BmdNet` for ``cfg`` (3-channel crops, plus the muscle crop with ``cfg.muscle``)."""
     return BmdNet(cfg.arch, cfg.dims, 3, n_features, 3 if cfg.classify else 0, muscle=cfg.muscle)
-
-
-#: TrainConfig fields a resumed run may change: how long to train, and where.
-RESUMABLE_CHANGES = ("epochs", "patience", "device")
-
-
-def resume_mismatch(saved: dict | None, cfg: TrainConfig) -> list[str]:
-    """The settings of ``cfg`` that differ from an interrupted run's ``saved`` config (``asdict`` of its
-    TrainConfig; None for a checkpoint that has none), leaving out :data:`RESUMABLE_CHANGES`."""
-    now = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
-    saved = saved or {}
-    return sorted(k for k, v in now.items() if saved.get(k) != (list(v) if isinstance(v, tuple) else v))
 
 
 def _loss(out: torch.Tensor, y: torch.Tensor, cls: torch.Tensor | None, binary: bool = False) -> torch.Tensor:
@@ -390,9 +131,26 @@ def _epoch_seed(seed: int, member: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, member, epoch + 1]).generate_state(1)[0])
 
 
+@dataclass(frozen=True)
+class MemberPrediction:
+    """What one member predicts for ``n`` vertebrae (:func:`predict_arrays`).
+
+    Attributes
+    ----------
+    values : numpy.ndarray
+        float32 ``(n,)`` in target units (mg/cm³, T-score, the per-patient
+        column's unit), or for a binary member the probability of low BMD.
+    probabilities : numpy.ndarray or None
+        ``(n, 3)`` normal/osteopenia/osteoporosis when the member has a class head.
+    """
+
+    values: np.ndarray
+    probabilities: np.ndarray | None
+
+
 def predict_arrays(net: BmdNet, norm: Normaliser, images: np.ndarray, features: np.ndarray, baseline: np.ndarray,
                    device: torch.device, batch_size: int = 32,
-                   muscle: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                   muscle: np.ndarray | None = None) -> MemberPrediction:
     """Predictions of one member.
 
     Parameters
@@ -413,15 +171,13 @@ def predict_arrays(net: BmdNet, norm: Normaliser, images: np.ndarray, features: 
 
     Returns
     -------
-    values : numpy.ndarray
-        float32 ``(n,)`` in target units (mg/cm³ or T-score).
-    probabilities : numpy.ndarray or None
-        ``(n, 3)`` normal/osteopenia/osteoporosis when the member has a class head.
+    MemberPrediction
+        The values in target units and, with a class head, the class probabilities.
 
     Raises
     ------
-    ValueError
-        A net with a muscle backbone given no ``muscle``.
+    ctbmd.model.errors.ModelSettingsError
+        A net with a muscle backbone given no ``muscle`` (a :class:`ValueError` too).
     """
     net.eval()
     outs = []
@@ -436,11 +192,138 @@ def predict_arrays(net: BmdNet, norm: Normaliser, images: np.ndarray, features: 
     if out.shape[1] > 1:
         e = np.exp(out[:, 1:] - out[:, 1:].max(1, keepdims=True))
         probs = e / e.sum(1, keepdims=True)
-    return norm.decode(out[:, 0], baseline), probs
+    return MemberPrediction(values=norm.decode(out[:, 0], baseline), probabilities=probs)
+
+
+@dataclass(frozen=True)
+class TrainedMember:
+    """One trained cross-validation member (:func:`train_member`).
+
+    Attributes
+    ----------
+    net : BmdNet
+        The network with the weights of the epoch with the lowest early-stopping loss, in eval mode.
+    normaliser : Normaliser
+    history : list of dict
+        Per epoch: ``epoch``, ``train_loss``, ``stop_loss``.
+    """
+
+    net: BmdNet
+    normaliser: Normaliser
+    history: list[dict]
+
+
+class _Batch(NamedTuple):
+    """One batch on the device: crops, standardised features, encoded target, classes, muscle crops."""
+
+    images: torch.Tensor
+    features: torch.Tensor
+    target: torch.Tensor
+    classes: torch.Tensor | None
+    muscle: torch.Tensor | None
+
+
+class _Batches:
+    """Makes :class:`_Batch` es of chosen vertebrae of ``samples`` for one member."""
+
+    def __init__(self, samples: Samples, norm: Normaliser, cfg: TrainConfig, target: str, device: torch.device):
+        self.samples, self.cfg, self.device = samples, cfg, device
+        self.features = norm.features(samples.features)
+        self.target = norm.encode(samples.target, samples.baseline)
+        self.classes = categories(samples.target, target) if cfg.classify else None
+
+    def _to(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def __call__(self, ix: np.ndarray, aug=None, copies: np.ndarray | None = None) -> _Batch:
+        """The vertebrae ``ix``; ``copies`` (per vertebra, 0 for the crop itself) picks offline copies and
+        ``aug`` is applied on top."""
+        imgs = self.samples.images[ix]
+        if copies is not None and copies.any():
+            imgs = np.stack([augmented_copy(im, self.cfg.seed, int(i), int(k), self.cfg.dims) if k else im
+                             for im, i, k in zip(imgs, ix, copies)])
+        if aug is not None:
+            imgs = np.stack([np.asarray(aug(im)) for im in imgs])
+        return _Batch(self._to(imgs.astype(np.float32)), self._to(self.features[ix]), self._to(self.target[ix]),
+                      self._to(self.classes[ix]).long() if self.classes is not None else None,
+                      self._to(self.samples.muscle[ix]) if self.cfg.muscle else None)
+
+
+@dataclass
+class _Best:
+    """The epoch with the lowest early-stopping loss so far, and its weights (on the CPU)."""
+
+    loss: float = math.inf
+    epoch: int = -1
+    state: dict | None = None
+
+
+def _fit_epoch(net: BmdNet, opt: torch.optim.Optimizer, batches: _Batches, fit: np.ndarray, cfg: TrainConfig,
+               epoch_seed: int, binary: bool) -> float:
+    """Train one epoch on the ``fit`` vertebrae (and their offline copies); return the mean training loss."""
+    # each fit crop, and with augment_copies its fixed copies 1..N: (crop index, copy number) pairs
+    pairs = np.stack([np.repeat(fit, cfg.augment_copies + 1),
+                      np.tile(np.arange(cfg.augment_copies + 1), len(fit))], axis=1)
+    order = pairs[np.random.default_rng(epoch_seed).permutation(len(pairs))]  # without copies: the order of permutation(fit)
+    aug = _augmenter(epoch_seed % (2 ** 31)) if cfg.augment else None
+    net.train()
+    total, count = 0.0, 0
+    for s in range(0, len(order), cfg.batch_size):
+        ix, copies = order[s:s + cfg.batch_size, 0], order[s:s + cfg.batch_size, 1]
+        if len(ix) < 2:
+            continue
+        b = batches(ix, aug, copies)
+        opt.zero_grad()
+        loss = _loss(net(b.images, b.features, b.muscle), b.target, b.classes, binary)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(ix)
+        count += len(ix)
+    return total / max(count, 1)
+
+
+def _stop_loss(net: BmdNet, batches: _Batches, stop: np.ndarray, binary: bool) -> float:
+    """Mean loss on the early-stopping vertebrae ``stop`` (eval mode, no augmentation)."""
+    net.eval()
+    with torch.no_grad():
+        stop_total = 0.0
+        for s in range(0, len(stop), 64):
+            b = batches(stop[s:s + 64])
+            stop_total += float(_loss(net(b.images, b.features, b.muscle), b.target, b.classes, binary)) * len(b.images)
+    return stop_total / max(len(stop), 1)
+
+
+@dataclass(frozen=True)
+class _Resumed:
+    """Where an interrupted run stopped: its loss history, the next epoch and its best epoch so far."""
+
+    history: list[dict]
+    start: int
+    best: _Best
+
+
+def _resume(checkpoint: Path, net: BmdNet, opt: torch.optim.Optimizer, cfg: TrainConfig,
+            device: torch.device) -> _Resumed:
+    """Load an interrupted run's state into ``net`` and ``opt``; return where it stopped.
+
+    Raises
+    ------
+    ctbmd.model.errors.ModelSettingsError
+        The checkpoint was written with other settings than ``cfg``.
+    """
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    changed = resume_mismatch(state.get("config"), cfg)
+    if changed:
+        raise ModelSettingsError(f"the interrupted run used other settings ({', '.join(changed)}); resume it with "
+                                 "the same options, or start again in another `out`")
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optim"])
+    return _Resumed(history=state["history"], start=state["epoch"] + 1,
+                    best=_Best(state["best_loss"], state["best_epoch"], state["best_state"]))
 
 
 def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: TrainConfig, target: str, member: int = 0,
-                 checkpoint=None, progress: Callable[[dict], None] | None = None) -> tuple[BmdNet, Normaliser, list[dict]]:
+                 checkpoint: Path | None = None, progress: Callable[[dict], None] | None = None) -> TrainedMember:
     """Train one network on the ``fit`` vertebrae, early-stopping on the ``stop`` vertebrae.
 
     Parameters
@@ -450,7 +333,7 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
         Indices of the training and the early-stopping vertebrae.
     cfg : TrainConfig
     target : str
-        ``bmd_mg_cm3`` or ``t_score``.
+        ``bmd_mg_cm3``, ``t_score`` or another per-patient column (``tbs``).
     member : int
         Fold number (enters the seeds).
     checkpoint : Path, optional
@@ -459,19 +342,16 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
     progress : callable, optional
         Called after every epoch with ``{"member", "epoch", "epochs", "train_loss", "stop_loss", "best_epoch"}``.
 
-    Raises
-    ------
-    ValueError
-        ``checkpoint`` was written with other settings than ``cfg``, or
-        ``cfg.muscle`` and the samples hold no muscle crops.
-
     Returns
     -------
-    net : BmdNet
-        The network with the weights of the epoch with the lowest early-stopping loss, in eval mode.
-    normaliser : Normaliser
-    history : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``stop_loss``.
+    TrainedMember
+        The network (weights of the best early-stopping epoch, eval mode), its normaliser and the loss history.
+
+    Raises
+    ------
+    ctbmd.model.errors.ModelSettingsError
+        ``checkpoint`` was written with other settings than ``cfg``, or
+        ``cfg.muscle`` and the samples hold no muscle crops (a :class:`ValueError` too).
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(_epoch_seed(cfg.seed, member, -1))
@@ -479,80 +359,34 @@ def train_member(samples: Samples, fit: np.ndarray, stop: np.ndarray, cfg: Train
     norm = fit_normaliser(samples, fit, target, binary_threshold(cfg, target) if binary else None)
     net = build_net(cfg, samples.features.shape[1]).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    feats = norm.features(samples.features)
-    y = norm.encode(samples.target, samples.baseline)
-    cls = categories(samples.target, target) if cfg.classify else None
+    batches = _Batches(samples, norm, cfg, target, device)
     if cfg.muscle and samples.muscle is None:
-        raise ValueError("--muscle: the samples hold no muscle crops")
-    history: list[dict] = []
-    best = (math.inf, -1, None)
-    start = 0
+        raise ModelSettingsError("`muscle`: the samples hold no muscle crops")
+    run = _Resumed(history=[], start=0, best=_Best())
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        changed = resume_mismatch(state.get("config"), cfg)
-        if changed:
-            raise ValueError(f"the interrupted run used other settings ({', '.join(changed)}); resume it with the "
-                             "same options, or start again in another --out")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        history, start = state["history"], state["epoch"] + 1
-        best = (state["best_loss"], state["best_epoch"], state["best_state"])
-
-    def batch(ix: np.ndarray, aug=None, copies: np.ndarray | None = None):
-        imgs = samples.images[ix]
-        if copies is not None and copies.any():
-            imgs = np.stack([augmented_copy(im, cfg.seed, int(i), int(k), cfg.dims) if k else im
-                             for im, i, k in zip(imgs, ix, copies)])
-        if aug is not None:
-            imgs = np.stack([np.asarray(aug(im)) for im in imgs])
-        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        return (to(imgs.astype(np.float32)), to(feats[ix]), to(y[ix]), (to(cls[ix]).long() if cls is not None else None),
-                to(samples.muscle[ix]) if cfg.muscle else None)
-
-    for epoch in range(start, cfg.epochs):
-        if epoch - best[1] > cfg.patience and best[1] >= 0:
+        run = _resume(checkpoint, net, opt, cfg, device)
+    history, best = run.history, run.best
+    for epoch in range(run.start, cfg.epochs):
+        if epoch - best.epoch > cfg.patience and best.epoch >= 0:
             break
         es = _epoch_seed(cfg.seed, member, epoch)
         torch.manual_seed(es)
-        # each fit crop, and with augment_copies its fixed copies 1..N: (crop index, copy number) pairs
-        pairs = np.stack([np.repeat(fit, cfg.augment_copies + 1),
-                          np.tile(np.arange(cfg.augment_copies + 1), len(fit))], axis=1)
-        order = pairs[np.random.default_rng(es).permutation(len(pairs))]  # without copies: the order of permutation(fit)
-        aug = _augmenter(es % (2 ** 31)) if cfg.augment else None
-        net.train()
-        total, count = 0.0, 0
-        for s in range(0, len(order), cfg.batch_size):
-            ix, copies = order[s:s + cfg.batch_size, 0], order[s:s + cfg.batch_size, 1]
-            if len(ix) < 2:
-                continue
-            x, f, t, c, m = batch(ix, aug, copies)
-            opt.zero_grad()
-            loss = _loss(net(x, f, m), t, c, binary)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(ix)
-            count += len(ix)
-        net.eval()
-        with torch.no_grad():
-            stop_total = 0.0
-            for s in range(0, len(stop), 64):
-                x, f, t, c, m = batch(stop[s:s + 64])
-                stop_total += float(_loss(net(x, f, m), t, c, binary)) * len(x)
-        rec = {"epoch": epoch, "train_loss": total / max(count, 1), "stop_loss": stop_total / max(len(stop), 1)}
+        train_loss = _fit_epoch(net, opt, batches, fit, cfg, es, binary)
+        rec = {"epoch": epoch, "train_loss": train_loss, "stop_loss": _stop_loss(net, batches, stop, binary)}
         history.append(rec)
-        if rec["stop_loss"] < best[0]:
-            best = (rec["stop_loss"], epoch, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        if rec["stop_loss"] < best.loss:
+            best = _Best(rec["stop_loss"], epoch, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
         if checkpoint is not None:
             _save_torch(checkpoint, {"model": net.state_dict(), "optim": opt.state_dict(), "epoch": epoch,
-                                     "history": history, "best_loss": best[0], "best_epoch": best[1],
-                                     "best_state": best[2], "config": asdict(cfg)})
+                                     "history": history, "best_loss": best.loss, "best_epoch": best.epoch,
+                                     "best_state": best.state, "config": asdict(cfg)})
         if progress:
-            progress({**rec, "member": member, "epoch": epoch + 1, "epochs": cfg.epochs, "best_epoch": best[1] + 1})
-    net.load_state_dict(best[2])
-    return net.eval(), norm, history
+            progress({**rec, "member": member, "epoch": epoch + 1, "epochs": cfg.epochs, "best_epoch": best.epoch + 1})
+    net.load_state_dict(best.state)
+    return TrainedMember(net=net.eval(), normaliser=norm, history=history)
 
 
-def _save_torch(path, obj) -> None:
+def _save_torch(path: Path, obj) -> None:
     from ctbmd.io import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
