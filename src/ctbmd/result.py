@@ -21,7 +21,7 @@ import numpy as np
 
 from ctbmd import __version__
 from ctbmd.calibrate import k2hpo4_to_caha
-from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3, acr_category, who_category
+from ctbmd.classify import ACR_NORMAL_MG_CM3, ACR_OSTEOPOROSIS_MG_CM3, NORMAL, acr_category, who_category
 from ctbmd.types import (LEVEL_ORDER, VERSE_LABELS, VERSE_NAMES, Calibration, ContrastPhase, CTVolume,
                          LabellingRecord, LevelMeasurement, ModelOutput, PatientClassification, SpineSegmentation)
 
@@ -222,7 +222,7 @@ def _add_model_values(result: dict, dl: ModelOutput) -> None:
     if dl.model.get("binary_threshold") is not None:  # what "low" meant in training (Huang 2025: osteoporosis)
         low += f" ({dl.model.get('trained_on_target')} below {dl.model['binary_threshold']:g})"
     systems = {"bmd_dl_mg_cm3": ("ACR-QCT", acr_category), "t_score_dl": ("WHO (T-score)", who_category),
-               "p_low_bmd_dl": (f"{low} if p >= 0.5", lambda v: "low BMD" if v >= 0.5 else "normal")}
+               "p_low_bmd_dl": (f"{low} if p >= 0.5", lambda v: "low BMD" if v >= 0.5 else NORMAL)}
     system, categorise = systems.get(key, (None, None))
     p["category_dl"] = None if value is None or categorise is None else categorise(value)
     p["category_dl_system"] = system
