@@ -229,6 +229,11 @@ def test_detect_label_map_refuses_values_the_two_maps_read_differently():
     for values in ([20, 24, 25, 28], [19, 28, 20, 21, 22, 23, 24, 26], [25, 26, 27, 28], [5, 21, 22, 27]):
         with pytest.raises(UsageError, match="VerSe's sacrum"):
             detect_label_map(np.array(values))
+    # with a value only total uses, 26-28 are total's S1, L5 and L4
+    assert detect_label_map(np.array([25, 26, 27, 28, 77, 78])) == "total"  # a pelvis: hips 77, 78
+    for values in ([200], [20, 21, 22, 200]):  # above total's 118 labels: neither map
+        with pytest.raises(UsageError, match="fit neither"):
+            detect_label_map(np.array(values))
 
 
 def test_to_verse_maps_total_to_verse_numbers_and_drops_organs():

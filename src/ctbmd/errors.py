@@ -39,6 +39,10 @@ EXIT_PACS_NOT_FOUND = 8
 EXIT_PACS_REFUSED = 9
 
 
+#: Flags whose name is not their parameter's ``--name-with-dashes`` (:func:`parameter_text`, style ``cli``).
+CLI_FLAGS = {"mapping": "--map", "field_name": "--field", "n_boot": "--bootstrap", "slice_mm": "--slice",
+             "pixel_mm": "--pixel", "psf_mm": "--psf", "out_dir": "--out"}
+
 #: A parameter named in an error's reason: ```name``` (a Python identifier between backticks).
 _PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
@@ -57,7 +61,8 @@ def parameter_text(reason: str, style: Literal["python", "cli"] = "python",
     style : {"python", "cli"}
         ``python`` drops the backticks; ``cli`` writes ``--name-with-dashes``.
     flags : mapping of str to str, optional
-        Flags whose name is not the parameter's (``{"mapping": "--map"}``), for ``style="cli"``.
+        Flags whose name is not the parameter's (``{"mapping": "--map"}``), for ``style="cli"``;
+        :data:`CLI_FLAGS` by default.
 
     Returns
     -------
@@ -65,7 +70,7 @@ def parameter_text(reason: str, style: Literal["python", "cli"] = "python",
     """
     if style == "python":
         return _PARAMETER.sub(r"\1", reason)
-    flags = flags or {}
+    flags = CLI_FLAGS if flags is None else flags
     return _PARAMETER.sub(lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")), reason)
 
 
@@ -162,7 +167,9 @@ def require_optional(modules: tuple[str, ...], what: str, install: str, path: st
     Parameters
     ----------
     modules : tuple of str
-        Top-level module names, e.g. ``("torch", "monai")``.
+        Modules to import, e.g. ``("torch", "monai")`` or ``("totalsegmentator.python_api",)``. Each is
+        imported, not only looked up, so an installed package whose own imports fail counts as missing
+        (it is named with the failure).
     what : str
         What needs them, in the user's terms (``"ctbmd batch"``).
     install : str
@@ -170,8 +177,15 @@ def require_optional(modules: tuple[str, ...], what: str, install: str, path: st
     path : str or Path, optional
         Named in the error.
     """
-    import importlib.util
+    import importlib
 
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            top = module.split(".")[0]
+            broken = exc.name is not None and exc.name.split(".")[0] != top
+            missing.append(f"{top} (which fails to import {exc.name})" if broken else top)
     if missing:
         raise BackendUnavailableError(f"{what} needs {', '.join(missing)}: {install}", path)

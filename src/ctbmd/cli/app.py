@@ -12,7 +12,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from ctbmd import __version__
-from ctbmd.errors import EXIT_INTERNAL, CtbmdError
+from ctbmd.errors import CLI_FLAGS, EXIT_INTERNAL, CtbmdError
 
 # The closed sets of option values, as typer choices: --help lists them, and a value outside one is a usage
 # error (exit 2) that names them. They repeat the library's tuples named beside them, which cannot be
@@ -115,10 +115,6 @@ def configure_logging(debug: bool) -> None:
 
             handler.addFilter(_ctbmd_only)
 
-
-#: Flags whose name is not their Python parameter's: library errors name parameters (ctbmd.errors.parameter_text).
-CLI_FLAGS = {"mapping": "--map", "field_name": "--field", "n_boot": "--bootstrap", "slice_mm": "--slice",
-             "pixel_mm": "--pixel", "psf_mm": "--psf", "out_dir": "--out"}
 
 
 @contextmanager

@@ -22,6 +22,10 @@ from ctbmd.types import VERSE_LABELS
 
 LABEL_MAPS = ("auto", "total", "verse", "vertebrae_pp", "vertebrae_pp_refined")
 
+#: The highest label of TotalSegmentator v2 ``total`` (117 classes; 118 where ``skull`` follows in later
+#: releases): a larger value fits neither map.
+TOTAL_MAX_LABEL = 118
+
 #: TotalSegmentator ``total`` label -> level name.
 TOTAL_LEVELS: dict[int, str] = {
     **{32 - n: f"L{n}" for n in range(1, 6)},
@@ -35,9 +39,9 @@ def detect_label_map(values: np.ndarray) -> str:
 
     VerSe uses 1-28 (26 sacrum, 27 coccyx, 28 T13); TotalSegmentator ``total`` gives 25 the sacrum, 26 S1,
     27-50 L5-C1 and 51-117 other structures (ribs, hips, muscles), so a ``total`` map of any trunk holds
-    values above 28. Hence: a value above 28 means ``total``; values within 1-25 only mean ``verse``; a map
-    with 26, 27 or 28 and nothing above 28 could be either (read the wrong way, VerSe's T13 would be named
-    L4), and is refused.
+    values above 28. Hence: a value within 29-:data:`TOTAL_MAX_LABEL` means ``total``; values within 1-25
+    only mean ``verse``; a map with 26, 27 or 28 and nothing above 28 could be either (read the wrong way,
+    VerSe's T13 would be named L4), and is refused; so is a value above :data:`TOTAL_MAX_LABEL`.
 
     Parameters
     ----------
@@ -55,6 +59,10 @@ def detect_label_map(values: np.ndarray) -> str:
         If the values fit neither map, or both; the caller must name the map (``label_map``).
     """
     vals = {int(v) for v in values if v > 0}
+    unknown = sorted(v for v in vals if v > TOTAL_MAX_LABEL)
+    if unknown:
+        raise UsageError(f"cannot tell the label map: values {', '.join(map(str, unknown[:6]))} fit neither VerSe (1-28) "
+                         f"nor TotalSegmentator total (1-{TOTAL_MAX_LABEL}); give `label_map` verse or total")
     if any(v > 28 for v in vals):
         return "total"
     both = sorted(vals & {26, 27, 28})

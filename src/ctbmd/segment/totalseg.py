@@ -35,7 +35,7 @@ def weights_dir() -> Path:
 
 def check_available() -> None:
     """Raise :class:`BackendUnavailableError` unless the package and its weights are installed."""
-    require_optional(("totalsegmentator",), "the totalsegmentator backend", "pip install 'ctbmd[totalseg]'")
+    require_optional(("totalsegmentator.python_api",), "the totalsegmentator backend", "pip install 'ctbmd[totalseg]'")
     folder = weights_dir()
     if not folder.is_dir() or not any(p.name.startswith("Dataset") for p in folder.iterdir()):
         raise BackendUnavailableError(

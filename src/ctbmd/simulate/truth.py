@@ -16,7 +16,7 @@ from ctbmd.types import VERSE_LABELS, Grid
 
 def _fracture_truth(vb) -> dict | None:
     """The truth of a fractured vertebra: kind, loss, drawn heights (mm) and the Genant grade it implies
-    (:data:`ctbmd.roi.GENANT_LOSS`)."""
+    (:data:`ctbmd.heights.GENANT_LOSS`)."""
     if vb.fracture is None:
         return None
     from ctbmd.heights import GENANT_LOSS
