@@ -176,6 +176,11 @@ def require_optional(modules: tuple[str, ...], what: str, install: str, path: st
         The command that installs them (``"pip install 'ctbmd[batch]'"``).
     path : str or Path, optional
         Named in the error.
+
+    Raises
+    ------
+    BackendUnavailableError
+        A module is not installed, or its import fails (exit 2); the error names it and ``install``.
     """
     import importlib
 

@@ -22,8 +22,8 @@ from ctbmd.types import VERSE_LABELS
 
 LABEL_MAPS = ("auto", "total", "verse", "vertebrae_pp", "vertebrae_pp_refined")
 
-#: The highest label of TotalSegmentator v2 ``total`` (117 classes; 118 where ``skull`` follows in later
-#: releases): a larger value fits neither map.
+#: The highest label of TotalSegmentator v2 ``total`` seen (117 classes in its label list; the LIDC-IDRI-0001
+#: map in ``../shared/data`` holds 118): a larger value fits neither map.
 TOTAL_MAX_LABEL = 118
 
 #: TotalSegmentator ``total`` label -> level name.
